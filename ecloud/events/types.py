@@ -1,0 +1,319 @@
+"""Event types: every fact the log can hold.
+
+Each event is a frozen attrs class named in the past tense, registered under a
+stable *type tag* (``"task.finished"``) and a schema *version*. The tag, not the
+class name, is what is stored, so classes can be renamed freely; when a body's
+shape changes, bump the version and register an upcaster in
+:mod:`ecloud.events.codec` so old logs still load.
+
+Events say what happened; they never carry derived state. Time is not a field:
+every stored event has a ``ts`` in its envelope (:class:`Recorded`), and that
+is the only clock the reducers see.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Union
+
+from attrs import field, frozen
+
+#: A command is a shell string (run by ``/bin/sh -c``) or an argv tuple.
+Command = Union[str, tuple[str, ...]]
+
+EVENT_TYPES: dict[str, type] = {}
+"""Type tag -> event class. Filled by :func:`event`."""
+
+
+def event(tag: str, version: int = 1):
+    """Register an event class under a stable type tag and schema version."""
+
+    def register(cls):
+        if tag in EVENT_TYPES:
+            raise ValueError(f"event tag {tag!r} registered twice")
+        cls.TYPE = tag
+        cls.VERSION = version
+        EVENT_TYPES[tag] = cls
+        return cls
+
+    return register
+
+
+class Event:
+    """Marker base class; ``TYPE`` and ``VERSION`` are set by :func:`event`."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int]
+
+
+@frozen
+class Recorded:
+    """An event as stored: its position, its time and the event itself."""
+
+    seq: int
+    ts: float
+    event: Any
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@frozen
+class InputSpec:
+    """A file the task needs in its working directory before it runs.
+
+    ``path`` is on the datastore, or - when ``from_task`` is set - a declared
+    output of that upstream task. ``name`` is where it lands (default: the
+    path's last component); ``sha256`` is checked after the copy when given.
+    """
+
+    path: str
+    name: str | None = None
+    sha256: str | None = None
+    from_task: str | None = None
+
+
+@frozen(hash=False)
+class TaskSpec:
+    """A task as the operator submitted it; never changes afterwards."""
+
+    id: str
+    command: Command
+    depends_on: tuple[str, ...] = ()
+    inputs: tuple[InputSpec, ...] = ()
+    outputs: tuple[str, ...] = ()
+    retries: int = 0
+    retry_backoff: float = 10.0
+    timeout: float | None = None
+    priority: int = 0
+    env: dict[str, str] = field(factory=dict)
+    slots: int = 1
+
+
+@event("tasks.submitted")
+@frozen
+class TasksSubmitted(Event):
+    """A batch of tasks pushed at once (one task file). All or nothing."""
+
+    batch_id: str
+    tasks: tuple[TaskSpec, ...]
+    source: str = ""
+
+
+@event("task.cancelled")
+@frozen
+class TaskCancelled(Event):
+    """The operator cancelled a task; a running attempt is killed."""
+
+    task_id: str
+    reason: str = ""
+
+
+@event("task.retry_requested")
+@frozen
+class RetryRequested(Event):
+    """The operator asked to run a failed or cancelled task again."""
+
+    task_id: str
+    reason: str = ""
+
+
+@event("task.dispatched")
+@frozen
+class TaskDispatched(Event):
+    """The scheduler gave attempt ``attempt`` of a task to a worker.
+
+    Scheduling decisions are logged rather than recomputed on replay, so a
+    change to the scheduler never rewrites history.
+    """
+
+    task_id: str
+    attempt: int
+    worker_id: str
+
+
+@event("task.started")
+@frozen
+class TaskStarted(Event):
+    """A worker reports that it started an attempt."""
+
+    task_id: str
+    attempt: int
+    worker_id: str
+    msg_id: str = ""
+
+
+@event("task.finished")
+@frozen
+class TaskFinished(Event):
+    """A worker reports the end of an attempt.
+
+    ``exit_code`` is None when the process died by ``signal`` or never started
+    (``reason`` then says why, e.g. ``"timeout"`` or ``"input missing"``).
+    """
+
+    task_id: str
+    attempt: int
+    worker_id: str
+    exit_code: int | None
+    duration: float = 0.0
+    signal: int | None = None
+    reason: str = ""
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    msg_id: str = ""
+
+
+# ------------------------------------------------------------------------- workers
+
+
+@event("worker.announced")
+@frozen
+class WorkerAnnounced(Event):
+    """A worker came up (or back) and offers ``slots`` concurrent tasks."""
+
+    worker_id: str
+    host: str
+    slots: int
+    protocol: int
+    vm_id: int | None = None
+    msg_id: str = ""
+
+
+@event("worker.heartbeat")
+@frozen
+class WorkerHeartbeat(Event):
+    """A worker is alive. Heartbeats push its deadline forward."""
+
+    worker_id: str
+    msg_id: str = ""
+
+
+@event("worker.left")
+@frozen
+class WorkerLeft(Event):
+    """A worker said goodbye (shut down cleanly)."""
+
+    worker_id: str
+    reason: str = ""
+
+
+@event("worker.lost")
+@frozen
+class WorkerLost(Event):
+    """A worker is gone without a goodbye: its broker connection died (last
+    will) or an operator declared it lost. Silence past the heartbeat deadline
+    has the same effect without an event: the reducer sees it from the clock."""
+
+    worker_id: str
+    reason: str = ""
+
+
+# ----------------------------------------------------------------------------- VMs
+
+
+@event("vm.requested")
+@frozen
+class VMRequested(Event):
+    """The autoscaler asked for a worker VM under a deterministic name."""
+
+    vm_name: str
+    reason: str = ""
+
+
+@event("vm.allocated")
+@frozen
+class VMAllocated(Event):
+    """The cloud created the VM named ``vm_name`` with id ``vm_id``."""
+
+    vm_name: str
+    vm_id: int
+
+
+@event("vm.state_observed")
+@frozen
+class VMStateObserved(Event):
+    """A change in a VM's state as seen by polling the cloud.
+
+    ``state`` and ``lcm_state`` are OpenNebula's raw codes, kept as data.
+    """
+
+    vm_id: int
+    state: int
+    lcm_state: int
+    ip: str | None = None
+    vm_name: str = ""
+
+
+@event("vm.failed")
+@frozen
+class VMFailed(Event):
+    """A VM could not be created or failed while booting."""
+
+    vm_name: str
+    reason: str
+    kind: str = "error"
+    vm_id: int | None = None
+
+
+@event("vm.kill_requested")
+@frozen
+class VMKillRequested(Event):
+    """The autoscaler or the operator decided to kill a VM."""
+
+    vm_id: int
+    reason: str = ""
+
+
+# ------------------------------------------------------------------------- context
+
+
+@event("context.set")
+@frozen
+class ContextSet(Event):
+    """An operator (or the boss) set a context value, e.g. the datastore."""
+
+    key: str
+    value: str
+
+
+@event("context.dropped")
+@frozen
+class ContextDropped(Event):
+    """A context value was removed (the seed's ``drop_context``)."""
+
+    key: str
+
+
+# --------------------------------------------------------------------------- other
+
+
+@event("tick")
+@frozen
+class Tick(Event):
+    """Time passed. Carries nothing: its envelope's ``ts`` is the news."""
+
+
+@event("boss.started")
+@frozen
+class BossStarted(Event):
+    """A boss took over the log. Deadlines restart from here, so workers are
+    not declared lost for the time no boss was listening to them."""
+
+    boss_id: str = ""
+
+
+@event("input.rejected")
+@frozen
+class InputRejected(Event):
+    """Outside input that failed validation. Logged for the record; it changes
+    nothing else."""
+
+    source: str
+    reason: str
+    excerpt: str = ""
+
+
+def all_event_types() -> list[type]:
+    """Every registered event class, in tag order."""
+    return [EVENT_TYPES[tag] for tag in sorted(EVENT_TYPES)]
