@@ -170,12 +170,17 @@ class TaskFinished(Event):
 @event("worker.announced")
 @frozen
 class WorkerAnnounced(Event):
-    """A worker came up (or back) and offers ``slots`` concurrent tasks."""
+    """A worker came up (or back) and offers ``slots`` concurrent tasks.
+
+    ``incarnation`` is a fresh random id per agent process: an announcement
+    with a new incarnation means the agent restarted and whatever the old one
+    was running is gone; the same incarnation again is only a reconnect."""
 
     worker_id: str
     host: str
     slots: int
     protocol: int
+    incarnation: str = ""
     vm_id: int | None = None
     msg_id: str = ""
 

@@ -1,0 +1,114 @@
+"""Effects: what the fold asks the outside world to do, as plain data.
+
+Reducers return these; handlers in :mod:`ecloud.effects` perform them and turn
+the outcomes into new events. Every effect names the seq of the event that
+caused it (``cause``) and has an idempotency ``key`` (DESIGN.md section 4):
+performing an effect twice with the same key must do no more than once.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+from ecloud.events.types import TaskSpec
+
+
+@frozen
+class Dispatch:
+    """Send attempt ``attempt`` of a task to a worker. The worker runs a given
+    (task, attempt) at most once, so resending is always safe."""
+
+    cause: int
+    task_id: str
+    attempt: int
+    worker_id: str
+    spec: TaskSpec
+
+    @property
+    def key(self) -> str:
+        return f"dispatch/{self.task_id}/{self.attempt}"
+
+
+@frozen
+class CancelAttempt:
+    """Kill a running attempt on its worker (cancelled, timed out, or
+    superseded by a newer attempt)."""
+
+    cause: int
+    task_id: str
+    attempt: int
+    worker_id: str
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"cancel/{self.task_id}/{self.attempt}"
+
+
+@frozen
+class Ack:
+    """Tell a worker its message ``msg_id`` is committed, so it stops resending."""
+
+    cause: int
+    worker_id: str
+    msg_id: str
+
+    @property
+    def key(self) -> str:
+        return f"ack/{self.worker_id}/{self.msg_id}"
+
+
+@frozen
+class RefuseWorker:
+    """Tell a worker it may not join (e.g. incompatible protocol version)."""
+
+    cause: int
+    worker_id: str
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"refuse/{self.worker_id}/{self.cause}"
+
+
+@frozen
+class SpawnVM:
+    """Create a worker VM under a deterministic name (looked up first, so a
+    replayed spawn never creates a second VM)."""
+
+    cause: int
+    vm_name: str
+
+    @property
+    def key(self) -> str:
+        return f"spawn/{self.vm_name}"
+
+
+@frozen
+class KillVM:
+    """Terminate a VM. Killing a dead VM is fine."""
+
+    cause: int
+    vm_id: int
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"kill/{self.vm_id}"
+
+
+@frozen
+class CopyData:
+    """Copy ``src`` to ``dst`` (temp name, then rename), verifying ``sha256``."""
+
+    cause: int
+    src: str
+    dst: str
+    sha256: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"copy/{self.dst}/{self.sha256 or ''}"
+
+
+Effect = Dispatch | CancelAttempt | Ack | RefuseWorker | SpawnVM | KillVM | CopyData

@@ -1,0 +1,110 @@
+"""Snapshots: the folded state as plain data, and back.
+
+Only the records are saved; the indexes (ready queue, backoff heap, free
+workers, timers, children, counts) are rebuilt from them on load, so a
+snapshot can never disagree with itself. A snapshot is valid only for the
+reducer version that wrote it (:data:`ecloud.projections.fold.REDUCER_VERSION`):
+the stores never hand an older one back, so a reducer change makes old
+snapshots unusable, never wrong.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+
+from ecloud.events.codec import converter
+from ecloud.events.types import TaskSpec
+from ecloud.projections.state import (
+    ACTIVE,
+    LIVE,
+    READY,
+    T_HEARTBEAT,
+    T_TIMEOUT,
+    Rejection,
+    State,
+    TaskRecord,
+    VMRecord,
+    WorkerRecord,
+)
+
+_spec_out = converter.get_unstructure_hook(TaskSpec)
+_spec_in = converter.get_structure_hook(TaskSpec)
+
+_TASK_FIELDS = [a for a in TaskRecord.__attrs_attrs__ if a.name != "spec"]  # type: ignore[attr-defined]
+_WORKER_FIELDS = [a.name for a in WorkerRecord.__attrs_attrs__ if a.name != "running"]  # type: ignore[attr-defined]
+
+
+def _task_out(task: TaskRecord) -> dict[str, Any]:
+    data = {a.name: getattr(task, a.name) for a in _TASK_FIELDS}
+    data["spec"] = _spec_out(task.spec)
+    return data
+
+
+def _worker_out(worker: WorkerRecord) -> dict[str, Any]:
+    data = {name: getattr(worker, name) for name in _WORKER_FIELDS}
+    data["running"] = [[t, a, s] for (t, a), s in sorted(worker.running.items())]
+    return data
+
+
+def state_to_data(state: State) -> dict[str, Any]:
+    """Plain data for the state's records, in a canonical order."""
+    return {
+        "seq": state.seq,
+        "clock": state.clock,
+        "tasks": [_task_out(t) for t in state.tasks.values()],
+        "workers": [_worker_out(state.workers[w]) for w in sorted(state.workers)],
+        "vms": [converter.unstructure(state.vms[n]) for n in sorted(state.vms)],
+        "context": dict(sorted(state.context.items())),
+        "rejected": [converter.unstructure(r) for r in state.rejected],
+    }
+
+
+def state_from_data(data: dict[str, Any]) -> State:
+    """Rebuild a state (records and every index) from :func:`state_to_data`."""
+    from ecloud.projections import context
+
+    state = State(seq=data["seq"], clock=data["clock"])
+    for item in data["tasks"]:
+        fields = dict(item)
+        spec = _spec_in(fields.pop("spec"), TaskSpec)
+        state.add_task(TaskRecord(spec=spec, **fields))
+    for item in data["workers"]:
+        fields = dict(item)
+        running = {(t, a): s for t, a, s in fields.pop("running")}
+        worker = WorkerRecord(running=running, **fields)
+        state.workers[worker.worker_id] = worker
+    for item in data["vms"]:
+        vm = converter.structure(item, VMRecord)
+        state.vms[vm.vm_name] = vm
+    state.context.update(data["context"])
+    state.rejected.extend(converter.structure(r, Rejection) for r in data["rejected"])
+    # Indexes. Children in submission order, exactly as the fold builds them.
+    for task in state.task_order():
+        for dep in task.spec.depends_on:
+            state.children.setdefault(dep, []).append(task.spec.id)
+        if task.status == READY and task.not_before is not None:
+            state.delayed.append((task.not_before, task.batch_seq, task.index, task.spec.id))
+        if task.status in ACTIVE and task.deadline is not None:
+            state.timers.append((task.deadline, T_TIMEOUT, task.spec.id, task.attempt))
+    timeout = context.heartbeat_timeout(state)
+    for worker in state.workers.values():
+        if worker.status in LIVE:
+            state.timers.append((worker.last_seen + timeout, T_HEARTBEAT, worker.worker_id,
+                                 worker.incarnation))
+        if state.is_listed_free(worker):
+            state.free.add((worker.rank, worker.worker_id))
+    state.delayed.sort()
+    state.timers.sort()
+    return state
+
+
+def dump(state: State) -> bytes:
+    """Compressed JSON bytes for a snapshot store."""
+    return zlib.compress(orjson.dumps(state_to_data(state)), 1)
+
+
+def load(blob: bytes) -> State:
+    return state_from_data(orjson.loads(zlib.decompress(blob)))

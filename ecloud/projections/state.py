@@ -1,0 +1,218 @@
+"""The folded state: tasks, workers, VMs, context, and the indexes that keep
+every event O(1) or O(log n).
+
+Ownership: a :class:`State` belongs to the fold that builds it. ``step``
+updates it in place and hands it back, which is what lets a 2-core machine fold
+hundreds of thousands of events a second; nothing else may mutate it. Records
+inside are plain slotted classes; their fields change only in the reducer
+modules (:mod:`.tasks`, :mod:`.workers`, :mod:`.vms`, :mod:`.context`,
+:mod:`.timers`). Use :meth:`State.clone` when a copy is needed.
+
+Indexes (``ready``, ``delayed``, ``free``, ``timers``, ``children``, ``counts``)
+are derived from the records and rebuilt on snapshot load; :meth:`canonical`
+leaves out their internal layout so two states that mean the same compare equal.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from attrs import define, field
+from sortedcontainers import SortedList
+
+from ecloud.events.types import TaskSpec
+
+# Task statuses. A task in retry backoff is READY with ``not_before`` set; it
+# sits in ``delayed`` until the clock passes it, then moves to ``ready``.
+WAITING = "waiting"
+READY = "ready"
+DISPATCHED = "dispatched"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+BLOCKED = "blocked"
+CANCELLED = "cancelled"
+TASK_STATUSES = (WAITING, READY, DISPATCHED, RUNNING, SUCCEEDED, FAILED, BLOCKED, CANCELLED)
+ACTIVE = frozenset({DISPATCHED, RUNNING})
+FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+#: statuses that stop descendants from ever running (until an operator retries)
+BLOCKING = frozenset({FAILED, CANCELLED, BLOCKED})
+
+# Worker statuses.
+IDLE = "idle"
+BUSY = "busy"
+DRAINING = "draining"
+LOST = "lost"
+GONE = "gone"
+WORKER_STATUSES = (IDLE, BUSY, DRAINING, LOST, GONE)
+LIVE = frozenset({IDLE, BUSY, DRAINING})
+
+# Timer kinds in ``State.timers``.
+T_HEARTBEAT = "heartbeat"
+T_TIMEOUT = "timeout"
+T_BACKOFF = "backoff"
+
+
+@define(slots=True)
+class TaskRecord:
+    spec: TaskSpec
+    #: submission order: (seq of the TasksSubmitted event, index in its batch)
+    batch_seq: int
+    index: int
+    status: str
+    #: number of dependencies that have not succeeded yet
+    unmet: int
+    submitted_at: float
+    attempt: int = 0
+    worker: str | None = None
+    failures: int = 0
+    not_before: float | None = None
+    deadline: float | None = None
+    blocked_by: str | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    dispatched_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def ready_key(self) -> tuple[int, int, int, str]:
+        """Scheduling order: priority (high first), then submission order."""
+        return (-self.spec.priority, self.batch_seq, self.index, self.spec.id)
+
+
+@define(slots=True)
+class WorkerRecord:
+    worker_id: str
+    host: str
+    slots: int
+    protocol: int
+    incarnation: str
+    #: scheduling order among workers: the seq that announced this incarnation
+    rank: int
+    status: str
+    last_seen: float
+    announced_at: float
+    vm_id: int | None = None
+    used: int = 0
+    #: (task id, attempt) -> slots held, for every attempt this worker holds
+    running: dict[tuple[str, int], int] = field(factory=dict)
+    reason: str = ""
+
+    @property
+    def free(self) -> int:
+        return self.slots - self.used
+
+
+@define(slots=True)
+class VMRecord:
+    vm_name: str
+    requested_at: float
+    status: str = "requested"
+    vm_id: int | None = None
+    state: int | None = None
+    lcm_state: int | None = None
+    ip: str | None = None
+    reason: str = ""
+
+
+@define(slots=True)
+class Rejection:
+    """Outside input the fold refused (kept for the operator, bounded)."""
+
+    seq: int
+    source: str
+    reason: str
+
+
+MAX_REJECTIONS = 100
+
+
+@define(slots=True, eq=False)
+class State:
+    """Everything the log says, folded. See the module docstring on ownership."""
+
+    seq: int = 0
+    clock: float = 0.0
+    tasks: dict[str, TaskRecord] = field(factory=dict)
+    workers: dict[str, WorkerRecord] = field(factory=dict)
+    vms: dict[str, VMRecord] = field(factory=dict)
+    context: dict[str, str] = field(factory=dict)
+    rejected: list[Rejection] = field(factory=list)
+    # ---- indexes, derived from the records above
+    children: dict[str, list[str]] = field(factory=dict)
+    counts: dict[str, int] = field(factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
+    ready: SortedList = field(factory=SortedList)
+    delayed: list[tuple[float, int, int, str]] = field(factory=list)
+    free: SortedList = field(factory=SortedList)
+    timers: list[tuple[float, str, str, Any]] = field(factory=list)
+
+    # ------------------------------------------------------------ index upkeep
+
+    def set_status(self, task: TaskRecord, status: str) -> None:
+        """Change a task's status, keeping ``counts`` and ``ready`` in step."""
+        old = task.status
+        if old == status:
+            return
+        counts = self.counts
+        counts[old] -= 1
+        counts[status] += 1
+        if old == READY and task.not_before is None:
+            self.ready.remove(task.ready_key)
+        task.status = status
+        if status == READY:
+            if task.not_before is None:
+                self.ready.add(task.ready_key)
+            else:
+                heapq.heappush(
+                    self.delayed, (task.not_before, task.batch_seq, task.index, task.spec.id)
+                )
+
+    def add_task(self, task: TaskRecord) -> None:
+        self.tasks[task.spec.id] = task
+        self.counts[task.status] += 1
+        if task.status == READY and task.not_before is None:
+            self.ready.add(task.ready_key)
+
+    def refresh_free(self, worker: WorkerRecord, was_free: bool) -> None:
+        """Keep ``free`` listing exactly the live, non-draining workers with a
+        free slot. ``was_free`` is whether the worker was listed before."""
+        now_free = worker.status in (IDLE, BUSY) and worker.used < worker.slots
+        if now_free != was_free:
+            if now_free:
+                self.free.add((worker.rank, worker.worker_id))
+            else:
+                self.free.remove((worker.rank, worker.worker_id))
+
+    def is_listed_free(self, worker: WorkerRecord) -> bool:
+        return worker.status in (IDLE, BUSY) and worker.used < worker.slots
+
+    def arm(self, when: float, kind: str, key: str, token: Any) -> None:
+        """Schedule a deadline. Timers are checked lazily: when one fires, its
+        token is compared with the record and a stale timer does nothing."""
+        heapq.heappush(self.timers, (when, kind, key, token))
+
+    def reject(self, seq: int, source: str, reason: str) -> None:
+        self.rejected.append(Rejection(seq, source, reason))
+        if len(self.rejected) > MAX_REJECTIONS:
+            del self.rejected[0]
+
+    # ----------------------------------------------------------------- queries
+
+    def task_order(self) -> list[TaskRecord]:
+        """All tasks in submission order."""
+        return sorted(self.tasks.values(), key=lambda t: (t.batch_seq, t.index))
+
+    def canonical(self) -> dict[str, Any]:
+        """The state's meaning as plain data, independent of index layout: two
+        states are the same iff their canonical forms are equal. (Indexes are
+        derived from the records, so they are left out.)"""
+        from ecloud.projections.snapshot import state_to_data
+
+        return state_to_data(self)
+
+    def clone(self) -> State:
+        from ecloud.projections.snapshot import state_from_data, state_to_data
+
+        return state_from_data(state_to_data(self))

@@ -1,0 +1,455 @@
+"""Task transitions: the DAG's life, one small function per event type.
+
+::
+
+    waiting --deps succeeded--> ready --dispatched--> dispatched --started--> running
+    running/dispatched --exit 0--> succeeded          (children: unmet -= 1)
+    running/dispatched --failure, retries left--> ready (after backoff)
+    running/dispatched --failure, none left--> failed  (descendants: blocked)
+    any unfinished --operator cancel--> cancelled      (descendants: blocked)
+    failed/cancelled --operator retry--> ready|waiting (descendants re-checked)
+
+Reports about an attempt that is not the task's current one (a worker that
+was declared lost and came back, a resend of an old report) are *stale*: they
+are acknowledged and otherwise ignored. Costs: finishing a task touches only
+its children; failing or cancelling one touches only its descendants.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ecloud.events.types import (
+    TaskSpec,
+    RetryRequested,
+    TaskCancelled,
+    TaskDispatched,
+    TaskFinished,
+    TasksSubmitted,
+    TaskStarted,
+)
+from ecloud.projections import context
+from ecloud.projections.effects import Ack, CancelAttempt, Dispatch
+from ecloud.projections.state import (
+    ACTIVE,
+    BLOCKED,
+    BLOCKING,
+    BUSY,
+    CANCELLED,
+    DISPATCHED,
+    FAILED,
+    FINAL,
+    IDLE,
+    READY,
+    RUNNING,
+    SUCCEEDED,
+    T_TIMEOUT,
+    WAITING,
+    State,
+    TaskRecord,
+)
+
+
+# ------------------------------------------------------------------- submission
+
+
+def submission_problem(state: State, event: TasksSubmitted) -> str | None:
+    """Why the batch cannot be accepted as a whole, or None. ``ecloud push``
+    checks all of this (and more) before appending; this guard is for logs
+    written by other tools or by racing writers."""
+    tasks = state.tasks
+    batch: set[str] = set()
+    for spec in event.tasks:
+        if spec.id in tasks:
+            return f"task {spec.id!r} already exists"
+        if spec.id in batch:
+            return f"task {spec.id!r} appears twice in the batch"
+        batch.add(spec.id)
+    for spec in event.tasks:
+        for dep in spec.depends_on:
+            if dep not in batch and dep not in tasks:
+                return f"task {spec.id!r} depends on unknown task {dep!r}"
+    if len(_dependency_order(event)) != len(event.tasks):
+        return "the batch's dependencies form a cycle"
+    return None
+
+
+def on_submitted(state: State, event: TasksSubmitted, seq: int, out: list) -> None:
+    problem = submission_problem(state, event)
+    if problem is not None:
+        state.reject(seq, f"batch {event.batch_id}", problem)
+        return
+    tasks = state.tasks
+    children = state.children
+    now = state.clock
+    # A batch may list a task before its dependencies; settle tasks in an
+    # order where every in-batch dependency comes first.
+    for index, spec in _dependency_order(event):
+        unmet = 0
+        blocked_by = None
+        for dep in spec.depends_on:
+            children.setdefault(dep, []).append(spec.id)
+            parent = tasks[dep]
+            if parent.status != SUCCEEDED:
+                unmet += 1
+                if parent.status in BLOCKING and blocked_by is None:
+                    blocked_by = _root_cause(parent)
+        if blocked_by is not None:
+            status = BLOCKED
+        else:
+            status = READY if unmet == 0 else WAITING
+        state.add_task(
+            TaskRecord(
+                spec=spec,
+                batch_seq=seq,
+                index=index,
+                status=status,
+                unmet=unmet,
+                submitted_at=now,
+                blocked_by=blocked_by,
+            )
+        )
+
+
+def _dependency_order(event: TasksSubmitted) -> list[tuple[int, TaskSpec]]:
+    """(index, spec) pairs with in-batch dependencies first (Kahn's
+    algorithm); shorter than the batch when the batch has a cycle. Keeps file
+    order when the file already respects it, the common case."""
+    specs = event.tasks
+    position = {spec.id: i for i, spec in enumerate(specs)}
+    if all(position.get(d, -1) < i for i, s in enumerate(specs) for d in s.depends_on):
+        return list(enumerate(specs))
+    indegree = [0] * len(specs)
+    out: list[list[int]] = [[] for _ in specs]
+    for i, spec in enumerate(specs):
+        for dep in spec.depends_on:
+            j = position.get(dep)
+            if j is not None:
+                indegree[i] += 1
+                out[j].append(i)
+    queue = deque(i for i, d in enumerate(indegree) if d == 0)
+    order = []
+    while queue:
+        i = queue.popleft()
+        order.append((i, specs[i]))
+        for k in out[i]:
+            indegree[k] -= 1
+            if indegree[k] == 0:
+                queue.append(k)
+    return order
+
+
+def _root_cause(task: TaskRecord) -> str:
+    return task.blocked_by if task.status == BLOCKED and task.blocked_by else task.spec.id
+
+
+# ----------------------------------------------------------------- dispatching
+
+
+def dispatch_problem(state: State, event: TaskDispatched) -> str | None:
+    """Why a scheduling decision no longer fits the state, or None."""
+    task = state.tasks.get(event.task_id)
+    if task is None:
+        return "unknown task"
+    if task.status != READY or task.not_before is not None:
+        return f"task is {task.status}" + (" (in retry backoff)" if task.not_before else "")
+    if event.attempt != task.attempt + 1:
+        return f"attempt {event.attempt} is not the next one ({task.attempt + 1})"
+    worker = state.workers.get(event.worker_id)
+    if worker is None:
+        return "unknown worker"
+    if not state.is_listed_free(worker) or worker.free < task.spec.slots:
+        return f"worker is {worker.status} with {worker.free} free slot(s)"
+    return None
+
+
+def on_dispatched(state: State, event: TaskDispatched, seq: int, out: list) -> None:
+    # A decision made on an older state can be overtaken by a cancel or a lost
+    # worker appended in between; it is then dropped, never applied.
+    problem = dispatch_problem(state, event)
+    if problem is not None:
+        state.reject(seq, "scheduler", f"dispatch of {event.task_id}: {problem}")
+        return
+    task = state.tasks[event.task_id]
+    worker = state.workers[event.worker_id]
+    state.set_status(task, DISPATCHED)
+    task.attempt = event.attempt
+    task.worker = worker.worker_id
+    task.dispatched_at = state.clock
+    task.started_at = None
+    task.deadline = None
+    worker.running[(task.spec.id, event.attempt)] = task.spec.slots
+    worker.used += task.spec.slots
+    worker.status = BUSY
+    state.refresh_free(worker, was_free=True)
+    out.append(Dispatch(seq, task.spec.id, event.attempt, worker.worker_id, task.spec))
+
+
+# ------------------------------------------------------------------- reports
+
+
+def _current(state: State, task_id: str, attempt: int, worker_id: str) -> TaskRecord | None:
+    """The task if (attempt, worker) is its live attempt, else None (stale)."""
+    task = state.tasks.get(task_id)
+    if (
+        task is not None
+        and task.status in ACTIVE
+        and task.attempt == attempt
+        and task.worker == worker_id
+    ):
+        return task
+    return None
+
+
+def on_started(state: State, event: TaskStarted, seq: int, out: list) -> None:
+    if event.msg_id:
+        out.append(Ack(seq, event.worker_id, event.msg_id))
+    task = _current(state, event.task_id, event.attempt, event.worker_id)
+    if task is None:
+        stale = state.tasks.get(event.task_id)
+        if stale is not None and event.attempt < stale.attempt:
+            # A worker runs an attempt that was given to someone else since:
+            # stop it, so the task never runs twice at once for long.
+            out.append(
+                CancelAttempt(seq, event.task_id, event.attempt, event.worker_id, "superseded")
+            )
+        return
+    if task.status == RUNNING:
+        return  # a resend of a start we already have
+    state.set_status(task, RUNNING)
+    task.started_at = state.clock
+    if task.spec.timeout is not None:
+        task.deadline = state.clock + task.spec.timeout + float(context.get(state, "timeout_grace"))
+        state.arm(task.deadline, T_TIMEOUT, task.spec.id, task.attempt)
+
+
+def on_finished(state: State, event: TaskFinished, seq: int, out: list) -> None:
+    if event.msg_id:
+        out.append(Ack(seq, event.worker_id, event.msg_id))
+    release_slot(state, event.worker_id, event.task_id, event.attempt)
+    task = _current(state, event.task_id, event.attempt, event.worker_id)
+    if task is None:
+        return  # stale or repeated: the log keeps it, the state ignores it
+    task.exit_code = event.exit_code
+    task.finished_at = state.clock
+    task.deadline = None
+    if event.exit_code == 0:
+        succeed(state, task)
+    else:
+        reason = event.reason or (
+            f"killed by signal {event.signal}"
+            if event.signal is not None
+            else f"exit code {event.exit_code}"
+        )
+        attempt_failed(state, task, reason, seq, out)
+
+
+def release_slot(state: State, worker_id: str, task_id: str, attempt: int) -> None:
+    """Free the slots a worker held for (task, attempt), if it held them."""
+    worker = state.workers.get(worker_id)
+    if worker is None:
+        return
+    slots = worker.running.pop((task_id, attempt), None)
+    if slots is None:
+        return
+    was_free = state.is_listed_free(worker)
+    worker.used -= slots
+    if worker.status == BUSY and worker.used == 0:
+        worker.status = IDLE
+    state.refresh_free(worker, was_free)
+
+
+def succeed(state: State, task: TaskRecord) -> None:
+    state.set_status(task, SUCCEEDED)
+    task.worker = None
+    task.reason = ""
+    tasks = state.tasks
+    for child_id in state.children.get(task.spec.id, ()):
+        child = tasks[child_id]
+        child.unmet -= 1
+        if child.unmet == 0 and child.status == WAITING:
+            state.set_status(child, READY)
+
+
+def attempt_failed(state: State, task: TaskRecord, reason: str, seq: int, out: list) -> None:
+    """An attempt ended badly: retry after backoff if retries are left, else
+    fail for good and block every descendant."""
+    task.failures += 1
+    task.reason = reason
+    task.worker = None
+    task.deadline = None
+    if task.failures <= task.spec.retries:
+        backoff = task.spec.retry_backoff * (2 ** (task.failures - 1))
+        backoff = min(backoff, float(context.get(state, "max_backoff")))
+        if backoff > 0:
+            task.not_before = state.clock + backoff
+        state.set_status(task, READY)
+    else:
+        state.set_status(task, FAILED)
+        block_descendants(state, task.spec.id)
+
+
+def requeue(state: State, task: TaskRecord, reason: str) -> None:
+    """Put an attempt back without counting it as a failure (its worker was
+    lost): the next dispatch is a new attempt."""
+    task.worker = None
+    task.deadline = None
+    task.reason = reason
+    state.set_status(task, READY)
+
+
+# ------------------------------------------------------------------ blocking
+
+
+def block_descendants(state: State, root: str) -> None:
+    """Mark every not-yet-blocked descendant of ``root`` blocked by it. Stops
+    at tasks already blocked or cancelled: their descendants already are."""
+    tasks = state.tasks
+    children = state.children
+    queue = deque(children.get(root, ()))
+    while queue:
+        child = tasks[queue.popleft()]
+        if child.status in (BLOCKED, CANCELLED):
+            continue
+        # A child of an unfinished task cannot have started: it is waiting.
+        state.set_status(child, BLOCKED)
+        child.blocked_by = root
+        queue.extend(children.get(child.spec.id, ()))
+
+
+def recheck_descendants(state: State, root: str) -> None:
+    """After ``root`` stopped blocking (retried), unblock each blocked
+    descendant that no other failed, cancelled or blocked dependency holds,
+    in topological order so each is judged after its parents."""
+    tasks = state.tasks
+    children = state.children
+    # The blocked part of root's descendants: blocked tasks are never ready,
+    # so everything below root that matters is blocked or final.
+    region: list[str] = []
+    seen = {root}
+    queue = deque([root])
+    while queue:
+        for child_id in children.get(queue.popleft(), ()):
+            if child_id not in seen and tasks[child_id].status == BLOCKED:
+                seen.add(child_id)
+                region.append(child_id)
+                queue.append(child_id)
+    inside = set(region)
+    pending = {tid: sum(1 for d in tasks[tid].spec.depends_on if d in inside) for tid in region}
+    queue = deque(tid for tid in region if pending[tid] == 0)
+    while queue:
+        tid = queue.popleft()
+        task = tasks[tid]
+        cause = None
+        for dep in task.spec.depends_on:
+            parent = tasks[dep]
+            if parent.status in BLOCKING:
+                cause = _root_cause(parent)
+                break
+        if cause is None:
+            task.blocked_by = None
+            state.set_status(task, WAITING)
+        else:
+            task.blocked_by = cause
+        for child_id in children.get(tid, ()):
+            if child_id in inside:
+                pending[child_id] -= 1
+                if pending[child_id] == 0:
+                    queue.append(child_id)
+
+
+# ---------------------------------------------------------- operator commands
+
+
+def cancel_problem(state: State, task_id: str) -> str | None:
+    task = state.tasks.get(task_id)
+    if task is None:
+        return f"unknown task {task_id!r}"
+    if task.status in FINAL:
+        return f"task {task_id!r} is already {task.status}"
+    return None
+
+
+def on_cancelled(state: State, event: TaskCancelled, seq: int, out: list) -> None:
+    problem = cancel_problem(state, event.task_id)
+    if problem is not None:
+        state.reject(seq, "operator", f"cancel: {problem}")
+        return
+    task = state.tasks[event.task_id]
+    if task.status in ACTIVE:
+        # The worker keeps its slot until it reports the attempt ended.
+        out.append(
+            CancelAttempt(seq, task.spec.id, task.attempt, task.worker or "", "cancelled")
+        )
+    task.worker = None
+    task.deadline = None
+    task.reason = event.reason or "cancelled by operator"
+    task.blocked_by = None
+    state.set_status(task, CANCELLED)  # before clearing not_before: it says which index held it
+    task.not_before = None
+    block_descendants(state, task.spec.id)
+
+
+def retry_problem(state: State, task_id: str) -> str | None:
+    task = state.tasks.get(task_id)
+    if task is None:
+        return f"unknown task {task_id!r}"
+    if task.status not in (FAILED, CANCELLED):
+        hint = f" (blocked by {task.blocked_by}: retry that)" if task.status == BLOCKED else ""
+        return f"task {task_id!r} is {task.status}, not failed or cancelled{hint}"
+    return None
+
+
+def on_retry_requested(state: State, event: RetryRequested, seq: int, out: list) -> None:
+    problem = retry_problem(state, event.task_id)
+    if problem is not None:
+        state.reject(seq, "operator", f"retry: {problem}")
+        return
+    task = state.tasks[event.task_id]
+    task.failures = 0
+    task.not_before = None
+    task.reason = ""
+    tasks = state.tasks
+    cause = None
+    for dep in task.spec.depends_on:
+        parent = tasks[dep]
+        if parent.status in BLOCKING:
+            cause = _root_cause(parent)
+            break
+    if cause is not None:
+        task.blocked_by = cause
+        state.set_status(task, BLOCKED)
+    else:
+        state.set_status(task, READY if task.unmet == 0 else WAITING)
+    recheck_descendants(state, task.spec.id)
+
+
+# ------------------------------------------------------------------- timeouts
+
+
+def on_timeout(state: State, task_id: str, attempt: int, seq: int, out: list) -> None:
+    """A running attempt passed its timeout plus grace without a report."""
+    task = state.tasks.get(task_id)
+    if task is None or task.status not in ACTIVE or task.attempt != attempt:
+        return
+    if task.deadline is None or task.deadline > state.clock:
+        return
+    out.append(CancelAttempt(seq, task_id, attempt, task.worker or "", "timeout"))
+    attempt_failed(state, task, f"timeout after {task.spec.timeout:g}s", seq, out)
+
+
+__all__ = [
+    "on_submitted",
+    "on_dispatched",
+    "on_started",
+    "on_finished",
+    "on_cancelled",
+    "on_retry_requested",
+    "on_timeout",
+    "release_slot",
+    "requeue",
+    "submission_problem",
+    "dispatch_problem",
+    "cancel_problem",
+    "retry_problem",
+]

@@ -1,0 +1,65 @@
+"""VM transitions (the cloud side of a worker's life).
+
+Only bookkeeping for now: what was requested, which id it got, what the
+cloud last reported. The autoscaling policy that decides to request and kill
+VMs lives beside this and turns its decisions into ``vm.*`` events.
+"""
+
+from __future__ import annotations
+
+from ecloud.events.types import VMAllocated, VMFailed, VMKillRequested, VMRequested, VMStateObserved
+from ecloud.projections.effects import KillVM, SpawnVM
+from ecloud.projections.state import State, VMRecord
+
+
+def on_requested(state: State, event: VMRequested, seq: int, out: list) -> None:
+    if event.vm_name in state.vms:
+        return  # the name is the idempotency key: a second request is the same VM
+    state.vms[event.vm_name] = VMRecord(event.vm_name, requested_at=state.clock)
+    out.append(SpawnVM(seq, event.vm_name))
+
+
+def on_allocated(state: State, event: VMAllocated, seq: int, out: list) -> None:
+    vm = state.vms.get(event.vm_name)
+    if vm is None:
+        state.reject(seq, "cloud", f"allocation of unknown VM {event.vm_name!r}")
+        return
+    vm.vm_id = event.vm_id
+    vm.status = "allocated"
+
+
+def _by_id(state: State, vm_id: int) -> VMRecord | None:
+    for vm in state.vms.values():
+        if vm.vm_id == vm_id:
+            return vm
+    return None
+
+
+def on_state_observed(state: State, event: VMStateObserved, seq: int, out: list) -> None:
+    vm = state.vms.get(event.vm_name) if event.vm_name else None
+    if vm is None:
+        vm = _by_id(state, event.vm_id)
+    if vm is None:
+        state.reject(seq, "cloud", f"state of unknown VM {event.vm_id}")
+        return
+    vm.state = event.state
+    vm.lcm_state = event.lcm_state
+    if event.ip:
+        vm.ip = event.ip
+    vm.status = "observed"
+
+
+def on_failed(state: State, event: VMFailed, seq: int, out: list) -> None:
+    vm = state.vms.get(event.vm_name)
+    if vm is None:
+        state.reject(seq, "cloud", f"failure of unknown VM {event.vm_name!r}")
+        return
+    vm.status = "failed"
+    vm.reason = f"{event.kind}: {event.reason}"
+
+
+def on_kill_requested(state: State, event: VMKillRequested, seq: int, out: list) -> None:
+    vm = _by_id(state, event.vm_id)
+    if vm is not None:
+        vm.status = "killing"
+    out.append(KillVM(seq, event.vm_id, event.reason))
