@@ -46,7 +46,7 @@ HANDLERS: dict[type, Handler] = {
     ev.WorkerHeartbeat: workers.on_heartbeat,
     ev.WorkerLeft: workers.on_left,
     ev.WorkerLost: workers.on_lost,
-    ev.BossStarted: workers.on_boss_started,
+    ev.BossStarted: _nothing,  # its work happens before the clock moves: see step
     ev.VMRequested: vms.on_requested,
     ev.VMAllocated: vms.on_allocated,
     ev.VMStateObserved: vms.on_state_observed,
@@ -69,6 +69,8 @@ def step(state: State, rec: Recorded) -> tuple[State, list]:
     if handler is None:
         raise ReducerBug(seq, f"no reducer for event type {type(rec.event).__name__}")
     out: list = []
+    if type(rec.event) is ev.BossStarted:
+        workers.extend_deadlines(state, rec.event, rec.ts)
     if rec.ts > state.clock:
         timers.advance(state, rec.ts, seq, out)
     handler(state, rec.event, seq, out)

@@ -96,12 +96,13 @@ def on_lost(state: State, event: WorkerLost, seq: int, out: list) -> None:
         let_go(state, worker, LOST, event.reason or "connection lost")
 
 
-def on_boss_started(state: State, event: BossStarted, seq: int, out: list) -> None:
+def extend_deadlines(state: State, event: BossStarted, now: float) -> None:
     """No boss heard heartbeats while none was running: restart every live
-    worker's deadline from now rather than declare them all lost."""
+    worker's deadline from ``now`` rather than declare them all lost. Runs
+    *before* the clock moves to ``now`` (see :func:`ecloud.projections.fold.step`)."""
     for worker in state.workers.values():
-        if worker.status in LIVE:
-            worker.last_seen = state.clock
+        if worker.status in LIVE and worker.last_seen < now:
+            worker.last_seen = now
 
 
 def on_heartbeat_deadline(state: State, worker_id: str, incarnation: str) -> None:

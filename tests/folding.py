@@ -1,0 +1,204 @@
+"""Test helpers for the fold: a driver that appends events with consecutive
+seqs and a controllable clock, an invariant checker, and a hypothesis
+strategy that generates realistic (and deliberately unruly) event logs."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from ecloud.events import types as ev
+from ecloud.events.types import Recorded, TaskSpec
+from ecloud.projections.fold import step
+from ecloud.projections.scheduler import schedule
+from ecloud.projections.state import (
+    ACTIVE,
+    BLOCKED,
+    BLOCKING,
+    FINAL,
+    LIVE,
+    READY,
+    SUCCEEDED,
+    TASK_STATUSES,
+    WAITING,
+    State,
+)
+
+
+class Driver:
+    """Appends events to an in-memory log and folds them one by one."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.state = State()
+        self.log: list[Recorded] = []
+        self.effects: list[tuple[int, object]] = []
+        self.now = start
+
+    def apply(self, event, dt: float = 0.0) -> list:
+        self.now += dt
+        rec = Recorded(len(self.log) + 1, self.now, event)
+        self.log.append(rec)
+        _, out = step(self.state, rec)
+        self.effects.extend((rec.seq, e) for e in out)
+        return out
+
+    def schedule(self) -> list:
+        out = []
+        for decision in schedule(self.state):
+            out.extend(self.apply(decision))
+        return out
+
+    def statuses(self) -> dict[str, str]:
+        return {tid: t.status for tid, t in self.state.tasks.items()}
+
+
+def check_invariants(state: State) -> None:
+    """Every structural promise the state makes, checked the slow way."""
+    tasks = state.tasks
+    counts = dict.fromkeys(TASK_STATUSES, 0)
+    for task in tasks.values():
+        counts[task.status] += 1
+    assert counts == state.counts, (counts, state.counts)
+    eligible = sorted(t.ready_key for t in tasks.values() if t.status == READY and t.not_before is None)
+    assert list(state.ready) == eligible
+    for tid, task in tasks.items():
+        deps = [tasks[d] for d in task.spec.depends_on]
+        assert task.unmet == sum(1 for d in deps if d.status != SUCCEEDED), tid
+        blocking = any(d.status in BLOCKING for d in deps)
+        if task.status not in FINAL:
+            # blocked exactly when a dependency failed, was cancelled or is blocked
+            assert (task.status == BLOCKED) == blocking, (tid, task.status, blocking)
+        if task.status in (READY, *ACTIVE):
+            assert task.unmet == 0, tid
+        if task.status == WAITING:
+            assert task.unmet > 0, tid
+        if task.status in ACTIVE:
+            worker = state.workers[task.worker]
+            assert worker.status in LIVE
+            assert (tid, task.attempt) in worker.running, tid
+        if task.status == SUCCEEDED:
+            assert all(d.status == SUCCEEDED for d in deps), tid
+    free = []
+    for wid, worker in state.workers.items():
+        assert worker.used == sum(worker.running.values()), wid
+        assert 0 <= worker.used <= worker.slots or worker.status not in LIVE, wid
+        if worker.status not in LIVE:
+            assert not worker.running, wid
+        if worker.status in ("idle", "busy") and worker.used < worker.slots:
+            free.append((worker.rank, wid))
+        if worker.status == "idle":
+            assert worker.used == 0, wid
+    assert list(state.free) == sorted(free)
+
+
+# ----------------------------------------------------------------- strategies
+
+WORKERS = ["w0", "w1", "w2"]
+
+
+def _pick(draw, items):
+    items = sorted(items)
+    if not items:
+        return None
+    return items[draw(st.integers(0, len(items) - 1))]
+
+
+@st.composite
+def task_batch(draw, first: int, existing: list[str], max_tasks: int = 8) -> list[TaskSpec]:
+    n = draw(st.integers(1, max_tasks))
+    specs = []
+    for i in range(n):
+        pool = existing + [s.id for s in specs]
+        deps = draw(st.lists(st.sampled_from(pool), max_size=3, unique=True)) if pool else []
+        specs.append(
+            TaskSpec(
+                id=f"t{first + i}",
+                command="true",
+                depends_on=tuple(deps),
+                retries=draw(st.integers(0, 2)),
+                retry_backoff=draw(st.sampled_from([0.0, 5.0, 20.0])),
+                timeout=draw(st.sampled_from([None, None, 50.0])),
+                priority=draw(st.integers(0, 2)),
+                slots=draw(st.sampled_from([1, 1, 1, 2])),
+            )
+        )
+    if draw(st.booleans()):
+        specs.reverse()  # dependencies listed after their dependants
+    return specs
+
+
+def _act(draw, d: Driver, action: str) -> None:
+    state = d.state
+    tasks = state.tasks
+    if action == "submit":
+        specs = draw(task_batch(len(tasks), sorted(tasks)))
+        d.apply(ev.TasksSubmitted(f"b{len(d.log)}", tuple(specs)))
+    elif action == "bad_submit" and tasks:
+        dup = _pick(draw, tasks)
+        d.apply(ev.TasksSubmitted("bad", (TaskSpec(dup, "true"),)))
+    elif action == "announce":
+        d.apply(
+            ev.WorkerAnnounced(
+                draw(st.sampled_from(WORKERS)),
+                "host",
+                draw(st.integers(1, 3)),
+                draw(st.sampled_from([1, 1, 1, 2])),
+                draw(st.sampled_from(["i0", "i1"])),
+            )
+        )
+    elif action == "heartbeat":
+        d.apply(ev.WorkerHeartbeat(draw(st.sampled_from(WORKERS))), dt=1)
+    elif action == "schedule":
+        d.schedule()
+    elif action == "bogus_dispatch" and tasks:
+        tid = _pick(draw, tasks)
+        d.apply(ev.TaskDispatched(tid, draw(st.integers(1, 3)), draw(st.sampled_from(WORKERS))))
+    elif action in ("start", "finish"):
+        active = [tid for tid, t in tasks.items() if t.status in ACTIVE]
+        if active and draw(st.integers(0, 4)) > 0:
+            task = tasks[_pick(draw, active)]
+            tid, attempt, worker = task.spec.id, task.attempt, task.worker
+        elif tasks:  # a report that may well be stale
+            tid = _pick(draw, tasks)
+            attempt, worker = draw(st.integers(1, 3)), draw(st.sampled_from(WORKERS))
+        else:
+            return
+        if action == "start":
+            d.apply(ev.TaskStarted(tid, attempt, worker, msg_id=f"m{len(d.log)}"), dt=1)
+        else:
+            code = draw(st.sampled_from([0, 0, 0, 1, None]))
+            sig = 9 if code is None else None
+            d.apply(ev.TaskFinished(tid, attempt, worker, code, 1.0, sig, msg_id=f"m{len(d.log)}"), dt=1)
+    elif action == "cancel" and tasks:
+        d.apply(ev.TaskCancelled(_pick(draw, tasks)))
+    elif action == "retry" and tasks:
+        d.apply(ev.RetryRequested(_pick(draw, tasks)))
+    elif action == "tick":
+        d.apply(ev.Tick(), dt=draw(st.sampled_from([1.0, 10.0, 35.0, 100.0])))
+    elif action == "lost":
+        d.apply(ev.WorkerLost(draw(st.sampled_from(WORKERS))))
+    elif action == "left":
+        d.apply(ev.WorkerLeft(draw(st.sampled_from(WORKERS))))
+    elif action == "boss":
+        d.apply(ev.BossStarted("b"))
+    elif action == "context":
+        d.apply(ev.ContextSet("heartbeat_timeout", draw(st.sampled_from(["30", "60", "-1"]))))
+
+
+# Weighted: mostly the work moving forward, with every kind of trouble mixed in.
+ACTIONS = [
+    *["schedule"] * 4, *["start"] * 3, *["finish"] * 5, *["heartbeat"] * 2, "tick", "tick",
+    "submit", "bad_submit", "announce", "bogus_dispatch", "cancel", "retry",
+    "lost", "left", "boss", "context",
+]
+
+
+@st.composite
+def driven_logs(draw, max_steps: int = 60) -> Driver:
+    """A driver after a random but plausible history (the first event submits
+    tasks, the second announces a worker)."""
+    d = Driver()
+    _act(draw, d, "submit")
+    _act(draw, d, "announce")
+    for action in draw(st.lists(st.sampled_from(ACTIONS), min_size=15, max_size=max_steps)):
+        _act(draw, d, action)
+    return d

@@ -1,0 +1,237 @@
+"""The fold, one scenario at a time: every step asserts the whole picture
+(task statuses and the exact effects)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ecloud.errors import ReducerBug
+from ecloud.events import types as ev
+from ecloud.events.types import Recorded, TaskSpec
+from ecloud.projections.effects import Ack, CancelAttempt, Dispatch, RefuseWorker
+from ecloud.projections.fold import step
+from ecloud.projections.state import State
+from tests.folding import Driver, check_invariants
+
+DIAMOND = (
+    TaskSpec("a", "true"),
+    TaskSpec("b", "true", depends_on=("a",)),
+    TaskSpec("c", "true", depends_on=("a",), retries=2, retry_backoff=10.0),
+    TaskSpec("d", "true", depends_on=("b", "c")),
+)
+
+
+def diamond(slots: int = 2) -> Driver:
+    d = Driver()
+    d.apply(ev.TasksSubmitted("b1", DIAMOND))
+    d.apply(ev.WorkerAnnounced("w1", "host1", slots, 1, "i1"))
+    return d
+
+
+def test_submission_sets_ready_and_waiting() -> None:
+    d = diamond()
+    assert d.statuses() == {"a": "ready", "b": "waiting", "c": "waiting", "d": "waiting"}
+    assert d.state.counts["ready"] == 1 and d.state.counts["waiting"] == 3
+    assert d.state.tasks["d"].unmet == 2
+    check_invariants(d.state)
+
+
+def test_a_run_of_the_diamond() -> None:
+    d = diamond()
+    assert d.schedule() == [Dispatch(3, "a", 1, "w1", DIAMOND[0])]
+    assert d.statuses()["a"] == "dispatched"
+    assert d.apply(ev.TaskStarted("a", 1, "w1", msg_id="m1")) == [Ack(4, "w1", "m1")]
+    assert d.statuses()["a"] == "running"
+    d.apply(ev.TaskFinished("a", 1, "w1", 0, 1.0))
+    assert d.statuses() == {"a": "succeeded", "b": "ready", "c": "ready", "d": "waiting"}
+    assert d.schedule() == [Dispatch(6, "b", 1, "w1", DIAMOND[1]), Dispatch(7, "c", 1, "w1", DIAMOND[2])]
+    assert d.state.workers["w1"].status == "busy" and not d.state.free
+    d.apply(ev.TaskFinished("b", 1, "w1", 0))
+    d.apply(ev.TaskFinished("c", 1, "w1", 0))
+    assert d.statuses()["d"] == "ready"
+    d.schedule()
+    d.apply(ev.TaskFinished("d", 1, "w1", 0))
+    assert set(d.statuses().values()) == {"succeeded"}
+    assert d.state.workers["w1"].status == "idle"
+    check_invariants(d.state)
+
+
+def test_failure_with_retries_backs_off_exponentially_then_fails_and_blocks() -> None:
+    d = diamond()
+    d.schedule()
+    d.apply(ev.TaskFinished("a", 1, "w1", 0))
+    d.schedule()
+    d.apply(ev.TaskFinished("c", 1, "w1", 1), dt=1)
+    c = d.state.tasks["c"]
+    assert (c.status, c.failures, c.not_before) == ("ready", 1, d.now + 10.0)
+    assert d.schedule() == []  # in backoff: not eligible
+    d.apply(ev.WorkerHeartbeat("w1"), dt=10)  # time passes; the worker stays alive
+    assert [x.task_id for x in d.schedule()] == ["c"]
+    d.apply(ev.TaskFinished("c", 2, "w1", 1))
+    assert d.state.tasks["c"].not_before == d.now + 20.0  # doubled
+    d.apply(ev.WorkerHeartbeat("w1"), dt=20)
+    d.schedule()
+    d.apply(ev.TaskFinished("c", 3, "w1", None, signal=9))
+    assert d.statuses() == {"a": "succeeded", "b": "dispatched", "c": "failed", "d": "blocked"}
+    assert d.state.tasks["c"].reason == "killed by signal 9"
+    assert d.state.tasks["d"].blocked_by == "c"
+    # the rest of the DAG goes on: b still finishes normally
+    d.apply(ev.TaskFinished("b", 1, "w1", 0))
+    assert d.statuses()["b"] == "succeeded" and d.statuses()["d"] == "blocked"
+    # an operator retry unblocks d
+    d.apply(ev.RetryRequested("c"))
+    assert d.statuses()["c"] == "ready" and d.statuses()["d"] == "waiting"
+    check_invariants(d.state)
+
+
+def test_lost_worker_requeues_with_a_new_attempt_and_ignores_the_late_result() -> None:
+    d = diamond()
+    d.schedule()
+    d.apply(ev.TaskStarted("a", 1, "w1"))
+    d.apply(ev.Tick(), dt=31)  # heartbeat_timeout defaults to 30 s
+    assert d.state.workers["w1"].status == "lost"
+    assert d.statuses()["a"] == "ready"
+    d.apply(ev.WorkerAnnounced("w2", "host2", 1, 1, "j1"))
+    assert d.schedule() == [Dispatch(7, "a", 2, "w2", DIAMOND[0])]
+    # the lost worker's late result of attempt 1 changes nothing
+    d.apply(ev.TaskFinished("a", 1, "w1", 0, msg_id="late"))
+    assert d.statuses()["a"] == "dispatched" and d.state.tasks["a"].attempt == 2
+    # and if it starts the old attempt again, it is told to stop
+    out = d.apply(ev.TaskStarted("a", 1, "w1"))
+    assert out == [CancelAttempt(9, "a", 1, "w1", "superseded")]
+    check_invariants(d.state)
+
+
+def test_heartbeats_keep_a_worker_alive_and_boss_restart_extends_deadlines() -> None:
+    d = diamond()
+    for _ in range(5):
+        d.apply(ev.WorkerHeartbeat("w1"), dt=20)
+    assert d.state.workers["w1"].status == "idle"
+    d.apply(ev.BossStarted("boss-2"), dt=200)  # no boss was listening for 200 s
+    assert d.state.workers["w1"].status == "idle"
+    d.apply(ev.Tick(), dt=31)
+    assert d.state.workers["w1"].status == "lost"
+
+
+def test_cancel_running_task_kills_it_and_blocks_descendants_slot_held_until_report() -> None:
+    d = diamond(slots=1)
+    d.schedule()
+    out = d.apply(ev.TaskCancelled("a", "not needed"))
+    assert out == [CancelAttempt(4, "a", 1, "w1", "cancelled")]
+    assert d.statuses() == {"a": "cancelled", "b": "blocked", "c": "blocked", "d": "blocked"}
+    assert d.state.workers["w1"].used == 1  # until the worker confirms the kill
+    d.apply(ev.TaskFinished("a", 1, "w1", None, signal=15))
+    assert d.state.workers["w1"].used == 0 and d.statuses()["a"] == "cancelled"
+    d.apply(ev.RetryRequested("a"))
+    assert d.statuses() == {"a": "ready", "b": "waiting", "c": "waiting", "d": "waiting"}
+    check_invariants(d.state)
+
+
+def test_timeout_fails_the_attempt_and_tells_the_worker() -> None:
+    d = Driver()
+    spec = TaskSpec("slow", "sleep 100", timeout=10.0)
+    d.apply(ev.TasksSubmitted("b", (spec,)))
+    d.apply(ev.WorkerAnnounced("w1", "h", 1, 1, "i"))
+    d.schedule()
+    d.apply(ev.TaskStarted("slow", 1, "w1"))
+    d.apply(ev.WorkerHeartbeat("w1"), dt=20)
+    assert d.statuses()["slow"] == "running"  # 10 s timeout + 30 s grace
+    out = d.apply(ev.WorkerHeartbeat("w1"), dt=21)
+    assert out == [CancelAttempt(6, "slow", 1, "w1", "timeout")]
+    assert d.statuses()["slow"] == "failed"
+    assert d.state.tasks["slow"].reason == "timeout after 10s"
+
+
+def test_repeated_reports_are_idempotent() -> None:
+    d = diamond()
+    d.schedule()
+    d.apply(ev.TaskStarted("a", 1, "w1", msg_id="s"))
+    before = d.state.canonical()
+    assert d.apply(ev.TaskStarted("a", 1, "w1", msg_id="s")) == [Ack(5, "w1", "s")]
+    after = d.state.canonical()
+    assert {**after, "seq": 0, "clock": 0} == {**before, "seq": 0, "clock": 0}
+    d.apply(ev.TaskFinished("a", 1, "w1", 0, msg_id="f"))
+    statuses = d.statuses()
+    assert d.apply(ev.TaskFinished("a", 1, "w1", 0, msg_id="f")) == [Ack(7, "w1", "f")]
+    assert d.statuses() == statuses and d.state.workers["w1"].used == 0
+
+
+def test_incompatible_worker_is_refused() -> None:
+    d = Driver()
+    out = d.apply(ev.WorkerAnnounced("old", "h", 4, 99, "i"))
+    assert out == [RefuseWorker(1, "old", "protocol 99 not supported (boss speaks 1)")]
+    assert "old" not in d.state.workers and d.state.rejected[-1].reason.startswith("protocol 99")
+
+
+def test_worker_restart_gives_back_what_the_old_incarnation_held() -> None:
+    d = diamond()
+    d.schedule()
+    d.apply(ev.WorkerAnnounced("w1", "host1", 2, 1, "i1"))  # reconnect: same incarnation
+    assert d.statuses()["a"] == "dispatched"
+    d.apply(ev.WorkerAnnounced("w1", "host1", 2, 1, "i2"))  # restart
+    assert d.statuses()["a"] == "ready" and d.state.workers["w1"].used == 0
+    check_invariants(d.state)
+
+
+def test_a_later_batch_may_depend_on_an_earlier_one_and_inherits_its_state() -> None:
+    d = diamond()
+    d.schedule()
+    d.apply(ev.TaskFinished("a", 1, "w1", 0))
+    d.apply(ev.TasksSubmitted("b2", (TaskSpec("e", "true", depends_on=("a",)),
+                                     TaskSpec("f", "true", depends_on=("e", "b")))))
+    assert d.statuses()["e"] == "ready" and d.statuses()["f"] == "waiting"
+    d.apply(ev.TaskCancelled("b"))
+    assert d.statuses()["f"] == "blocked"
+    d.apply(ev.TasksSubmitted("b3", (TaskSpec("g", "true", depends_on=("f",)),)))
+    assert d.statuses()["g"] == "blocked" and d.state.tasks["g"].blocked_by == "b"
+    check_invariants(d.state)
+
+
+def test_invalid_batches_are_rejected_whole() -> None:
+    d = diamond()
+    d.apply(ev.TasksSubmitted("dup", (TaskSpec("x", "true"), TaskSpec("a", "true"))))
+    d.apply(ev.TasksSubmitted("dangling", (TaskSpec("y", "true", depends_on=("nope",)),)))
+    d.apply(ev.TasksSubmitted("cycle", (TaskSpec("p", "true", depends_on=("q",)),
+                                        TaskSpec("q", "true", depends_on=("p",)))))
+    assert sorted(d.statuses()) == ["a", "b", "c", "d"]
+    assert [r.reason for r in d.state.rejected] == [
+        "task 'a' already exists",
+        "task 'y' depends on unknown task 'nope'",
+        "the batch's dependencies form a cycle",
+    ]
+
+
+def test_priority_then_submission_order_and_packing() -> None:
+    d = Driver()
+    d.apply(ev.TasksSubmitted("b", (TaskSpec("low", "true"), TaskSpec("high", "true", priority=5),
+                                    TaskSpec("big", "true", slots=3), TaskSpec("low2", "true"))))
+    d.apply(ev.WorkerAnnounced("w1", "h", 2, 1, "i"))
+    d.apply(ev.WorkerAnnounced("w2", "h", 2, 1, "i"))
+    decisions = [(e.task_id, e.worker_id) for e in d.schedule()]
+    # "big" fits nowhere and waits without holding back smaller tasks
+    assert decisions == [("high", "w1"), ("low", "w1"), ("low2", "w2")]
+
+
+def test_a_gap_in_the_log_is_a_loud_error() -> None:
+    state = State()
+    step(state, Recorded(1, 1.0, ev.Tick()))
+    with pytest.raises(ReducerBug, match="seq 3: expected seq 2"):
+        step(state, Recorded(3, 2.0, ev.Tick()))
+
+
+def test_the_clock_never_goes_back() -> None:
+    d = Driver()
+    d.apply(ev.Tick(), dt=10)
+    d.apply(ev.Tick(), dt=-5)
+    assert d.state.clock == 1010.0
+
+
+def test_context_set_and_dropped() -> None:
+    d = Driver()
+    d.apply(ev.ContextSet("datastore_address", "10.0.0.5"))
+    d.apply(ev.ContextSet("heartbeat_timeout", "soon"))
+    d.apply(ev.ContextSet("colour", "blue"))
+    assert d.state.context == {"datastore_address": "10.0.0.5"}
+    assert len(d.state.rejected) == 2
+    d.apply(ev.ContextDropped("datastore_address"))
+    assert d.state.context == {}

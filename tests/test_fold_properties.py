@@ -1,0 +1,145 @@
+"""Hypothesis properties of the fold over generated histories."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ecloud.events import types as ev
+from ecloud.projections.effects import Dispatch
+from ecloud.projections.fold import fold, fold_with_effects, step
+from ecloud.projections.scheduler import schedule
+from ecloud.projections.snapshot import dump, load
+from ecloud.projections.state import (
+    BLOCKED,
+    BLOCKING,
+    CANCELLED,
+    FAILED,
+    FINAL,
+    READY,
+    SUCCEEDED,
+    State,
+)
+from tests.folding import Driver, check_invariants, driven_logs
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(driven_logs())
+def test_determinism_same_events_same_state_and_effects(d: Driver) -> None:
+    first, effects1 = fold_with_effects(d.log)
+    second, effects2 = fold_with_effects(d.log)
+    assert first.canonical() == second.canonical()
+    assert effects1 == effects2
+    assert effects1 == [e for _, e in d.effects]
+
+
+@SETTINGS
+@given(driven_logs(), st.data())
+def test_replay_equals_incremental_fold(d: Driver, data) -> None:
+    # The driver folded event by event while deciding; replaying the finished
+    # log in one go, or in chunks through copies, must land on the same state.
+    replayed = fold(d.log)
+    assert replayed.canonical() == d.state.canonical()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(d.log)), max_size=4)))
+    state, start = State(), 0
+    for cut in [*cuts, len(d.log)]:
+        state = fold(d.log[start:cut], state).clone()
+        start = max(start, cut)
+    assert state.canonical() == d.state.canonical()
+
+
+@SETTINGS
+@given(driven_logs(), st.data())
+def test_snapshot_plus_suffix_equals_full_replay(d: Driver, data) -> None:
+    k = data.draw(st.integers(0, len(d.log)))
+    prefix = fold(d.log[:k])
+    restored = load(dump(prefix))
+    assert restored.canonical() == prefix.canonical()
+    state, suffix_effects = fold_with_effects(d.log[k:], restored)
+    full, full_effects = fold_with_effects(d.log)
+    assert state.canonical() == full.canonical()
+    expected = [e for seq, e in d.effects if seq > k]
+    assert suffix_effects == expected
+    check_invariants(state)
+
+
+@SETTINGS
+@given(driven_logs())
+def test_invariants_hold_after_every_event(d: Driver) -> None:
+    state = State()
+    for rec in d.log:
+        step(state, rec)
+        check_invariants(state)
+
+
+@SETTINGS
+@given(driven_logs())
+def test_no_task_dispatched_before_its_dependencies_succeeded(d: Driver) -> None:
+    state = State()
+    for rec in d.log:
+        _, effects = step(state, rec)
+        for effect in effects:
+            if isinstance(effect, Dispatch):
+                for dep in effect.spec.depends_on:
+                    assert state.tasks[dep].status == SUCCEEDED, (effect.task_id, dep)
+
+
+@SETTINGS
+@given(driven_logs())
+def test_with_enough_free_slots_every_ready_task_is_dispatched(d: Driver) -> None:
+    # Give the cluster a worker big enough for everything, then schedule once.
+    ready = [t for t in d.state.tasks.values() if t.status == READY and t.not_before is None]
+    need = sum(t.spec.slots for t in ready) + 2
+    d.apply(ev.WorkerAnnounced("big", "host", need, 1, "x"))
+    decisions = schedule(d.state)
+    assert sorted(x.task_id for x in decisions) == sorted(t.spec.id for t in ready)
+    for decision in decisions:
+        d.apply(decision)
+    assert not d.state.ready
+    check_invariants(d.state)
+
+
+@SETTINGS
+@given(driven_logs())
+def test_scheduler_never_overcommits_a_worker(d: Driver) -> None:
+    decisions = schedule(d.state)
+    taken: dict[str, int] = {}
+    for x in decisions:
+        taken[x.worker_id] = taken.get(x.worker_id, 0) + d.state.tasks[x.task_id].spec.slots
+    for wid, slots in taken.items():
+        assert slots <= d.state.workers[wid].free
+    for x in decisions:  # every decision is accepted by the fold as it stands
+        before = len(d.state.rejected)
+        d.apply(x)
+        assert len(d.state.rejected) == before
+
+
+def _descendants(state: State, root: str) -> set[str]:
+    out, stack = set(), [root]
+    while stack:
+        for child in state.children.get(stack.pop(), ()):
+            if child not in out:
+                out.add(child)
+                stack.append(child)
+    return out
+
+
+@SETTINGS
+@given(driven_logs())
+def test_failed_for_good_blocks_exactly_its_descendants(d: Driver) -> None:
+    state = d.state
+    roots = [tid for tid, t in state.tasks.items() if t.status in (FAILED, CANCELLED)]
+    doomed: set[str] = set()
+    for root in roots:
+        doomed |= _descendants(state, root)
+    blocked = {tid for tid, t in state.tasks.items() if t.status == BLOCKED}
+    # Every blocked task descends from a failed or cancelled one, and every
+    # unfinished descendant of one is blocked.
+    assert blocked <= doomed
+    for tid in doomed:
+        if state.tasks[tid].status not in FINAL:
+            assert tid in blocked, tid
+    for tid in blocked:
+        assert state.tasks[state.tasks[tid].blocked_by].status in BLOCKING - {BLOCKED}
