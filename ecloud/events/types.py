@@ -188,7 +188,9 @@ class WorkerAnnounced(Event):
 @event("worker.heartbeat")
 @frozen
 class WorkerHeartbeat(Event):
-    """A worker is alive. Heartbeats push its deadline forward."""
+    """A worker is alive. Heartbeats push its deadline forward. They are
+    never acknowledged or resent (the next one replaces a lost one);
+    ``msg_id`` only serves tracing."""
 
     worker_id: str
     msg_id: str = ""

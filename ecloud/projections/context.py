@@ -63,10 +63,18 @@ def check(key: str, value: str) -> str | None:
     return None
 
 
+_parsed: dict[tuple[str, str], object] = {}
+
+
 def get(state: State, key: str) -> object:
     """The parsed value of ``key``, or its default (None when it has none)."""
     raw = state.context.get(key, KEYS[key].default)
-    return None if raw is None else KEYS[key].parse(raw)
+    if raw is None:
+        return None
+    value = _parsed.get((key, raw))
+    if value is None:  # parsing is pure, so remembering it is too
+        value = _parsed[(key, raw)] = KEYS[key].parse(raw)
+    return value
 
 
 def heartbeat_timeout(state: State) -> float:

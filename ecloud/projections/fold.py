@@ -59,6 +59,9 @@ HANDLERS: dict[type, Handler] = {
 }
 
 
+_BOSS_STARTED = ev.BossStarted
+
+
 def step(state: State, rec: Recorded) -> tuple[State, list]:
     """Fold one recorded event. Returns the (same, updated) state and the
     effects the event calls for, in a deterministic order."""
@@ -69,7 +72,7 @@ def step(state: State, rec: Recorded) -> tuple[State, list]:
     if handler is None:
         raise ReducerBug(seq, f"no reducer for event type {type(rec.event).__name__}")
     out: list = []
-    if type(rec.event) is ev.BossStarted:
+    if type(rec.event) is _BOSS_STARTED:
         workers.extend_deadlines(state, rec.event, rec.ts)
     if rec.ts > state.clock:
         timers.advance(state, rec.ts, seq, out)

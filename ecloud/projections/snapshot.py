@@ -23,6 +23,7 @@ from ecloud.projections.state import (
     READY,
     T_HEARTBEAT,
     T_TIMEOUT,
+    Failure,
     Rejection,
     State,
     TaskRecord,
@@ -59,6 +60,7 @@ def state_to_data(state: State) -> dict[str, Any]:
         "vms": [converter.unstructure(state.vms[n]) for n in sorted(state.vms)],
         "context": dict(sorted(state.context.items())),
         "rejected": [converter.unstructure(r) for r in state.rejected],
+        "recent_failures": [converter.unstructure(f) for f in state.recent_failures],
     }
 
 
@@ -81,6 +83,7 @@ def state_from_data(data: dict[str, Any]) -> State:
         state.vms[vm.vm_name] = vm
     state.context.update(data["context"])
     state.rejected.extend(converter.structure(r, Rejection) for r in data["rejected"])
+    state.recent_failures.extend(converter.structure(f, Failure) for f in data["recent_failures"])
     # Indexes. Children in submission order, exactly as the fold builds them.
     for task in state.task_order():
         for dep in task.spec.depends_on:

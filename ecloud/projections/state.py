@@ -129,6 +129,22 @@ class Rejection:
 MAX_REJECTIONS = 100
 
 
+@define(slots=True)
+class Failure:
+    """A failed attempt, kept for ``ecloud status`` (bounded); the full
+    report, stderr included, is the event at ``seq``."""
+
+    seq: int
+    task_id: str
+    attempt: int
+    worker: str | None
+    reason: str
+    final: bool
+
+
+MAX_FAILURES = 20
+
+
 @define(slots=True, eq=False)
 class State:
     """Everything the log says, folded. See the module docstring on ownership."""
@@ -140,6 +156,7 @@ class State:
     vms: dict[str, VMRecord] = field(factory=dict)
     context: dict[str, str] = field(factory=dict)
     rejected: list[Rejection] = field(factory=list)
+    recent_failures: list[Failure] = field(factory=list)
     # ---- indexes, derived from the records above
     children: dict[str, list[str]] = field(factory=dict)
     counts: dict[str, int] = field(factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
@@ -197,6 +214,11 @@ class State:
         self.rejected.append(Rejection(seq, source, reason))
         if len(self.rejected) > MAX_REJECTIONS:
             del self.rejected[0]
+
+    def record_failure(self, failure: Failure) -> None:
+        self.recent_failures.append(failure)
+        if len(self.recent_failures) > MAX_FAILURES:
+            del self.recent_failures[0]
 
     # ----------------------------------------------------------------- queries
 

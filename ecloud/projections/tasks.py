@@ -45,6 +45,7 @@ from ecloud.projections.state import (
     SUCCEEDED,
     T_TIMEOUT,
     WAITING,
+    Failure,
     State,
     TaskRecord,
 )
@@ -276,9 +277,11 @@ def attempt_failed(state: State, task: TaskRecord, reason: str, seq: int, out: l
     fail for good and block every descendant."""
     task.failures += 1
     task.reason = reason
+    final = task.failures > task.spec.retries
+    state.record_failure(Failure(seq, task.spec.id, task.attempt, task.worker, reason, final))
     task.worker = None
     task.deadline = None
-    if task.failures <= task.spec.retries:
+    if not final:
         backoff = task.spec.retry_backoff * (2 ** (task.failures - 1))
         backoff = min(backoff, float(context.get(state, "max_backoff")))
         if backoff > 0:

@@ -77,8 +77,6 @@ def on_announced(state: State, event: WorkerAnnounced, seq: int, out: list) -> N
 
 
 def on_heartbeat(state: State, event: WorkerHeartbeat, seq: int, out: list) -> None:
-    if event.msg_id:
-        out.append(Ack(seq, event.worker_id, event.msg_id))
     worker = state.workers.get(event.worker_id)
     if worker is not None and worker.status in LIVE:
         worker.last_seen = state.clock

@@ -1,0 +1,307 @@
+"""``ecloud``: the operator's command line.
+
+Every command reads the event log named by ``--db`` (or ``$ECLOUD_DB``, or
+the config file), and the ones that change anything do it by appending an
+event - after checking it against the current state, so a bad command is
+refused with a reason and leaves the log as it was.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from ecloud.cli import render
+from ecloud.cli.common import common_options, handle_errors, log_store, out, progress_bar
+from ecloud.errors import UserError
+from ecloud.events import types as ev
+from ecloud.events.codec import converter
+from ecloud.projections import context as ctx
+from ecloud.projections import tasks as task_rules
+from ecloud.projections.state import FAILED
+from ecloud.rebuild import load_state
+from ecloud.submit import append_checked, submit_tasks
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="ecloud")
+def cli() -> None:
+    """Distribute shell-command tasks with dependencies over many machines.
+
+    Everything that happens is an event in one append-only log; these
+    commands push work, inspect progress and history, and steer the cluster.
+    """
+
+
+# ------------------------------------------------------------------------ push
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Validate only; write nothing.")
+@common_options
+@handle_errors
+def push(file: Path, dry_run: bool, db: str | None, config_path: str | None) -> None:
+    """Validate a task file and add its tasks to the log (the seed's push-tasks).
+
+    Every problem in the file is reported at once, with its location; then
+    nothing is written and the exit status is 2. Tasks may depend on tasks
+    pushed earlier.
+    """
+    from ecloud.taskfile import parse_task_file, validate_against
+
+    with log_store(db, config_path, create=not dry_run) as store:
+        with progress_bar("reading the log") as progress:
+            state = load_state(store, progress=progress)
+        specs = parse_task_file(file, known=state.tasks.__contains__)
+        if dry_run:
+            out.print(f"{file}: {len(specs)} task(s) valid (dry run: nothing written)")
+            return
+        state, seqs = submit_tasks(
+            store, specs, str(file),
+            validate=lambda current: validate_against(specs, current.tasks.__contains__, source=str(file)),
+            state=state,
+        )
+    out.print(f"pushed {len(specs)} task(s) from {file} (seq {seqs[0]}"
+              + (f"-{seqs[-1]})" if len(seqs) > 1 else ")"))
+
+
+# ---------------------------------------------------------------------- status
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@common_options
+@handle_errors
+def status(as_json: bool, db: str | None, config_path: str | None) -> None:
+    """Counts per task state, the workers table and recent failures."""
+    with log_store(db, config_path, create=False) as store:
+        with progress_bar("reading the log", enabled=not as_json) as progress:
+            state = load_state(store, progress=progress)
+    if as_json:
+        sys.stdout.write(orjson.dumps(render.status_data(state)).decode() + "\n")
+    else:
+        render.render_status(state, out, title=store.url)
+
+
+# ------------------------------------------------------------------------- log
+
+
+def _wanted(rec: ev.Recorded, task: str | None, worker: str | None) -> bool:
+    event = rec.event
+    if task is not None:
+        if isinstance(event, ev.TasksSubmitted):
+            if not any(t.id == task for t in event.tasks):
+                return False
+        elif getattr(event, "task_id", None) != task:
+            return False
+    if worker is not None and getattr(event, "worker_id", None) != worker:
+        return False
+    return True
+
+
+def _print_record(rec: ev.Recorded, as_json: bool) -> None:
+    if as_json:
+        line = {"seq": rec.seq, "ts": rec.ts, "type": rec.event.TYPE,
+                "version": rec.event.VERSION, "body": converter.unstructure(rec.event)}
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    else:
+        out.print(f"{rec.seq:>8}  {render.when(rec.ts)}  {rec.event.TYPE:<20} "
+                  f"{render.summarise(rec.event)}", markup=False)
+
+
+@cli.command("log")
+@click.option("--from", "start", type=click.IntRange(min=1), default=1, show_default=True,
+              help="First seq to show.")
+@click.option("--to", "end", type=click.IntRange(min=1), help="Last seq to show (default: head).")
+@click.option("--type", "types", multiple=True, metavar="TYPE",
+              help="Only events of this type, e.g. task.finished (repeatable).")
+@click.option("--task", metavar="ID", help="Only events about this task.")
+@click.option("--worker", metavar="ID", help="Only events about this worker.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they are appended.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@common_options
+@handle_errors
+def log_command(start: int, end: int | None, types: tuple[str, ...], task: str | None,
+                worker: str | None, follow: bool, as_json: bool, db: str | None,
+                config_path: str | None) -> None:
+    """Show events from the log, oldest first."""
+    unknown = sorted(set(types) - set(ev.EVENT_TYPES))
+    if unknown:
+        raise UserError(f"unknown event type(s) {', '.join(unknown)}; known: "
+                        + ", ".join(sorted(ev.EVENT_TYPES)))
+    if follow and end is not None:
+        raise UserError("--follow and --to cannot be used together")
+    with log_store(db, config_path, create=False) as store:
+        last = start - 1
+        for rec in store.read(start, end, types=types or None):
+            last = rec.seq
+            if _wanted(rec, task, worker):
+                _print_record(rec, as_json)
+        if follow:
+            sys.stdout.flush()
+            last = max(last, store.head()) if types else last
+            for rec in store.follow(last):
+                if (not types or rec.event.TYPE in types) and _wanted(rec, task, worker):
+                    _print_record(rec, as_json)
+                    sys.stdout.flush()
+
+
+# ----------------------------------------------------------------- cancel/retry
+
+
+@cli.command()
+@click.argument("task_ids", nargs=-1, required=True, metavar="TASK...")
+@click.option("--reason", default="", help="Why (kept in the log).")
+@common_options
+@handle_errors
+def cancel(task_ids: tuple[str, ...], reason: str, db: str | None, config_path: str | None) -> None:
+    """Cancel tasks: they will not run (a running attempt is killed) and their
+    descendants are blocked until the task is retried."""
+    with log_store(db, config_path, create=False) as store:
+        def build(state):
+            problems = [p for t in task_ids if (p := task_rules.cancel_problem(state, t))]
+            if problems:
+                raise UserError("; ".join(problems))
+            return [ev.TaskCancelled(t, reason) for t in task_ids]
+
+        append_checked(store, build)
+    out.print(f"cancelled {len(task_ids)} task(s)")
+
+
+@cli.command()
+@click.argument("task_ids", nargs=-1, metavar="[TASK]...")
+@click.option("--failed", "all_failed", is_flag=True, help="Retry every task that failed for good.")
+@common_options
+@handle_errors
+def retry(task_ids: tuple[str, ...], all_failed: bool, db: str | None, config_path: str | None) -> None:
+    """Run failed or cancelled tasks again (with their full retry budget);
+    the tasks they blocked become eligible again."""
+    if bool(task_ids) == all_failed:
+        raise UserError("give task ids or --failed (one of the two)")
+    chosen: list[str] = []
+    with log_store(db, config_path, create=False) as store:
+        def build(state):
+            chosen[:] = list(task_ids) or [t for t, r in state.tasks.items() if r.status == FAILED]
+            problems = [p for t in chosen if (p := task_rules.retry_problem(state, t))]
+            if problems:
+                raise UserError("; ".join(problems))
+            return [ev.RetryRequested(t) for t in chosen]
+
+        append_checked(store, build)
+    out.print(f"retrying {len(chosen)} task(s)" if chosen else "no failed tasks to retry")
+
+
+# --------------------------------------------------------------------- context
+
+
+@cli.group("context")
+def context_group() -> None:
+    """Show or change the cluster context (boss and datastore addresses,
+    heartbeat timeout, ...): the seed's show_context / drop_context."""
+
+
+@context_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@common_options
+@handle_errors
+def context_show(as_json: bool, db: str | None, config_path: str | None) -> None:
+    """Every context key with its value (or default) and meaning."""
+    with log_store(db, config_path, create=False) as store:
+        state = load_state(store)
+    if as_json:
+        values = {k: state.context.get(k, spec.default) for k, spec in sorted(ctx.KEYS.items())}
+        sys.stdout.write(orjson.dumps(values).decode() + "\n")
+    else:
+        render.render_context(state, out)
+
+
+def _set_context(store, key: str, value: str) -> None:
+    problem = ctx.check(key, value)
+    if problem:
+        raise UserError(problem)
+    append_checked(store, lambda state: [ev.ContextSet(key, value)])
+
+
+@context_group.command("set")
+@click.argument("key")
+@click.argument("value")
+@common_options
+@handle_errors
+def context_set(key: str, value: str, db: str | None, config_path: str | None) -> None:
+    """Set one context KEY to VALUE (see `ecloud context show` for the keys)."""
+    with log_store(db, config_path, create=True) as store:
+        _set_context(store, key, value)
+    out.print(f"{key} = {value}")
+
+
+@context_group.command("drop")
+@click.argument("keys", nargs=-1, metavar="[KEY]...")
+@common_options
+@handle_errors
+def context_drop(keys: tuple[str, ...], db: str | None, config_path: str | None) -> None:
+    """Remove context values (all of them when no KEY is given), e.g. so the
+    boss sets its own address afresh, as in the seed."""
+    unknown = sorted(set(keys) - set(ctx.KEYS))
+    if unknown:
+        raise UserError(f"unknown context key(s) {', '.join(unknown)}; known: {', '.join(sorted(ctx.KEYS))}")
+    dropped: list[str] = []
+    with log_store(db, config_path, create=False) as store:
+        def build(state):
+            dropped[:] = [k for k in (keys or sorted(state.context)) if k in state.context]
+            return [ev.ContextDropped(k) for k in dropped]
+
+        append_checked(store, build)
+    out.print(f"dropped {', '.join(dropped)}" if dropped else "nothing to drop")
+
+
+# ------------------------------------------------------------------- datastore
+
+
+@cli.group("datastore")
+def datastore_group() -> None:
+    """The datastore workers pull inputs from and push results to."""
+
+
+@datastore_group.command("set")
+@click.argument("address")
+@common_options
+@handle_errors
+def datastore_set(address: str, db: str | None, config_path: str | None) -> None:
+    """Set the datastore ADDRESS (host, or user@host:/path), the seed's set_datastore."""
+    if any(c.isspace() for c in address):
+        raise UserError(f"datastore address {address!r} must not contain spaces")
+    with log_store(db, config_path, create=True) as store:
+        _set_context(store, "datastore_address", address)
+    out.print(f"datastore_address = {address}")
+
+
+# ---------------------------------------------------------------------- config
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("show")
+@common_options
+@handle_errors
+def config_show(db: str | None, config_path: str | None) -> None:
+    """Each setting, its value and where the value came from."""
+    from ecloud.cli.common import config_for
+
+    config = config_for(db, config_path)
+    out.print(config.describe(), markup=False)
+
+
+def main() -> None:
+    cli(prog_name="ecloud")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+

@@ -1,0 +1,95 @@
+"""Appending operator commands safely: validate against the state at head N,
+append with ``expected_head=N``, and start over if another writer got in
+between. Nothing is written unless everything is valid."""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ecloud.errors import ConcurrencyError, StoreError, UserError, ValidationError
+from ecloud.events.store import LogStore
+from ecloud.events.types import TasksSubmitted, TaskSpec
+from ecloud.projections.state import State
+from ecloud.rebuild import fold_range, load_state
+
+#: Tasks per ``tasks.submitted`` event. A large file becomes several events in
+#: one transaction: each row stays well under MariaDB's packet limit.
+CHUNK = 5000
+ATTEMPTS = 5
+
+
+def dependency_first(specs: Sequence[TaskSpec]) -> list[TaskSpec]:
+    """The specs reordered so every in-batch dependency comes first (stable:
+    a file already in that order is unchanged). Assumes no cycle."""
+    position = {s.id: i for i, s in enumerate(specs)}
+    if all(position.get(d, -1) < i for i, s in enumerate(specs) for d in s.depends_on):
+        return list(specs)
+    indegree = [0] * len(specs)
+    children: list[list[int]] = [[] for _ in specs]
+    for i, spec in enumerate(specs):
+        for dep in spec.depends_on:
+            j = position.get(dep)
+            if j is not None:
+                indegree[i] += 1
+                children[j].append(i)
+    queue = deque(i for i, d in enumerate(indegree) if d == 0)
+    order: list[TaskSpec] = []
+    while queue:
+        i = queue.popleft()
+        order.append(specs[i])
+        for k in children[i]:
+            indegree[k] -= 1
+            if indegree[k] == 0:
+                queue.append(k)
+    if len(order) != len(specs):
+        raise UserError("the tasks' dependencies form a cycle")
+    return order
+
+
+def append_checked(
+    store: LogStore,
+    build: Callable[[State], list[Any]],
+    state: State | None = None,
+) -> tuple[State, list[int]]:
+    """Append the events ``build(state)`` returns for the current state, with
+    optimistic concurrency. ``build`` raises (e.g. :class:`ValidationError`)
+    to refuse; then nothing is written."""
+    state = state if state is not None else load_state(store)
+    for _ in range(ATTEMPTS):
+        events = build(state)
+        try:
+            return state, store.append(events, expected_head=state.seq)
+        except ConcurrencyError:
+            state = fold_range(store, state)  # catch up and judge again
+    raise StoreError(f"the log kept moving; gave up after {ATTEMPTS} attempts")
+
+
+def submit_tasks(
+    store: LogStore,
+    specs: Sequence[TaskSpec],
+    source: str,
+    validate: Callable[[State], None] | None = None,
+    state: State | None = None,
+) -> tuple[State, list[int]]:
+    """Append ``specs`` as one all-or-nothing submission (one or more
+    ``tasks.submitted`` events in one transaction). ``validate(state)`` is
+    called against the state the append is checked against."""
+    ordered = dependency_first(specs)
+    batch = uuid.uuid4().hex[:12]
+
+    def build(current: State) -> list[Any]:
+        clash = [s.id for s in ordered if s.id in current.tasks]
+        if validate is not None:
+            validate(current)
+        elif clash:
+            raise ValidationError([f"task {i!r} already exists in the log" for i in clash], source)
+        chunks = [ordered[i : i + CHUNK] for i in range(0, len(ordered), CHUNK)]
+        return [
+            TasksSubmitted(batch if len(chunks) == 1 else f"{batch}.{n}", tuple(chunk), source)
+            for n, chunk in enumerate(chunks)
+        ]
+
+    return append_checked(store, build, state)
