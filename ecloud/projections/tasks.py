@@ -40,6 +40,7 @@ from ecloud.projections.state import (
     FAILED,
     FINAL,
     IDLE,
+    LIVE,
     READY,
     RUNNING,
     SUCCEEDED,
@@ -202,9 +203,17 @@ def _current(state: State, task_id: str, attempt: int, worker_id: str) -> TaskRe
     return None
 
 
+def _heard_from(state: State, worker_id: str) -> None:
+    """Any report is a sign of life, as good as a heartbeat."""
+    worker = state.workers.get(worker_id)
+    if worker is not None and worker.status in LIVE:
+        worker.last_seen = state.clock
+
+
 def on_started(state: State, event: TaskStarted, seq: int, out: list) -> None:
     if event.msg_id:
         out.append(Ack(seq, event.worker_id, event.msg_id))
+    _heard_from(state, event.worker_id)
     task = _current(state, event.task_id, event.attempt, event.worker_id)
     if task is None:
         stale = state.tasks.get(event.task_id)
@@ -227,6 +236,7 @@ def on_started(state: State, event: TaskStarted, seq: int, out: list) -> None:
 def on_finished(state: State, event: TaskFinished, seq: int, out: list) -> None:
     if event.msg_id:
         out.append(Ack(seq, event.worker_id, event.msg_id))
+    _heard_from(state, event.worker_id)
     release_slot(state, event.worker_id, event.task_id, event.attempt)
     task = _current(state, event.task_id, event.attempt, event.worker_id)
     if task is None:

@@ -1,0 +1,97 @@
+"""Write the recorded histories under tests/logs/ (run by hand, on purpose).
+
+    python -m tests.logs.record
+
+Each history is a JSON-lines event log in the ``ecloud log --json`` format,
+plus ``NAME.expected.json``: the canonical state and effect count the fold
+produced when it was recorded. ``tests/test_recorded_logs.py`` replays them
+on every change: a reducer change that alters how an old log folds fails
+there, and must come with a new REDUCER_VERSION and a deliberate re-record.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+
+from ecloud.events import types as ev
+from ecloud.events.codec import converter
+from ecloud.events.types import TaskSpec
+from tests.folding import Driver
+
+HERE = Path(__file__).parent
+
+
+def eventful_run() -> Driver:
+    """A diamond and a fan-out through a failure and retry after backoff, a
+    lost worker and its late result, a timeout, a cancel, an operator retry
+    and a boss restart."""
+    d = Driver()
+    st = d.statuses
+    d.apply(ev.ContextSet("datastore_address", "data.example:/srv/data"))
+    d.apply(ev.TasksSubmitted("b1", (
+        TaskSpec("a", "echo a > a.txt", outputs=("a.txt",)),
+        TaskSpec("b", ["sh", "-c", "exit 0"], depends_on=("a",), priority=2),
+        TaskSpec("c", "flaky", depends_on=("a",), retries=2, retry_backoff=5.0),
+        TaskSpec("d", "true", depends_on=("b", "c"), timeout=20.0),
+    ), "examples/diamond.json"))
+    d.apply(ev.WorkerAnnounced("w1", "host1", 2, 1, "i1", msg_id="w1-1"))
+    d.apply(ev.WorkerAnnounced("w2", "host2", 1, 1, "j1", msg_id="w2-1"))
+    d.schedule()
+    d.apply(ev.TaskStarted("a", 1, "w1", "m1"), dt=1)
+    d.apply(ev.TaskFinished("a", 1, "w1", 0, 1.0, stdout_tail="a\n", msg_id="m2"), dt=1)
+    d.schedule()
+    assert (d.state.tasks["b"].worker, d.state.tasks["c"].worker) == ("w1", "w1")
+    d.apply(ev.TaskStarted("b", 1, "w1", "m3"), dt=1)
+    d.apply(ev.TaskStarted("c", 1, "w1", "m4"), dt=1)
+    d.apply(ev.TaskFinished("c", 1, "w1", 1, 0.5, stderr_tail="boom\n", msg_id="m5"), dt=1)
+    assert st()["c"] == "ready" and d.state.tasks["c"].not_before is not None
+    d.apply(ev.WorkerHeartbeat("w2"), dt=6)  # backoff over
+    d.apply(ev.WorkerHeartbeat("w1"))
+    d.schedule()
+    assert d.state.tasks["c"].worker == "w1"  # w1 first: packing
+    d.apply(ev.TaskFinished("b", 1, "w1", 0, 3.0, msg_id="m6"), dt=1)
+    d.apply(ev.WorkerLost("w1", "last will: connection closed"), dt=1)
+    assert st()["c"] == "ready"
+    d.schedule()
+    assert (d.state.tasks["c"].worker, d.state.tasks["c"].attempt) == ("w2", 3)
+    d.apply(ev.TaskFinished("c", 2, "w1", 0, 9.0, msg_id="m7"))  # late: ignored
+    assert st()["c"] == "dispatched"
+    d.apply(ev.TaskStarted("c", 3, "w2", "n1"), dt=1)
+    d.apply(ev.TaskFinished("c", 3, "w2", 0, 2.0, msg_id="n2"), dt=1)
+    d.schedule()
+    d.apply(ev.TaskStarted("d", 1, "w2", "n3"), dt=1)
+    d.apply(ev.WorkerHeartbeat("w2"), dt=25)
+    d.apply(ev.WorkerHeartbeat("w2"), dt=26)  # 20 s timeout + 30 s grace passed
+    assert st()["d"] == "failed"
+    d.apply(ev.TaskFinished("d", 1, "w2", None, 51.0, signal=9, reason="timeout", msg_id="n4"))
+    d.apply(ev.TasksSubmitted("b2", tuple(
+        TaskSpec(f"fan{i}", f"echo {i}", depends_on=("a",)) for i in range(3))))
+    d.apply(ev.TaskCancelled("fan2", "not needed"))
+    d.schedule()
+    d.apply(ev.TaskFinished("fan0", 1, "w2", 0, msg_id="n5"), dt=1)
+    d.apply(ev.RetryRequested("d"))
+    d.apply(ev.BossStarted("boss-2"), dt=300)
+    assert d.state.workers["w2"].status == "idle"
+    d.apply(ev.InputRejected("mqtt", "payload too large", "{...}"))
+    d.schedule()
+    assert st() == {"a": "succeeded", "b": "succeeded", "c": "succeeded", "d": "dispatched",
+                    "fan0": "succeeded", "fan1": "ready", "fan2": "cancelled"}
+    return d
+
+
+def write(name: str, d: Driver) -> None:
+    lines = []
+    for rec in d.log:
+        body = converter.unstructure(rec.event)
+        lines.append(orjson.dumps({"seq": rec.seq, "ts": rec.ts, "type": rec.event.TYPE,
+                                   "version": rec.event.VERSION, "body": body}).decode())
+    (HERE / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    expected = {"effects": len(d.effects), "state": d.state.canonical()}
+    (HERE / f"{name}.expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True))
+
+
+if __name__ == "__main__":
+    write("eventful-run", eventful_run())
