@@ -1,0 +1,595 @@
+"""The MariaDB/MySQL :class:`~ecloud.events.store.LogStore` (production), via PyMySQL.
+
+Layout: the tables of :mod:`ecloud.events.sqlite_store` in InnoDB, utf8mb4
+with a binary collation (ids are case-sensitive), ``seq BIGINT`` primary key
+assigned by us, ``body LONGBLOB`` (the codec's UTF-8 JSON, returned as bytes
+without a decode step), nullable ``task_id`` / ``worker_id`` VARCHAR(255)
+index columns. Snapshots are zlib-compressed and split into chunks of at most
+4 MiB (less if the server's ``max_allowed_packet`` is below 16 MiB), written
+in one transaction with their header row.
+
+**Ordering** (DESIGN.md section 2). Every append is one transaction::
+
+    SELECT last_seq FROM head WHERE id = 1 FOR UPDATE   -- opens the transaction
+                                                         -- and takes the append lock
+    (check expected_head)
+    INSERT INTO events ... VALUES (last+1, ...), (last+2, ...), ...
+    UPDATE head SET last_seq = last + n WHERE id = 1
+    COMMIT                                               -- releases the lock
+
+The row lock on ``head`` is held until COMMIT, so the next appender cannot
+even learn its first seq before this batch is committed and visible:
+commit order == seq order, and a follower reading ``seq > last`` never
+passes over a seq that commits later.
+
+**Reads** use an unbuffered cursor (``SSCursor``) one page of ``page_size``
+rows at a time (``WHERE seq >= ? ORDER BY seq LIMIT page_size``) and end
+their REPEATABLE READ transaction after each page, so every poll of
+:meth:`follow` sees all commits made before it and no read view stays open.
+``read(end=None)`` reads up to the head as of the call.
+
+**Connections.** One connection per store, ``autocommit=False``,
+``TCP_NODELAY`` (PyMySQL sets it on every TCP socket). A connection found
+dead when a read or an append *starts* is reopened once, transparently; a
+failure inside an append rolls back and raises :class:`StoreError`; a
+failure *during COMMIT* is reported as such and never retried, because the
+batch may or may not be in the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import pymysql
+import pymysql.cursors
+from attrs import field, frozen
+
+from ecloud.errors import ConcurrencyError, EcloudError, StoreError, UserError
+from ecloud.events.memory_store import (
+    DEFAULT_PAGE_SIZE,
+    SCHEMA_VERSION,
+    Row,
+    as_bytes,
+    check_expected_head,
+    check_snapshot,
+    check_snapshot_seq,
+    decode_rows,
+    encode_batch,
+    pack_snapshot,
+    snapshot_created_ts,
+    stamp,
+    type_filter,
+    unpack_snapshot,
+)
+from ecloud.events.store import LogStore, Snapshot
+from ecloud.events.types import Recorded
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SNAPSHOT_CHUNK = 4 * 1024 * 1024
+INSERT_BATCH = 1000
+"""Rows per executemany call (PyMySQL further splits statements at ~1 MB)."""
+
+DATABASE_NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+
+_TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+_SCHEMA = [
+    f"""CREATE TABLE IF NOT EXISTS meta (
+        k VARCHAR(64) NOT NULL PRIMARY KEY,
+        v VARCHAR(255) NOT NULL
+    ) {_TABLE_OPTIONS}""",
+    f"""CREATE TABLE IF NOT EXISTS events (
+        seq BIGINT NOT NULL PRIMARY KEY,
+        ts DOUBLE NOT NULL,
+        type VARCHAR(64) NOT NULL,
+        version INT NOT NULL,
+        body LONGBLOB NOT NULL,
+        task_id VARCHAR(255) NULL,
+        worker_id VARCHAR(255) NULL,
+        KEY events_type (type),
+        KEY events_task_id (task_id),
+        KEY events_worker_id (worker_id)
+    ) {_TABLE_OPTIONS}""",
+    f"""CREATE TABLE IF NOT EXISTS head (
+        id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+        last_seq BIGINT NOT NULL
+    ) {_TABLE_OPTIONS}""",
+    "INSERT IGNORE INTO head (id, last_seq) VALUES (1, 0)",
+    f"""CREATE TABLE IF NOT EXISTS snapshots (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        reducer_version VARCHAR(255) NOT NULL,
+        seq BIGINT NOT NULL,
+        created_ts DOUBLE NOT NULL,
+        size BIGINT NOT NULL,
+        chunks INT NOT NULL,
+        sha256 CHAR(64) NOT NULL,
+        KEY snapshots_version_seq (reducer_version, seq)
+    ) {_TABLE_OPTIONS}""",
+    f"""CREATE TABLE IF NOT EXISTS snapshot_chunks (
+        snapshot_id BIGINT NOT NULL,
+        n INT NOT NULL,
+        data LONGBLOB NOT NULL,
+        PRIMARY KEY (snapshot_id, n)
+    ) {_TABLE_OPTIONS}""",
+    f"INSERT IGNORE INTO meta (k, v) VALUES ('schema_version', '{SCHEMA_VERSION}')",
+]
+
+_INSERT = (
+    "INSERT INTO events (seq, ts, type, version, body, task_id, worker_id)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+
+# Client/server error codes meaning "this connection is gone".
+_LOST_CODES = {
+    1053,  # ER_SERVER_SHUTDOWN
+    1927,  # ER_CONNECTION_KILLED
+    2006,  # CR_SERVER_GONE_ERROR
+    2013,  # CR_SERVER_LOST
+    2055,  # CR_SERVER_LOST_EXTENDED
+    4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
+}
+_ACCESS_CODES = {1044, 1045, 1698}
+
+
+@frozen
+class MySQLParams:
+    """Where a MariaDB log lives. ``password`` never appears in repr or messages."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    database: str | None
+
+    @property
+    def where(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def display(self) -> str:
+        """The URL without the password."""
+        return f"mysql://{quote(self.user, safe='')}@{self.where}/{self.database or ''}"
+
+
+def quote_ident(name: str) -> str:
+    if not DATABASE_NAME.match(name):
+        raise UserError(f"bad MariaDB database name {name!r} (letters, digits, _ $ - only)")
+    return f"`{name}`"
+
+
+def _code(exc: BaseException) -> int | None:
+    args = getattr(exc, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _describe(exc: BaseException) -> str:
+    args = getattr(exc, "args", ())
+    if len(args) >= 2 and isinstance(args[0], int):
+        text = f"{args[1]} (error {args[0]})" if args[1] else f"error {args[0]}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _lost(exc: BaseException) -> bool:
+    if isinstance(exc, pymysql.err.InterfaceError):
+        return True
+    return isinstance(exc, pymysql.err.OperationalError) and _code(exc) in _LOST_CODES
+
+
+def connect(
+    params: MySQLParams,
+    database: str | None,
+    *,
+    connect_timeout: float = 10.0,
+    read_timeout: float | None = 120.0,
+) -> pymysql.connections.Connection:
+    """Open a PyMySQL connection or raise a one-line :class:`StoreError`
+    (:class:`UserError` for a database that does not exist)."""
+    try:
+        return pymysql.connect(
+            host=params.host,
+            port=params.port,
+            user=params.user,
+            password=params.password,
+            database=database,
+            charset="utf8mb4",
+            autocommit=False,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            write_timeout=read_timeout,
+            sql_mode="STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION",
+        )
+    except pymysql.err.Error as exc:
+        raise connect_error(params, exc) from None
+
+
+def connect_error(params: MySQLParams, exc: BaseException) -> EcloudError:
+    code = _code(exc)
+    if code == 1049:
+        return UserError(
+            f"no event log at {params.display()}: database {params.database!r} does not exist"
+        )
+    if code in _ACCESS_CODES:
+        return StoreError(
+            f"MariaDB at {params.where} refused user {params.user!r}: {_describe(exc)}"
+        )
+    return StoreError(f"cannot connect to MariaDB at {params.where}: {_describe(exc)}")
+
+
+class MySQLStore(LogStore):
+    """The log in one MariaDB database; see the module docstring."""
+
+    def __init__(
+        self,
+        params: MySQLParams,
+        *,
+        create: bool = True,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        connect_timeout: float = 10.0,
+        read_timeout: float | None = 120.0,
+    ) -> None:
+        if not params.database:
+            raise UserError(f"{params.display()}: the URL names no database")
+        quote_ident(params.database)
+        self.params = params
+        self.url = params.display()
+        self.page_size = page_size
+        self._timeouts = dict(connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self._conn: pymysql.connections.Connection | None = None
+        self._max_packet = 16 * 1024 * 1024
+        try:
+            conn = connect(params, params.database, **self._timeouts)
+        except UserError:
+            if not create:
+                raise
+            conn = connect(params, None, **self._timeouts)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(
+                        f"CREATE DATABASE IF NOT EXISTS {quote_ident(params.database)}"
+                        " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                    )
+                conn.select_db(params.database)
+            except pymysql.err.Error as exc:
+                conn.close()
+                raise StoreError(
+                    f"cannot create database {params.database!r} on MariaDB at {params.where}:"
+                    f" {_describe(exc)}"
+                ) from None
+        self._conn = conn
+        try:
+            self._init_schema(create)
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"MySQLStore({self.url!r})"
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _db(self) -> pymysql.connections.Connection:
+        if self._conn is None:
+            raise StoreError(f"{self.url}: the store is closed")
+        return self._conn
+
+    def _init_schema(self, create: bool) -> None:
+        conn = self._db()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@max_allowed_packet")
+                self._max_packet = int(cur.fetchone()[0])
+                if create:
+                    # Idempotent, so concurrent creators cannot trip over each other.
+                    for statement in _SCHEMA:
+                        cur.execute(statement)
+                    conn.commit()
+                else:
+                    cur.execute("SHOW TABLES LIKE 'events'")
+                    if cur.fetchone() is None:
+                        raise UserError(
+                            f"no event log at {self.url} (the database holds no ecloud tables)"
+                        )
+                cur.execute("SELECT v FROM meta WHERE k = 'schema_version'")
+                row = cur.fetchone()
+            conn.rollback()
+        except pymysql.err.Error as exc:
+            raise StoreError(f"{self.url}: cannot set up the event log: {_describe(exc)}") from None
+        version = int(row[0]) if row else 0
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.url}: event log schema version {version}, this ecloud reads {SCHEMA_VERSION}"
+            )
+
+    def _reconnect(self) -> None:
+        conn = self._db()
+        with contextlib.suppress(Exception):
+            conn.close()
+        try:
+            conn.connect()
+        except pymysql.err.Error as exc:
+            raise connect_error(self.params, exc) from None
+        log.info("reconnected to MariaDB at %s", self.params.where)
+
+    def _rollback_quietly(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.open:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+
+    def _recover(self, exc: BaseException) -> None:
+        """Put the connection back in a known state after ``exc`` interrupted
+        a transaction. A database error or one of ours leaves the protocol
+        intact: ROLLBACK. Anything else (KeyboardInterrupt in the middle of a
+        packet...) may not: drop the connection - the server rolls back - and
+        let the next call reconnect."""
+        if isinstance(exc, (pymysql.err.Error, EcloudError)):
+            self._rollback_quietly()
+        elif self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+
+    def _begin(self, what: str, sql: str) -> pymysql.cursors.Cursor:
+        """Start a write transaction by running its first statement ``sql``
+        (with autocommit off, that statement opens the transaction: no extra
+        BEGIN round trip). A connection found dead here is reopened once and
+        the statement run again - nothing of this transaction has happened
+        yet, so that is always safe."""
+        conn = self._db()
+        for attempt in (1, 2):
+            cur = conn.cursor()
+            try:
+                cur.execute(sql)
+                return cur
+            except pymysql.err.Error as exc:
+                self._rollback_quietly()
+                if attempt == 1 and _lost(exc):
+                    self._reconnect()
+                    continue
+                raise StoreError(f"{self.url}: {what} could not start: {_describe(exc)}") from None
+            except BaseException as exc:
+                self._recover(exc)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _commit(self, what: str) -> None:
+        try:
+            self._db().commit()
+        except BaseException as exc:
+            self._recover(exc)
+            if isinstance(exc, pymysql.err.Error):
+                raise StoreError(
+                    f"{self.url}: COMMIT of {what} failed ({_describe(exc)}); it may or may not"
+                    " have been stored - check before writing it again"
+                ) from None
+            raise
+
+    def _idempotent_op(self, what: str, fn: Callable[[pymysql.connections.Connection], T]) -> T:
+        """Run a read-only (or otherwise idempotent) ``fn`` in its own
+        transaction, ended afterwards so the next read sees newer commits;
+        retried once on a lost connection."""
+        conn = self._db()
+        for attempt in (1, 2):
+            try:
+                result = fn(conn)
+                conn.rollback()
+                return result
+            except pymysql.err.Error as exc:
+                self._rollback_quietly()
+                if attempt == 1 and _lost(exc):
+                    self._reconnect()
+                    continue
+                raise StoreError(f"{self.url}: {what}: {_describe(exc)}") from None
+            except BaseException as exc:
+                self._recover(exc)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ----------------------------------------------------------------- appending
+
+    def append(
+        self,
+        events: Sequence[Any],
+        *,
+        ts: float | None = None,
+        expected_head: int | None = None,
+    ) -> list[int]:
+        self._db()
+        check_expected_head(expected_head)
+        rows = encode_batch(events, stamp(ts))
+        return self._append_rows(rows, expected_head)
+
+    def _check_packets(self, rows: Sequence[Row]) -> None:
+        limit = self._max_packet - 4096
+        for i, row in enumerate(rows):
+            body = row[3]
+            if 2 * len(body) + 2048 > limit and len(self._db().escape(body)) + 2048 > limit:
+                raise StoreError(
+                    f"{self.url}: event {i} of the batch ({row[1]}) has a {len(body)}-byte body,"
+                    f" too big for the server's max_allowed_packet ({self._max_packet});"
+                    " nothing appended"
+                )
+
+    def _append_rows(self, rows: Sequence[Row], expected_head: int | None) -> list[int]:
+        if not rows:
+            if expected_head is not None and (last := self.head()) != expected_head:
+                raise ConcurrencyError(expected_head, last)
+            return []
+        self._check_packets(rows)
+        cur = self._begin("append", "SELECT last_seq FROM head WHERE id = 1 FOR UPDATE")
+        try:
+            with cur:
+                (last,) = cur.fetchone()
+                if expected_head is not None and last != expected_head:
+                    raise ConcurrencyError(expected_head, last)
+                first = last + 1
+                for i in range(0, len(rows), INSERT_BATCH):
+                    cur.executemany(
+                        _INSERT,
+                        [(first + j, *rows[j]) for j in range(i, min(i + INSERT_BATCH, len(rows)))],
+                    )
+                cur.execute("UPDATE head SET last_seq = %s WHERE id = 1", (last + len(rows),))
+        except BaseException as exc:
+            self._recover(exc)
+            if isinstance(exc, pymysql.err.Error):
+                raise StoreError(
+                    f"{self.url}: append failed, nothing appended: {_describe(exc)}"
+                ) from None
+            raise
+        self._commit(f"seqs {first}..{last + len(rows)}")
+        return list(range(first, first + len(rows)))
+
+    # ------------------------------------------------------------------- reading
+
+    def head(self) -> int:
+        def run(conn: pymysql.connections.Connection) -> int:
+            with conn.cursor() as cur:
+                cur.execute("SELECT last_seq FROM head WHERE id = 1")
+                return int(cur.fetchone()[0])
+
+        return self._idempotent_op("cannot read the head", run)
+
+    def read_raw(
+        self, start: int = 1, end: int | None = None
+    ) -> Iterator[tuple[int, float, str, int, bytes]]:
+        for seq, ts, tag, version, body in self._pages(start, end, None):
+            yield seq, ts, tag, version, as_bytes(body)
+
+    def read(
+        self,
+        start: int = 1,
+        end: int | None = None,
+        *,
+        types: Iterable[str] | None = None,
+    ) -> Iterator[Recorded]:
+        return decode_rows(self._pages(start, end, type_filter(types)))
+
+    def _pages(
+        self, start: int, end: int | None, types: tuple[str, ...] | None
+    ) -> Iterator[tuple[int, float, str, int, bytes]]:
+        """Rows in pages of ``page_size``, each fetched whole through an
+        unbuffered cursor; between pages the connection is idle (the caller
+        may append to this store while iterating)."""
+        if types is not None and not types:
+            return
+        self._db()
+        start = max(start, 1)
+        if end is None:
+            end = self.head()
+        where = ""
+        if types is not None:
+            where = f" AND type IN ({', '.join(['%s'] * len(types))})"
+        sql = (
+            "SELECT seq, ts, type, version, body FROM events"
+            f" WHERE seq >= %s AND seq <= %s{where} ORDER BY seq LIMIT %s"
+        )
+        page = max(1, int(self.page_size))
+
+        def fetch(conn: pymysql.connections.Connection) -> list[tuple]:
+            cur = conn.cursor(pymysql.cursors.SSCursor)
+            try:
+                cur.execute(sql, (start, end, *(types or ()), page))
+                return cur.fetchall()
+            finally:
+                with contextlib.suppress(Exception):
+                    cur.close()
+
+        while start <= end:
+            rows = self._idempotent_op(f"cannot read events from seq {start}", fetch)
+            yield from rows
+            if len(rows) < page:
+                return
+            start = rows[-1][0] + 1
+
+    # ----------------------------------------------------------------- snapshots
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        data = check_snapshot(snapshot)
+        chunk = max(64 * 1024, min(SNAPSHOT_CHUNK, (self._max_packet - 4096) // 2))
+        sha, chunks = pack_snapshot(data, chunk)
+        cur = self._begin("saving a snapshot", "SELECT last_seq FROM head WHERE id = 1")
+        try:
+            with cur:
+                check_snapshot_seq(self.url, snapshot.seq, int(cur.fetchone()[0]))
+                cur.execute(
+                    "INSERT INTO snapshots (reducer_version, seq, created_ts, size, chunks, sha256)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    (
+                        snapshot.reducer_version,
+                        snapshot.seq,
+                        snapshot_created_ts(snapshot),
+                        len(data),
+                        len(chunks),
+                        sha,
+                    ),
+                )
+                sid = cur.lastrowid
+                for n, piece in enumerate(chunks):  # one statement per chunk: packets stay small
+                    cur.execute(
+                        "INSERT INTO snapshot_chunks (snapshot_id, n, data) VALUES (%s, %s, %s)",
+                        (sid, n, piece),
+                    )
+        except BaseException as exc:
+            self._recover(exc)
+            if isinstance(exc, pymysql.err.Error):
+                raise StoreError(
+                    f"{self.url}: saving the snapshot failed, nothing saved: {_describe(exc)}"
+                ) from None
+            raise
+        self._commit(f"the snapshot at seq {snapshot.seq}")
+
+    def load_snapshot(self, reducer_version: str, at_most: int | None = None) -> Snapshot | None:
+        sql = "SELECT id, seq, created_ts, size, chunks, sha256 FROM snapshots WHERE reducer_version = %s"
+        params: list[Any] = [reducer_version]
+        if at_most is not None:
+            sql += " AND seq <= %s"
+            params.append(at_most)
+        sql += " ORDER BY seq DESC, id DESC"
+
+        def run(conn: pymysql.connections.Connection) -> Snapshot | None:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                candidates = cur.fetchall()
+                for sid, seq, created_ts, size, n_chunks, sha in candidates:
+                    cur.execute(
+                        "SELECT data FROM snapshot_chunks WHERE snapshot_id = %s ORDER BY n", (sid,)
+                    )
+                    chunks = [row[0] for row in cur.fetchall()]
+                    data = unpack_snapshot(chunks, size, sha) if len(chunks) == n_chunks else None
+                    if data is not None:
+                        return Snapshot(int(seq), reducer_version, data, float(created_ts))
+                    log.warning("%s: snapshot %s (seq %s) is damaged; skipped", self.url, sid, seq)
+            return None
+
+        return self._idempotent_op("cannot load a snapshot", run)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def drop(self) -> None:
+        """DESTRUCTIVE: ``DROP DATABASE`` - every event and snapshot of this
+        log is gone - and close the store."""
+        name = quote_ident(self.params.database or "")
+
+        def run(conn: pymysql.connections.Connection) -> None:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS {name}")
+
+        try:
+            self._rollback_quietly()
+            self._idempotent_op("DROP DATABASE failed", run)  # idempotent: retried once if the link died
+        finally:
+            self.close()

@@ -1,0 +1,149 @@
+"""Fixtures for the event-log store tests.
+
+MariaDB: tests marked ``mysql`` use the server named by ``ECLOUD_TEST_MYSQL``
+(default ``mysql://root@127.0.0.1:3306``). Each test gets its own database,
+``ecloud_test_<pid>_<random hex>``, created with a plain ``CREATE DATABASE``
+(so it fails rather than reuse a database someone else made) and dropped at
+teardown; no other database is ever touched. An unreachable server makes
+these tests FAIL with a message saying so - they never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ecloud.errors import StoreError
+from ecloud.events.mysql_store import MySQLParams, connect, quote_ident
+from ecloud.events.store import LogStore
+from ecloud.events.url import open_store_url, parse_mysql_url, redact
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:  # helper modules (_storetools, _appender) live here
+    sys.path.insert(0, str(TESTS_DIR))
+
+from _storetools import (  # noqa: E402
+    index_columns,
+    mysql_url_for,
+    new_database_name,
+    raw_insert,
+    snapshot_chunk_counts,
+    wipe,
+)
+
+MYSQL_SERVER = os.environ.get("ECLOUD_TEST_MYSQL", "mysql://root@127.0.0.1:3306")
+
+
+# ---------------------------------------------------------------------- MariaDB
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> MySQLParams:
+    """The test server's connection parameters, checked once per session."""
+    problem = ""
+    try:
+        params = parse_mysql_url(MYSQL_SERVER, require_database=False)
+        conn = connect(params, None, connect_timeout=5)
+    except Exception as exc:
+        problem = str(exc)
+    if problem:
+        pytest.fail(
+            f"MariaDB test server from ECLOUD_TEST_MYSQL={redact(MYSQL_SERVER)!r} is not usable:"
+            f" {problem}. Start it, or point ECLOUD_TEST_MYSQL at one"
+            " (mysql://user:password@host:port); mysql tests fail rather than skip.",
+            pytrace=False,
+        )
+    conn.close()
+    return params
+
+
+@pytest.fixture
+def mysql_db(mysql_server: MySQLParams) -> Iterator[str]:
+    """A fresh, empty database on the test server (its name); dropped afterwards."""
+    name = new_database_name()
+    conn = connect(mysql_server, None)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                f"CREATE DATABASE {quote_ident(name)} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            )
+    finally:
+        conn.close()
+    try:
+        yield name
+    finally:
+        conn = connect(mysql_server, None)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def mysql_url(mysql_server: MySQLParams, mysql_db: str) -> str:
+    """URL of a fresh database of our own on the test server."""
+    return mysql_url_for(mysql_server, mysql_db)
+
+
+# ----------------------------------------------------------------------- SQLite
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'events.db'}"
+
+
+# ---------------------------------------------------------------- all backends
+
+BACKENDS = ["memory", "sqlite", pytest.param("mysql", marks=pytest.mark.mysql)]
+DURABLE_BACKENDS = ["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)]
+
+
+def _url_for(kind: str, request: pytest.FixtureRequest) -> str:
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("mysql_url")
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest) -> str:
+    return _url_for(request.param, request)
+
+
+@pytest.fixture(params=DURABLE_BACKENDS)
+def durable_url(request: pytest.FixtureRequest) -> str:
+    """A log that outlives its store object (SQLite file, MariaDB database)."""
+    return _url_for(request.param, request)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[LogStore]:
+    """An open, empty store of each backend; dropped afterwards."""
+    s = open_store_url(store_url)
+    try:
+        yield s
+    finally:
+        try:
+            s.drop()
+        except StoreError:  # already closed by the test; the url fixtures clean up
+            pass
+
+
+@pytest.fixture
+def raw() -> SimpleNamespace:
+    """Backdoor helpers: ``raw.insert``, ``raw.wipe``, ``raw.index_columns``,
+    ``raw.snapshot_chunk_counts``."""
+    return SimpleNamespace(
+        insert=raw_insert,
+        wipe=wipe,
+        index_columns=index_columns,
+        snapshot_chunk_counts=snapshot_chunk_counts,
+    )
