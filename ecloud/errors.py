@@ -22,6 +22,10 @@ class UserError(EcloudError):
     exit_status = 2
 
 
+class MissingLogError(UserError):
+    """The event log named does not exist (and the command does not create one)."""
+
+
 class ConfigError(UserError):
     """The configuration (file, environment, flags) cannot be used."""
 

@@ -17,7 +17,7 @@ from ecloud.errors import EcloudError
 from ecloud.events.store import LogStore, open_store
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def common_options(fn: Callable) -> Callable:

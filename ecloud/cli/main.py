@@ -16,12 +16,12 @@ import orjson
 
 from ecloud.cli import render
 from ecloud.cli.common import common_options, handle_errors, log_store, out, progress_bar
-from ecloud.errors import UserError
+from ecloud.errors import MissingLogError, UserError
 from ecloud.events import types as ev
 from ecloud.events.codec import converter
 from ecloud.projections import context as ctx
 from ecloud.projections import tasks as task_rules
-from ecloud.projections.state import FAILED
+from ecloud.projections.state import FAILED, State
 from ecloud.rebuild import load_state
 from ecloud.submit import append_checked, submit_tasks
 
@@ -53,13 +53,20 @@ def push(file: Path, dry_run: bool, db: str | None, config_path: str | None) -> 
     """
     from ecloud.taskfile import parse_task_file, validate_against
 
-    with log_store(db, config_path, create=not dry_run) as store:
+    if dry_run:
+        try:
+            with log_store(db, config_path, create=False) as store:
+                state = load_state(store)
+            against = f"against the log at seq {state.seq}"
+        except MissingLogError:
+            state, against = State(), "(no log yet)"
+        specs = parse_task_file(file, known=state.tasks.__contains__)
+        out.print(f"{file}: {len(specs)} task(s) valid {against}; dry run: nothing written")
+        return
+    with log_store(db, config_path, create=True) as store:
         with progress_bar("reading the log") as progress:
             state = load_state(store, progress=progress)
         specs = parse_task_file(file, known=state.tasks.__contains__)
-        if dry_run:
-            out.print(f"{file}: {len(specs)} task(s) valid (dry run: nothing written)")
-            return
         state, seqs = submit_tasks(
             store, specs, str(file),
             validate=lambda current: validate_against(specs, current.tasks.__contains__, source=str(file)),
@@ -294,8 +301,14 @@ def config_show(db: str | None, config_path: str | None) -> None:
     """Each setting, its value and where the value came from."""
     from ecloud.cli.common import config_for
 
-    config = config_for(db, config_path)
-    out.print(config.describe(), markup=False)
+    from rich.table import Table
+
+    table = Table(title="Configuration (flags > environment > file > defaults)", title_justify="left")
+    for col in ("setting", "value", "from"):
+        table.add_column(col)
+    for name, value, source in config_for(db, config_path).describe():
+        table.add_row(name, value, source)
+    out.print(table)
 
 
 def main() -> None:

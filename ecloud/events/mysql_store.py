@@ -49,7 +49,7 @@ import pymysql
 import pymysql.cursors
 from attrs import field, frozen
 
-from ecloud.errors import ConcurrencyError, EcloudError, StoreError, UserError
+from ecloud.errors import ConcurrencyError, MissingLogError, EcloudError, StoreError, UserError
 from ecloud.events.memory_store import (
     DEFAULT_PAGE_SIZE,
     SCHEMA_VERSION,
@@ -214,7 +214,7 @@ def connect(
 def connect_error(params: MySQLParams, exc: BaseException) -> EcloudError:
     code = _code(exc)
     if code == 1049:
-        return UserError(
+        return MissingLogError(
             f"no event log at {params.display()}: database {params.database!r} does not exist"
         )
     if code in _ACCESS_CODES:
@@ -295,7 +295,7 @@ class MySQLStore(LogStore):
                 else:
                     cur.execute("SHOW TABLES LIKE 'events'")
                     if cur.fetchone() is None:
-                        raise UserError(
+                        raise MissingLogError(
                             f"no event log at {self.url} (the database holds no ecloud tables)"
                         )
                 cur.execute("SELECT v FROM meta WHERE k = 'schema_version'")

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ecloud.errors import ConcurrencyError, StoreError, UserError
+from ecloud.errors import ConcurrencyError, MissingLogError, StoreError, UserError
 from ecloud.events.memory_store import (
     DEFAULT_PAGE_SIZE,
     SCHEMA_VERSION,
@@ -125,9 +125,9 @@ class SQLiteStore(LogStore):
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         if not create and not os.path.exists(self.path):
-            raise UserError(
+            raise MissingLogError(
                 f"no event log at {self.path} (the file does not exist; "
-                "create one with `ecloud init` or check the path)"
+                "`ecloud push` creates one; check the path)"
             )
         self._conn: sqlite3.Connection | None = None
         try:
@@ -175,7 +175,7 @@ class SQLiteStore(LogStore):
         ).fetchone()
         if not has_log:
             if not create:
-                raise UserError(f"no event log at {self.path} (an SQLite file without ecloud tables)")
+                raise MissingLogError(f"no event log at {self.path} (an SQLite file without ecloud tables)")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for statement in _SCHEMA:

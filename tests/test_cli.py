@@ -1,0 +1,273 @@
+"""The operator CLI against real logs (SQLite file and MariaDB database)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ecloud.cli.main import cli
+from ecloud.cli.replay import replay
+from ecloud.events.store import Snapshot, open_store
+from ecloud.projections import snapshot as snapshots
+from ecloud.projections.fold import REDUCER_VERSION
+from ecloud.rebuild import load_state
+from ecloud.taskfile import parse_task_file
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+INVALID = {
+    "cycle.json": "dependency cycle: a -> c -> b -> a",
+    "dangling.json": 'unknown task "zz"',
+    "duplicate.json": 'duplicate id "a"',
+    "wrong-type.json": 'retries: expected an integer >= 0, got string "three"',
+    "unknown-key.json": 'unknown key "depend_on" (did you mean "depends_on"?)',
+}
+
+
+def run(*args: str, command=cli):
+    result = CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def log_rows(url: str) -> list[tuple]:
+    with open_store(url, create=False) as store:
+        return list(store.read_raw(1))
+
+
+def status_json(url: str) -> dict:
+    result = run("status", "--db", url, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_push_diamond_then_status_shows_one_ready_three_waiting(durable_url: str) -> None:
+    result = run("push", EXAMPLES / "diamond.json", "--db", durable_url)
+    assert result.exit_code == 0, result.output
+    assert "pushed 4 task(s)" in result.stdout
+    data = status_json(durable_url)
+    assert data["tasks"]["total"] == 4
+    assert (data["tasks"]["ready"], data["tasks"]["waiting"]) == (1, 3)
+    human = run("status", "--db", durable_url)
+    assert human.exit_code == 0
+    assert "ready" in human.stdout and "waiting" in human.stdout and "Workers" in human.stdout
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+def test_each_invalid_example_is_refused_with_its_problem_and_the_log_unchanged(
+    name: str, durable_url: str
+) -> None:
+    run("push", EXAMPLES / "diamond.json", "--db", durable_url)
+    before = log_rows(durable_url)
+    result = run("push", EXAMPLES / "invalid" / name, "--db", durable_url)
+    assert result.exit_code == 2
+    assert INVALID[name] in result.stderr
+    assert "Traceback" not in result.output
+    assert log_rows(durable_url) == before
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+def test_invalid_example_on_an_empty_log_names_only_its_problem(name: str, sqlite_url: str) -> None:
+    result = run("push", EXAMPLES / "invalid" / name, "--db", sqlite_url)
+    assert result.exit_code == 2
+    assert INVALID[name] in result.stderr
+    assert "1 problem found" in result.stderr
+    assert log_rows(sqlite_url) == []
+
+
+def test_pushing_the_same_file_twice_names_every_duplicate(sqlite_url: str) -> None:
+    run("push", EXAMPLES / "diamond.json", "--db", sqlite_url)
+    result = run("push", EXAMPLES / "diamond.json", "--db", sqlite_url)
+    assert result.exit_code == 2
+    for tid in "abcd":
+        assert f'id "{tid}" already exists in the log' in result.stderr
+    assert len(log_rows(sqlite_url)) == 1
+
+
+def test_dry_run_writes_nothing(sqlite_url: str, tmp_path: Path) -> None:
+    result = run("push", EXAMPLES / "dag50.json", "--db", sqlite_url, "--dry-run")
+    assert result.exit_code == 0 and "valid" in result.stdout
+    assert not (tmp_path / "events.db").exists()
+
+
+def test_a_later_file_may_depend_on_tasks_already_pushed(sqlite_url: str, tmp_path: Path) -> None:
+    run("push", EXAMPLES / "diamond.json", "--db", sqlite_url)
+    later = tmp_path / "later.json"
+    later.write_text(json.dumps([{"id": "e", "command": "true", "depends_on": ["d"]}]))
+    assert run("push", later, "--db", sqlite_url).exit_code == 0
+    assert status_json(sqlite_url)["tasks"]["waiting"] == 4
+
+
+def test_concurrent_pushes_of_one_file_add_it_exactly_once(durable_url: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "ecloud.cli.main", "push", str(EXAMPLES / "dag50.json"),
+           "--db", durable_url]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(4)]
+    codes = sorted(p.wait(timeout=120) for p in procs)
+    assert codes == [0, 2, 2, 2]
+    with open_store(durable_url, create=False) as store:
+        state = load_state(store)
+    assert len(state.tasks) == len(parse_task_file(EXAMPLES / "dag50.json"))
+    assert not state.rejected
+
+
+def test_missing_log_and_bad_url_are_one_line_errors(tmp_path: Path) -> None:
+    result = run("status", "--db", f"sqlite:///{tmp_path}/nope.db")
+    assert result.exit_code == 2 and "no event log" in result.stderr
+    result = run("status", "--db", "postgres://x")
+    assert result.exit_code == 2 and "accepted event log URLs" in result.stderr
+    result = run("push", tmp_path / "missing.json", "--db", f"sqlite:///{tmp_path}/x.db")
+    assert result.exit_code == 2 and "missing.json" in result.stderr
+
+
+def test_log_filters_and_json_lines(sqlite_url: str) -> None:
+    run("push", EXAMPLES / "diamond.json", "--db", sqlite_url)
+    run("datastore", "set", "store.example:/data", "--db", sqlite_url)
+    run("cancel", "b", "--db", sqlite_url)
+    lines = run("log", "--db", sqlite_url, "--json").stdout.splitlines()
+    types = [json.loads(line)["type"] for line in lines]
+    assert types == ["tasks.submitted", "context.set", "task.cancelled"]
+    only = run("log", "--db", sqlite_url, "--type", "task.cancelled", "--json").stdout.splitlines()
+    assert [json.loads(x)["body"]["task_id"] for x in only] == ["b"]
+    about_b = run("log", "--db", sqlite_url, "--task", "b").stdout
+    assert "tasks.submitted" in about_b and "task.cancelled" in about_b and "context.set" not in about_b
+    ranged = run("log", "--db", sqlite_url, "--from", "2", "--to", "2", "--json").stdout.splitlines()
+    assert [json.loads(x)["seq"] for x in ranged] == [2]
+    bad = run("log", "--db", sqlite_url, "--type", "task.exploded")
+    assert bad.exit_code == 2 and "unknown event type" in bad.stderr
+
+
+def test_log_follow_prints_events_appended_later(sqlite_url: str) -> None:
+    run("push", EXAMPLES / "diamond.json", "--db", sqlite_url)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "ecloud.cli.main", "log", "--follow", "--json",
+                             "--db", sqlite_url], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(proc.stdout.readline())["seq"] == 1
+        run("cancel", "a", "--db", sqlite_url)
+        assert json.loads(proc.stdout.readline())["type"] == "task.cancelled"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_cancel_and_retry(sqlite_url: str) -> None:
+    run("push", EXAMPLES / "diamond.json", "--db", sqlite_url)
+    bad = run("cancel", "nope", "--db", sqlite_url)
+    assert bad.exit_code == 2 and "unknown task 'nope'" in bad.stderr
+    assert run("cancel", "a", "--db", sqlite_url, "--reason", "wrong input").exit_code == 0
+    data = status_json(sqlite_url)
+    assert (data["tasks"]["cancelled"], data["tasks"]["blocked"]) == (1, 3)
+    again = run("cancel", "a", "--db", sqlite_url)
+    assert again.exit_code == 2 and "already cancelled" in again.stderr
+    blocked = run("retry", "b", "--db", sqlite_url)
+    assert blocked.exit_code == 2 and "blocked by a: retry that" in blocked.stderr
+    assert run("retry", "--failed", "--db", sqlite_url).stdout.strip() == "no failed tasks to retry"
+    assert run("retry", "a", "--db", sqlite_url).exit_code == 0
+    data = status_json(sqlite_url)
+    assert (data["tasks"]["ready"], data["tasks"]["waiting"]) == (1, 3)
+    assert run("retry", "--db", sqlite_url).exit_code == 2
+
+
+def test_context_and_datastore(sqlite_url: str) -> None:
+    assert run("datastore", "set", "user@10.0.0.9:/srv/data", "--db", sqlite_url).exit_code == 0
+    assert run("context", "set", "boss_address", "10.0.0.2:1883", "--db", sqlite_url).exit_code == 0
+    bad = run("context", "set", "heartbeat_timeout", "soon", "--db", sqlite_url)
+    assert bad.exit_code == 2 and "heartbeat_timeout" in bad.stderr
+    bad = run("context", "set", "colour", "blue", "--db", sqlite_url)
+    assert bad.exit_code == 2 and "unknown context key 'colour'" in bad.stderr
+    shown = json.loads(run("context", "show", "--json", "--db", sqlite_url).stdout)
+    assert shown["datastore_address"] == "user@10.0.0.9:/srv/data"
+    assert shown["boss_address"] == "10.0.0.2:1883"
+    assert shown["heartbeat_timeout"] == "30"  # the default
+    assert run("context", "drop", "boss_address", "--db", sqlite_url).exit_code == 0
+    shown = json.loads(run("context", "show", "--json", "--db", sqlite_url).stdout)
+    assert shown["boss_address"] is None and shown["datastore_address"]
+    assert run("context", "drop", "--db", sqlite_url).stdout.strip() == "dropped datastore_address"
+    assert "datastore_address" in run("context", "show", "--db", sqlite_url).stdout
+
+
+COMMANDS = [["push"], ["status"], ["log"], ["cancel"], ["retry"], ["context", "show"],
+            ["context", "set"], ["context", "drop"], ["datastore", "set"], ["config", "show"], []]
+
+
+@pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "ecloud")
+def test_every_command_has_help(words: list[str]) -> None:
+    result = run(*words, "--help")
+    assert result.exit_code == 0
+    assert "Usage:" in result.stdout and len(result.stdout.splitlines()) > 3
+
+
+def test_console_scripts_are_installed() -> None:
+    bindir = Path(sys.executable).parent
+    for name in ("ecloud", "ecloud-replay"):
+        result = subprocess.run([bindir / name, "--help"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+# ------------------------------------------------------------------ ecloud-replay
+
+
+def _diamond_history(url: str) -> None:
+    run("push", EXAMPLES / "diamond.json", "--db", url)
+    run("cancel", "c", "--db", url)
+    run("retry", "c", "--db", url)
+    run("datastore", "set", "ds:/x", "--db", url)
+
+
+def test_replay_until_shows_the_state_at_that_seq(durable_url: str) -> None:
+    _diamond_history(durable_url)
+    at2 = json.loads(run("--until", "2", "--json", "--db", durable_url, command=replay).stdout)
+    assert (at2["seq"], at2["tasks"]["cancelled"], at2["tasks"]["blocked"]) == (2, 1, 1)
+    now = json.loads(run("--json", "--db", durable_url, command=replay).stdout)
+    assert (now["seq"], now["tasks"]["cancelled"], now["context"]) == (4, 0, {"datastore_address": "ds:/x"})
+    past = run("--until", "99", "--db", durable_url, command=replay)
+    assert past.exit_code == 2 and "past the end" in past.stderr
+
+
+def test_replay_task_history_gives_every_transition_with_its_reason(sqlite_url: str) -> None:
+    _diamond_history(sqlite_url)
+    rows = [json.loads(x) for x in run("--task", "d", "--json", "--db", sqlite_url,
+                                       command=replay).stdout.splitlines()]
+    assert [(r["seq"], r["from"], r["to"]) for r in rows] == [
+        (1, None, "waiting"), (2, "waiting", "blocked"), (3, "blocked", "waiting")]
+    assert rows[1]["why"] == "blocked by c"
+    missing = run("--task", "zz", "--db", sqlite_url, command=replay)
+    assert missing.exit_code == 2 and "no task 'zz'" in missing.stderr
+
+
+def test_replay_verify_passes_and_a_snapshot_round_trips(durable_url: str) -> None:
+    _diamond_history(durable_url)
+    saved = run("--until", "3", "--save-snapshot", "--db", durable_url, command=replay)
+    assert saved.exit_code == 0 and "saved a snapshot at seq 3" in saved.stdout
+    result = run("--verify", "--json", "--db", durable_url, command=replay)
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0 and report["ok"]
+    assert any("snapshot at seq 3 plus suffix equals full replay" in c["detail"] for c in report["checks"])
+
+
+def test_replay_verify_names_the_seq_of_a_snapshot_that_lies(durable_url: str) -> None:
+    _diamond_history(durable_url)
+    with open_store(durable_url, create=False) as store:
+        state = load_state(store, 2)
+        state.tasks["a"].status = "succeeded"  # not what the log says
+        state.counts["ready"] -= 1
+        state.counts["succeeded"] += 1
+        store.save_snapshot(Snapshot(2, REDUCER_VERSION, snapshots.dump(state), 0.0))
+    result = run("--verify", "--db", durable_url, command=replay)
+    assert result.exit_code == 1
+    assert "first divergent seq: 2" in result.stdout and "FAIL" in result.stdout
+
+
+def test_replay_ignores_a_snapshot_of_another_reducer_version(sqlite_url: str) -> None:
+    _diamond_history(sqlite_url)
+    with open_store(sqlite_url, create=False) as store:
+        store.save_snapshot(Snapshot(2, "0-old", b"garbage", 0.0))
+        assert load_state(store).canonical() == load_state(store, use_snapshot=False).canonical()
+    assert run("--verify", "--db", sqlite_url, command=replay).exit_code == 0
