@@ -143,15 +143,13 @@ def log_command(start: int, end: int | None, types: tuple[str, ...], task: str |
     if follow and end is not None:
         raise UserError("--follow and --to cannot be used together")
     with log_store(db, config_path, create=False) as store:
-        last = start - 1
-        for rec in store.read(start, end, types=types or None):
-            last = rec.seq
+        upto = end if end is not None else store.head()
+        for rec in store.read(start, upto, types=types or None):
             if _wanted(rec, task, worker):
                 _print_record(rec, as_json)
         if follow:
             sys.stdout.flush()
-            last = max(last, store.head()) if types else last
-            for rec in store.follow(last):
+            for rec in store.follow(max(upto, start - 1)):
                 if (not types or rec.event.TYPE in types) and _wanted(rec, task, worker):
                     _print_record(rec, as_json)
                     sys.stdout.flush()
