@@ -38,6 +38,30 @@ converter.register_unstructure_hook_func(
     lambda t: t == Command, lambda v: v if isinstance(v, str) else list(v)
 )
 
+def _strict_str(value: Any, _type: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _strict_int(value: Any, _type: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _strict_float(value: Any, _type: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+# cattrs would turn 5 into "5" and 1.7 into 1: a body of the wrong type must be
+# an error, not a silent conversion.
+converter.register_structure_hook(str, _strict_str)
+converter.register_structure_hook(int, _strict_int)
+converter.register_structure_hook(float, _strict_float)
+
 Upcaster = Callable[[dict], dict]
 _UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 

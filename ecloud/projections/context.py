@@ -40,7 +40,6 @@ class Key:
 KEYS: dict[str, Key] = {
     "boss_address": Key("address (host or host:port) workers use to reach the boss's broker", _text),
     "datastore_address": Key("datastore workers pull inputs from and push results to", _text),
-    "cluster": Key("cluster name: prefixes MQTT topics and VM names", _text, "ecloud"),
     "heartbeat_timeout": Key("seconds of silence after which a worker is lost", _seconds, "30"),
     "timeout_grace": Key(
         "seconds the boss waits past a task's timeout before failing the attempt itself",

@@ -1,0 +1,284 @@
+"""Configuration: defaults, a TOML file, environment variables, flags.
+
+Each setting comes from the first of these that gives it::
+
+    command-line flag  >  environment variable  >  config file  >  default
+
+The config file is ``--config PATH`` (flag ``config``) or ``$ECLOUD_CONFIG``
+when given - then it must exist - else ``./ecloud.toml`` if present, else
+``~/.config/ecloud/ecloud.toml`` (``$XDG_CONFIG_HOME`` is honoured) if
+present. The file holds the settings as top-level keys::
+
+    db = "env:ECLOUD_DB_URL"
+    broker = "mqtt://127.0.0.1:1883"
+    cluster = "prod"
+    resend_after = 5
+    snapshot_every = 10000
+
+An empty environment variable counts as not set. ``db`` may be indirect, so
+that a password need not sit in the file or the process list:
+``env:NAME`` is the value of variable NAME, ``file:PATH`` the content of a
+file (a relative PATH is taken from the config file's folder when the value
+came from the file); both are stripped of surrounding whitespace.
+
+:func:`load_config` returns a frozen :class:`Config`; ``Config.describe()``
+tells where each value came from (``ecloud config show``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from attrs import field, frozen
+
+from ecloud.errors import ConfigError
+
+__all__ = ["Config", "SETTINGS", "load_config", "find_config_file"]
+
+_CLUSTER_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+# ------------------------------------------------------------------ parsing values
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def _cluster(value: Any) -> str:
+    value = _string(value)
+    if not _CLUSTER_RE.fullmatch(value):
+        # It names MQTT topics and VMs: no '/', '+', '#' or spaces.
+        raise ValueError(f"{value!r} may only hold letters, digits, '_', '.' and '-'")
+    return value
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number of seconds, got {type(value).__name__}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"expected a number of seconds > 0, got {value}")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _float_text(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+
+
+def _int_text(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+
+
+@frozen
+class Setting:
+    """One setting: its name, environment variable, default and parser.
+
+    ``parse`` checks a typed value (from TOML, or a typed flag); ``text``
+    first turns the text of an environment variable or flag into one.
+    """
+
+    name: str
+    env: str
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+    text: Callable[[str], Any] = str
+    indirect: bool = False  # may be given as env:NAME / file:PATH
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("db", "ECLOUD_DB", "sqlite:///ecloud.db", _string,
+            "the event log URL (sqlite:///, mysql://, memory://)", indirect=True),
+    Setting("broker", "ECLOUD_BROKER", None, _string, "the MQTT broker URL; none: run locally"),
+    Setting("cluster", "ECLOUD_CLUSTER", "ecloud", _cluster, "names this cluster's topics and VMs"),
+    Setting("resend_after", "ECLOUD_RESEND_AFTER", 5.0, _seconds,
+            "seconds before the boss sends an unanswered dispatch or cancel again",
+            text=_float_text),
+    Setting("snapshot_every", "ECLOUD_SNAPSHOT_EVERY", 10000, _count,
+            "events between snapshots of the folded state", text=_int_text),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+# ------------------------------------------------------------------ the result
+
+
+def _mask(value: str) -> str:
+    """Hide the password of a URL like ``mysql://user:secret@host/db``."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return value
+    if parts.password is None:
+        return value
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _masked_repr(value: str | None) -> str:
+    return repr(value if value is None else _mask(value))
+
+
+@frozen
+class Config:
+    """The settings in force, and where each came from."""
+
+    db: str = field(default="sqlite:///ecloud.db", repr=_masked_repr)
+    broker: str | None = field(default=None, repr=_masked_repr)
+    cluster: str = "ecloud"
+    resend_after: float = 5.0
+    snapshot_every: int = 10000
+    file: str | None = None
+    """The config file that was read, if any."""
+    origins: dict[str, str] = field(factory=dict, eq=False, hash=False)
+    """Setting name -> where its value came from, e.g. ``"env ECLOUD_DB"``."""
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """``(setting, value as shown, origin)`` for every setting, in order.
+
+        Passwords in URLs are masked: this is meant to be printed.
+        """
+        rows = []
+        for s in SETTINGS:
+            value = getattr(self, s.name)
+            shown = "(none)" if value is None else _mask(str(value))
+            rows.append((s.name, shown, self.origins.get(s.name, "default")))
+        return rows
+
+
+# ------------------------------------------------------------------ loading
+
+
+def find_config_file(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Path | None, str]:
+    """The config file to read and why: ``(path or None, origin)``.
+
+    A file named by ``--config`` or ``$ECLOUD_CONFIG`` must exist; the
+    default places are used only when a file is there.
+    """
+    if flags.get("config"):
+        return Path(flags["config"]).expanduser(), "flag --config"
+    if env.get("ECLOUD_CONFIG"):
+        return Path(env["ECLOUD_CONFIG"]).expanduser(), "env ECLOUD_CONFIG"
+    local = Path("ecloud.toml")
+    if local.is_file():
+        return local, "./ecloud.toml"
+    if env.get("XDG_CONFIG_HOME"):
+        base = Path(env["XDG_CONFIG_HOME"])
+    elif env.get("HOME"):
+        base = Path(env["HOME"]) / ".config"
+    else:
+        base = Path.home() / ".config"
+    user = base / "ecloud" / "ecloud.toml"
+    if user.is_file():
+        return user, str(user)
+    return None, ""
+
+
+def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.environ) -> Config:
+    """Settle every setting from flags, environment, config file and defaults.
+
+    ``flags`` maps setting names (and ``config``) to values as the CLI parsed
+    them; ``None`` means "flag not given". Raises :class:`ConfigError` naming
+    the file, variable or flag and the setting when a value is unusable.
+    """
+    flags = dict(flags or {})
+    unknown = set(flags) - set(_BY_NAME) - {"config"}
+    if unknown:  # a bug in the caller, not the operator's mistake
+        raise ValueError(f"load_config got unknown flags: {sorted(unknown)}")
+    path, _why = find_config_file(flags, env)
+    from_file = _read_file(path) if path is not None else {}
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for s in SETTINGS:
+        if flags.get(s.name) is not None:
+            raw, origin, where = flags[s.name], f"flag --{s.name.replace('_', '-')}", None
+        elif env.get(s.env):
+            raw, origin, where = env[s.env], f"env {s.env}", None
+        elif s.name in from_file:
+            raw, origin, where = from_file[s.name], f"file {path}", path
+        else:
+            values[s.name] = s.default
+            origins[s.name] = "default"
+            continue
+        if s.indirect and isinstance(raw, str):
+            raw, origin = _resolve_secret(raw, origin, s.name, env, where)
+        try:
+            if where is None and isinstance(raw, str):
+                raw = s.text(raw)
+            values[s.name] = s.parse(raw)
+        except ValueError as exc:
+            key = f"{path}: key {s.name!r}" if where else f"{origin} ({s.name})"
+            raise ConfigError(f"{key}: {exc}") from None
+        origins[s.name] = origin
+    return Config(**values, file=str(path) if path else None, origins=origins)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    problems = []
+    for key in data:
+        if key not in _BY_NAME:
+            close = difflib.get_close_matches(key, list(_BY_NAME), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"unknown key {key!r}{hint}")
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return data
+
+
+def _resolve_secret(
+    raw: str, origin: str, name: str, env: Mapping[str, str], config_path: Path | None
+) -> tuple[str, str]:
+    """Follow ``env:NAME`` or ``file:PATH``; return the value and its origin."""
+    where = f"{config_path}: key {name!r}" if config_path else f"{origin} ({name})"
+    if raw.startswith("env:"):
+        var = raw[4:]
+        value = env.get(var, "").strip()
+        if not value:
+            raise ConfigError(f"{where}: refers to environment variable {var}, which is not set")
+        return value, f"{origin} via env {var}"
+    if raw.startswith("file:"):
+        target = Path(raw[5:]).expanduser()
+        if config_path is not None and not target.is_absolute():
+            target = config_path.parent / target
+        try:
+            value = target.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise ConfigError(f"{where}: cannot read {target}: {reason}") from None
+        if not value:
+            raise ConfigError(f"{where}: {target} is empty")
+        return value, f"{origin} via file {target}"
+    return raw, origin
