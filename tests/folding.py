@@ -143,6 +143,7 @@ def _act(draw, d: Driver, action: str) -> None:
                 draw(st.integers(1, 3)),
                 draw(st.sampled_from([1, 1, 1, 2])),
                 draw(st.sampled_from(["i0", "i1"])),
+                draw(st.sampled_from([None, 1, 2])),
             )
         )
     elif action == "heartbeat":
@@ -180,6 +181,20 @@ def _act(draw, d: Driver, action: str) -> None:
         d.apply(ev.WorkerLeft(draw(st.sampled_from(WORKERS))))
     elif action == "boss":
         d.apply(ev.BossStarted("b"))
+    elif action == "vm":
+        name = draw(st.sampled_from(["vm-a", "vm-b"]))
+        kind = draw(st.sampled_from(["request", "allocate", "observe", "fail", "kill"]))
+        vm_id = draw(st.integers(1, 3))
+        if kind == "request":
+            d.apply(ev.VMRequested(name))
+        elif kind == "allocate":
+            d.apply(ev.VMAllocated(name, vm_id))
+        elif kind == "observe":
+            d.apply(ev.VMStateObserved(vm_id, draw(st.sampled_from([1, 3, 6, 8])), 3))
+        elif kind == "fail":
+            d.apply(ev.VMFailed(name, "quota", "authorization"))
+        else:
+            d.apply(ev.VMKillRequested(vm_id))
     elif action == "context":
         d.apply(ev.ContextSet("heartbeat_timeout", draw(st.sampled_from(["30", "60", "-1"]))))
 
@@ -188,7 +203,7 @@ def _act(draw, d: Driver, action: str) -> None:
 ACTIONS = [
     *["schedule"] * 4, *["start"] * 3, *["finish"] * 5, *["heartbeat"] * 2, "tick", "tick",
     "submit", "bad_submit", "announce", "bogus_dispatch", "cancel", "retry",
-    "lost", "left", "boss", "context",
+    "lost", "left", "boss", "context", "vm",
 ]
 
 

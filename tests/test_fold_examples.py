@@ -235,3 +235,39 @@ def test_context_set_and_dropped() -> None:
     assert len(d.state.rejected) == 2
     d.apply(ev.ContextDropped("datastore_address"))
     assert d.state.context == {}
+
+
+def test_a_vm_seen_gone_loses_its_worker_at_once() -> None:
+    d = Driver()
+    d.apply(ev.TasksSubmitted("b", (TaskSpec("a", "true"),)))
+    assert [type(e).__name__ for e in d.apply(ev.VMRequested("local-1"))] == ["SpawnVM"]
+    assert d.apply(ev.VMRequested("local-1")) == []  # the name is the key: no second VM
+    d.apply(ev.VMAllocated("local-1", 1))
+    d.apply(ev.WorkerAnnounced("local-1", "h", 1, 1, "i", vm_id=1))
+    d.schedule()
+    d.apply(ev.VMStateObserved(1, 3, 3, "10.0.0.7"))  # ACTIVE/RUNNING: nothing changes
+    assert d.statuses() == {"a": "dispatched"} and d.state.vms["local-1"].ip == "10.0.0.7"
+    d.apply(ev.VMStateObserved(1, 6, 0))  # DONE
+    assert d.state.workers["local-1"].status == "lost"
+    assert d.state.workers["local-1"].reason == "its VM local-1 is gone"
+    assert d.statuses() == {"a": "ready"}
+    check_invariants(d.state)
+
+
+def test_outstanding_effects_after_a_restart() -> None:
+    from ecloud.projections.effects import KillVM, SpawnVM
+    from ecloud.projections.outstanding import outstanding
+
+    d = diamond(slots=2)
+    d.schedule()  # a dispatched, never started
+    d.apply(ev.VMRequested("vm-a"))
+    d.apply(ev.VMRequested("vm-b"))
+    d.apply(ev.VMAllocated("vm-b", 7))
+    d.apply(ev.VMKillRequested(7, "idle"))
+    d.apply(ev.TaskCancelled("a"))  # w1 still holds attempt 1 until it reports
+    effects = outstanding(d.state)
+    assert effects == [
+        CancelAttempt(d.state.seq, "a", 1, "w1", "no longer wanted"),
+        SpawnVM(d.state.seq, "vm-a"),
+        KillVM(d.state.seq, 7, "idle"),
+    ]

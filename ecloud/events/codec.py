@@ -62,6 +62,15 @@ converter.register_structure_hook(str, _strict_str)
 converter.register_structure_hook(int, _strict_int)
 converter.register_structure_hook(float, _strict_float)
 
+
+def _strict_bool(value: Any, _type: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+converter.register_structure_hook(bool, _strict_bool)  # else bool (an int) takes the int hook
+
 Upcaster = Callable[[dict], dict]
 _UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 

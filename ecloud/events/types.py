@@ -203,6 +203,7 @@ class WorkerLeft(Event):
 
     worker_id: str
     reason: str = ""
+    msg_id: str = ""
 
 
 @event("worker.lost")

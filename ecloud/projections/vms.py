@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from ecloud.events.types import VMAllocated, VMFailed, VMKillRequested, VMRequested, VMStateObserved
 from ecloud.projections.effects import KillVM, SpawnVM
-from ecloud.projections.state import State, VMRecord
+from ecloud.projections.state import LIVE, LOST, State, VMRecord
+from ecloud.projections.workers import let_go
+
+#: OpenNebula VM states after which nothing runs on the VM: DONE, POWEROFF,
+#: UNDEPLOYED (OPENNEBULA.md); the local provider reports DONE for an exited worker.
+DONE = 6
+GONE_STATES = frozenset({DONE, 8, 9})
 
 
 def on_requested(state: State, event: VMRequested, seq: int, out: list) -> None:
@@ -46,7 +52,15 @@ def on_state_observed(state: State, event: VMStateObserved, seq: int, out: list)
     vm.lcm_state = event.lcm_state
     if event.ip:
         vm.ip = event.ip
-    vm.status = "observed"
+    if event.state in GONE_STATES:
+        vm.status = "gone"
+        # Its worker cannot be running anything any more: give its work back
+        # now rather than after the heartbeat deadline.
+        for worker in list(state.workers.values()):
+            if worker.vm_id == vm.vm_id and worker.status in LIVE:
+                let_go(state, worker, LOST, f"its VM {vm.vm_name} is gone")
+    else:
+        vm.status = "observed"
 
 
 def on_failed(state: State, event: VMFailed, seq: int, out: list) -> None:
@@ -62,4 +76,5 @@ def on_kill_requested(state: State, event: VMKillRequested, seq: int, out: list)
     vm = _by_id(state, event.vm_id)
     if vm is not None:
         vm.status = "killing"
+        vm.reason = event.reason
     out.append(KillVM(seq, event.vm_id, event.reason))

@@ -83,6 +83,8 @@ def on_heartbeat(state: State, event: WorkerHeartbeat, seq: int, out: list) -> N
 
 
 def on_left(state: State, event: WorkerLeft, seq: int, out: list) -> None:
+    if event.msg_id:
+        out.append(Ack(seq, event.worker_id, event.msg_id))
     worker = state.workers.get(event.worker_id)
     if worker is not None and worker.status in LIVE:
         let_go(state, worker, GONE, event.reason or "said goodbye")

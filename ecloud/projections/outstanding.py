@@ -1,0 +1,46 @@
+"""Effects a restarted boss must issue again, read off the state.
+
+Every effect is idempotent by its key (DESIGN.md section 4), so issuing one
+that had in fact been performed before the crash does no harm; issuing none
+for one that had not would lose it. The state says which are still open:
+
+- a task ``dispatched`` but never reported started: send the dispatch again;
+- an attempt a live worker still holds although the task moved on
+  (cancelled, timed out, superseded): tell the worker to kill it;
+- a VM requested but never allocated: spawn it (the name finds an earlier one);
+- a VM asked to die that was not seen gone: kill it.
+"""
+
+from __future__ import annotations
+
+from ecloud.projections.effects import CancelAttempt, Dispatch, KillVM, SpawnVM
+from ecloud.projections.state import DISPATCHED, LIVE, RUNNING, State
+
+
+def outstanding(state: State) -> list:
+    seq = state.seq
+    effects: list = []
+    for task in state.tasks.values():
+        if task.status == DISPATCHED and task.worker is not None:
+            effects.append(Dispatch(seq, task.spec.id, task.attempt, task.worker, task.spec))
+    for wid in sorted(state.workers):
+        worker = state.workers[wid]
+        if worker.status not in LIVE:
+            continue
+        for task_id, attempt in sorted(worker.running):
+            task = state.tasks.get(task_id)
+            current = (
+                task is not None
+                and task.status in (DISPATCHED, RUNNING)
+                and task.attempt == attempt
+                and task.worker == wid
+            )
+            if not current:
+                effects.append(CancelAttempt(seq, task_id, attempt, wid, "no longer wanted"))
+    for name in sorted(state.vms):
+        vm = state.vms[name]
+        if vm.status == "requested":
+            effects.append(SpawnVM(seq, name))
+        elif vm.status == "killing" and vm.vm_id is not None:
+            effects.append(KillVM(seq, vm.vm_id, vm.reason or "kill requested"))
+    return effects

@@ -1,0 +1,241 @@
+"""The boss <-> worker protocol over MQTT: topics and message shapes.
+
+Topics carry the cluster and the worker id, so a broker ACL can confine each
+worker to its own (DESIGN.md section 5)::
+
+    ecloud/<cluster>/from/<worker id>   worker -> boss   (reports; the will)
+    ecloud/<cluster>/to/<worker id>     boss -> worker   (dispatches, cancels, acks)
+
+Every payload is one JSON object with the protocol version ``v`` (a worker
+of another version is heard only as far as its ``hello``, so that it can be
+refused with a reason). Worker
+payloads carry a list of reports (several per message when they pile up),
+each with its own ``msg_id``; the boss acknowledges a report only after its
+event is committed, and the worker resends every report until it is acked.
+Boss payloads carry acks, dispatches and cancels together.
+
+:func:`parse_worker_payload` is the boss's edge: size-bounded, JSON,
+schema-checked, the worker id matching the topic's; anything else raises
+:class:`WireError` with a reason and becomes an ``input.rejected`` event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from attrs import field, frozen
+from cattrs.errors import BaseValidationError
+
+from ecloud.events.codec import converter, describe
+from ecloud.events.types import Command, InputSpec
+
+PROTOCOL = 1
+MAX_PAYLOAD = 256 * 1024
+TAIL = 4096  # bytes of stdout/stderr sent back with a result
+
+
+class WireError(ValueError):
+    """A payload that is not a valid message of this protocol."""
+
+
+# ------------------------------------------------------------------- topics
+
+
+def from_topic(cluster: str, worker_id: str) -> str:
+    return f"ecloud/{cluster}/from/{worker_id}"
+
+
+def to_topic(cluster: str, worker_id: str) -> str:
+    return f"ecloud/{cluster}/to/{worker_id}"
+
+
+def from_all(cluster: str) -> str:
+    """The boss's subscription: every worker's reports."""
+    return f"ecloud/{cluster}/from/+"
+
+
+def worker_of(topic: str, cluster: str) -> str | None:
+    """The worker id in a ``from`` topic of this cluster, else None."""
+    prefix = f"ecloud/{cluster}/from/"
+    if not topic.startswith(prefix):
+        return None
+    rest = topic[len(prefix):]
+    return rest if rest and "/" not in rest else None
+
+
+# ---------------------------------------------------------- worker -> boss
+
+
+@frozen
+class Hello:
+    """The worker announces itself (and again after a reconnect)."""
+
+    msg_id: str
+    host: str
+    slots: int
+    protocol: int
+    incarnation: str
+    vm_id: int | None = None
+    kind: str = "hello"
+
+
+@frozen
+class Heartbeat:
+    msg_id: str
+    running: list[tuple[str, int]] = field(factory=list)
+    kind: str = "heartbeat"
+
+
+@frozen
+class Started:
+    msg_id: str
+    task_id: str
+    attempt: int
+    kind: str = "started"
+
+
+@frozen
+class Finished:
+    msg_id: str
+    task_id: str
+    attempt: int
+    exit_code: int | None
+    duration: float
+    signal: int | None = None
+    reason: str = ""
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    kind: str = "finished"
+
+
+@frozen
+class Bye:
+    msg_id: str
+    reason: str = ""
+    kind: str = "bye"
+
+
+@frozen
+class Lost:
+    """The worker's MQTT will: published by the broker when the worker's
+    connection dies without a goodbye."""
+
+    msg_id: str = ""
+    kind: str = "lost"
+
+
+Report = Hello | Heartbeat | Started | Finished | Bye | Lost
+REPORTS: dict[str, type] = {c.__attrs_attrs__.kind.default: c for c in (Hello, Heartbeat, Started, Finished, Bye, Lost)}  # type: ignore[attr-defined]
+
+
+@frozen
+class WorkerPayload:
+    worker: str
+    reports: list[Any]
+    v: int = PROTOCOL
+
+
+# ---------------------------------------------------------- boss -> worker
+
+
+@frozen
+class DispatchMsg:
+    task_id: str
+    attempt: int
+    command: Command
+    env: dict[str, str] = field(factory=dict)
+    timeout: float | None = None
+    slots: int = 1
+    inputs: list[InputSpec] = field(factory=list)
+    outputs: list[str] = field(factory=list)
+
+
+@frozen
+class CancelMsg:
+    task_id: str
+    attempt: int
+    reason: str = ""
+
+
+@frozen
+class BossPayload:
+    acks: list[str] = field(factory=list)
+    dispatch: list[DispatchMsg] = field(factory=list)
+    cancel: list[CancelMsg] = field(factory=list)
+    #: set when the boss refuses this worker (e.g. protocol mismatch)
+    refuse: str | None = None
+    #: the boss does not know this worker (e.g. lost it): announce again
+    reannounce: bool = False
+    v: int = PROTOCOL
+
+
+# ------------------------------------------------------------------ codecs
+
+
+def dumps(payload: WorkerPayload | BossPayload) -> bytes:
+    return orjson.dumps(converter.unstructure(payload))
+
+
+def _report(raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise WireError("a report must be a JSON object")
+    cls = REPORTS.get(raw.get("kind"))  # type: ignore[arg-type]
+    if cls is None:
+        raise WireError(f"unknown report kind {raw.get('kind')!r}")
+    try:
+        return converter.structure(raw, cls)
+    except (BaseValidationError, TypeError, ValueError) as exc:
+        raise WireError(f"bad {raw['kind']} report: {describe(exc)}") from None
+
+
+def parse_worker_payload(payload: bytes, topic_worker: str) -> WorkerPayload:
+    """Check a worker's message completely, or raise :class:`WireError`."""
+    if len(payload) > MAX_PAYLOAD:
+        raise WireError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise WireError("payload must be a JSON object")
+    version = data.get("v")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise WireError(f"protocol version must be an integer, got {version!r}")
+    if data.get("worker") != topic_worker:
+        raise WireError(f"worker {data.get('worker')!r} speaking on the topic of {topic_worker!r}")
+    reports = data.get("reports")
+    if not isinstance(reports, list) or not reports:
+        raise WireError("reports must be a non-empty list")
+    extra = set(data) - {"v", "worker", "reports"}
+    if extra:
+        raise WireError(f"unknown keys {sorted(extra)}")
+    reports = [_report(r) for r in reports]
+    if version != PROTOCOL and not all(isinstance(r, Hello) for r in reports):
+        # Only an announcement is read from a worker of another version: the
+        # fold then refuses it with a reason the worker is told.
+        raise WireError(f"protocol version {version}, expected {PROTOCOL}")
+    return WorkerPayload(topic_worker, reports, version)
+
+
+def parse_boss_payload(payload: bytes) -> BossPayload:
+    """The worker's side: a boss message, or :class:`WireError`."""
+    if len(payload) > 16 * MAX_PAYLOAD:
+        raise WireError("boss payload too large")
+    try:
+        data = orjson.loads(payload)
+        if not isinstance(data, dict) or data.get("v") != PROTOCOL:
+            raise WireError(f"not a protocol {PROTOCOL} boss message")
+        return converter.structure(data, BossPayload)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"not JSON: {exc}") from None
+    except (BaseValidationError, TypeError, ValueError) as exc:
+        if isinstance(exc, WireError):
+            raise
+        raise WireError(f"bad boss message: {describe(exc)}") from None
+
+
+def excerpt(payload: bytes, limit: int = 200) -> str:
+    """A bounded, printable piece of a payload for an ``input.rejected`` event."""
+    text = payload[:limit].decode("utf-8", errors="replace")
+    return text + ("…" if len(payload) > limit else "")
