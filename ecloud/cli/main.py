@@ -309,6 +309,15 @@ def config_show(db: str | None, config_path: str | None) -> None:
     out.print(table)
 
 
+def _register_late_commands() -> None:
+    from ecloud.cli.run import run
+
+    cli.add_command(run)
+
+
+_register_late_commands()
+
+
 def main() -> None:
     cli(prog_name="ecloud")
 

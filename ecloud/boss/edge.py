@@ -1,0 +1,62 @@
+"""The boss's edge: MQTT messages in, events out.
+
+A message becomes events only once it has been parsed and checked
+(:func:`ecloud.wire.parse_worker_payload`); anything malformed becomes one
+``input.rejected`` event with the reason and a bounded excerpt, and changes
+nothing else. A report whose ``msg_id`` was already committed and acked is a
+resend: it is acked again and not logged twice. A heartbeat from a worker the
+boss does not count as live asks that worker to announce itself again.
+"""
+
+from __future__ import annotations
+
+from ecloud import wire
+from ecloud.effects.messaging import Outbox
+from ecloud.events import types as ev
+from ecloud.projections.state import LIVE, State
+
+
+def report_event(worker_id: str, report) -> object | None:
+    """The event for one parsed report (None for a heartbeat handled apart)."""
+    kind = type(report)
+    if kind is wire.Started:
+        return ev.TaskStarted(report.task_id, report.attempt, worker_id, report.msg_id)
+    if kind is wire.Finished:
+        return ev.TaskFinished(
+            report.task_id, report.attempt, worker_id, report.exit_code, report.duration,
+            report.signal, report.reason, report.stdout_tail, report.stderr_tail, report.msg_id,
+        )
+    if kind is wire.Heartbeat:
+        return ev.WorkerHeartbeat(worker_id, report.msg_id)
+    if kind is wire.Hello:
+        return ev.WorkerAnnounced(worker_id, report.host, report.slots, report.protocol,
+                                  report.incarnation, report.vm_id, report.msg_id)
+    if kind is wire.Bye:
+        return ev.WorkerLeft(worker_id, report.reason or "said goodbye", report.msg_id)
+    if kind is wire.Lost:
+        return ev.WorkerLost(worker_id, "connection lost (last will)")
+    raise AssertionError(f"unhandled report {kind.__name__}")  # pragma: no cover
+
+
+def to_events(topic: str, payload: bytes, cluster: str, state: State, outbox: Outbox) -> list:
+    """Events for one MQTT message (possibly none, e.g. only resends)."""
+    worker_id = wire.worker_of(topic, cluster)
+    if worker_id is None:
+        return [ev.InputRejected(f"mqtt {topic}", "not a worker topic of this cluster",
+                                 wire.excerpt(payload))]
+    try:
+        message = wire.parse_worker_payload(payload, worker_id)
+    except wire.WireError as exc:
+        return [ev.InputRejected(f"mqtt {topic}", str(exc), wire.excerpt(payload))]
+    events = []
+    worker = state.workers.get(worker_id)
+    live = worker is not None and worker.status in LIVE
+    for report in message.reports:
+        if report.msg_id and outbox.already_acked(worker_id, report.msg_id):
+            outbox.ack(worker_id, report.msg_id)
+            continue
+        if type(report) is wire.Heartbeat and not live:
+            outbox.reannounce(worker_id)
+            continue
+        events.append(report_event(worker_id, report))
+    return events

@@ -1,0 +1,300 @@
+"""The boss: the loop of DESIGN.md section 1.
+
+::
+
+    MQTT messages, provider outcomes, operator events (other processes
+    append those to the log directly), timer ticks
+        -> inbox -> batch -> append (one transaction)
+        -> fold everything new in the log, in seq order -> effects
+        -> perform them (messages to workers, VM calls)
+        -> schedule: decisions appended, folded, dispatched
+
+Only this thread touches the state. paho's network thread and the provider's
+thread pool only put things in the inbox. Nothing is acknowledged to a worker
+before its event is committed: acks are effects of the fold, and the fold
+only sees committed events.
+
+On start the boss folds the log (newest snapshot + suffix), appends
+``boss.started`` (which restarts worker deadlines) and re-issues every
+effect the state says is outstanding. On stop it finishes the batch in hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ecloud import wire
+from ecloud.boss.edge import to_events
+from ecloud.effects.messaging import Outbox
+from ecloud.effects.mqtt import Connection
+from ecloud.errors import StoreError
+from ecloud.events import types as ev
+from ecloud.events.store import LogStore, open_store
+from ecloud.projections.effects import KillVM, SpawnVM
+from ecloud.projections.fold import step
+from ecloud.projections.outstanding import outstanding
+from ecloud.projections.scheduler import schedule
+from ecloud.projections.state import State
+from ecloud.projections.timers import next_deadline
+from ecloud.rebuild import load_state, save_snapshot
+
+log = logging.getLogger("ecloud.boss")
+
+MAX_BATCH = 5000  # inbox items per transaction
+
+
+class Boss:
+    def __init__(
+        self,
+        store: LogStore | str,
+        broker: str,
+        *,
+        provider: Any = None,
+        cluster: str = "ecloud",
+        snapshot_every: int = 10_000,
+        poll: float = 0.2,
+        resend_after: float = 5.0,
+        observe_every: float = 2.0,
+        boss_id: str | None = None,
+        until: Callable[[State], bool] | None = None,
+        on_start: Callable[[State], list] | None = None,
+    ) -> None:
+        # A URL is opened in the boss's own thread (SQLite connections belong
+        # to the thread that made them).
+        self._store_arg = store
+        self.store: LogStore = store if not isinstance(store, str) else None  # type: ignore[assignment]
+        self.broker = broker
+        self.provider = provider
+        self.cluster = cluster
+        self.snapshot_every = snapshot_every
+        self.poll = poll
+        self.resend_after = resend_after
+        self.observe_every = observe_every
+        self.boss_id = boss_id or uuid.uuid4().hex[:12]
+        self.until = until
+        self.on_start = on_start
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.state = State()
+        self.view: dict[str, Any] = {}  # a copy of a few numbers for other threads
+        self._pending: list = []  # events not yet committed (the database was down)
+        self._since_snapshot = 0
+        self._last_observe = 0.0
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="provider")
+        self.conn: Connection | None = None
+        self.outbox: Outbox | None = None
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+
+    # ----------------------------------------------------------- for others
+
+    def submit(self, events: list) -> None:
+        """Queue events to be appended by the boss (thread-safe)."""
+        self.inbox.put(("events", list(events)))
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # ------------------------------------------------------------- the loop
+
+    def run(self) -> None:
+        try:
+            if isinstance(self._store_arg, str):
+                self.store = open_store(self._store_arg, create=True)
+            self._start()
+            while not self.stopping.is_set():
+                self._iteration()
+                if self.until is not None and self.until(self.state):
+                    break
+            self._iteration(wait=False)  # what is already in hand
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            try:
+                self._close()
+            finally:
+                if isinstance(self._store_arg, str) and self.store is not None:
+                    self.store.close()
+                self.finished.set()
+
+    def _start(self) -> None:
+        self.state = load_state(self.store)
+        log.info("boss %s: state at seq %d, cluster %s", self.boss_id, self.state.seq, self.cluster)
+        self.conn = Connection(
+            self.broker, f"ecloud-{self.cluster}-boss",
+            on_message=lambda topic, payload: self.inbox.put(("mqtt", topic, payload)),
+            on_connect=lambda: self.conn.subscribe(wire.from_all(self.cluster)),  # type: ignore[union-attr]
+        )
+        self.outbox = Outbox(self.conn.publish, self.cluster, self.resend_after)
+        self.conn.start()
+        self._commit([ev.BossStarted(self.boss_id)])
+        self._perform(self._fold_new() + outstanding(self.state))
+        if self.on_start is not None:
+            self.submit(self.on_start(self.state))
+        self.ready.set()
+
+    def _iteration(self, wait: bool = True) -> None:
+        events = self._pending
+        self._pending = []
+        events += self._drain(self._timeout() if wait else 0.0)
+        deadline = next_deadline(self.state)
+        if deadline is not None and time.time() >= deadline:
+            events.append(ev.Tick())
+        if events:
+            self._commit(events)
+        effects = self._fold_new()
+        self._perform(effects)
+        decisions = schedule(self.state)
+        if decisions and self._commit(decisions):
+            self._perform(self._fold_new())
+        assert self.outbox is not None
+        self.outbox.resend_due(self.state)
+        self.outbox.flush()
+        self._observe()
+        self._maybe_snapshot()
+        self._publish_view()
+
+    def _timeout(self) -> float:
+        deadline = next_deadline(self.state)
+        if deadline is None:
+            return self.poll
+        return max(0.0, min(self.poll, deadline - time.time()))
+
+    def _drain(self, timeout: float) -> list:
+        """Everything waiting in the inbox (waiting up to ``timeout`` for the
+        first item), turned into events."""
+        events: list = []
+        try:
+            item = self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
+        except queue.Empty:
+            return events
+        count = 0
+        while True:
+            self._convert(item, events)
+            count += 1
+            if count >= MAX_BATCH:
+                break
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+        return events
+
+    def _convert(self, item: tuple, events: list) -> None:
+        if item[0] == "mqtt":
+            assert self.outbox is not None
+            events.extend(to_events(item[1], item[2], self.cluster, self.state, self.outbox))
+        else:
+            events.extend(item[1])
+
+    # ------------------------------------------------------ log and fold
+
+    def _commit(self, events: list) -> bool:
+        """Append in one transaction; on failure keep them for the next try."""
+        try:
+            self.store.append(events)
+            return True
+        except StoreError as exc:
+            log.error("cannot append %d event(s), will retry: %s", len(events), exc)
+            self._pending = events + self._pending
+            self.stopping.wait(1.0)
+            return False
+
+    def _fold_new(self) -> list:
+        """Fold every event committed since the state's seq (ours and other
+        writers'), returning their effects in order."""
+        effects: list = []
+        try:
+            records = list(self.store.read(self.state.seq + 1))
+        except StoreError as exc:
+            log.error("cannot read the log: %s", exc)
+            return effects
+        for rec in records:
+            _, out = step(self.state, rec)
+            effects.extend(out)
+        self._since_snapshot += len(records)
+        return effects
+
+    # ------------------------------------------------------------- effects
+
+    def _perform(self, effects: list) -> None:
+        assert self.outbox is not None
+        self.outbox.perform(effects)
+        for effect in effects:
+            if type(effect) is SpawnVM:
+                self._provider_call(self.provider.spawn if self.provider else None, effect)
+            elif type(effect) is KillVM:
+                self._provider_call(self.provider.kill if self.provider else None, effect)
+
+    def _provider_call(self, fn: Callable | None, effect: Any) -> None:
+        if fn is None:
+            log.warning("no provider for %s", effect)
+            return
+        future = self._pool.submit(fn, effect)
+        future.add_done_callback(self._provider_done)
+
+    def _provider_done(self, future) -> None:
+        try:
+            events = future.result()
+        except Exception as exc:  # noqa: BLE001 - a provider bug must not stop the boss
+            log.exception("provider call failed")
+            events = [ev.InputRejected("provider", f"provider error: {exc}")]
+        if events:
+            self.inbox.put(("events", list(events)))
+
+    def _observe(self) -> None:
+        if self.provider is None:
+            return
+        now = time.monotonic()
+        if now - self._last_observe >= self.observe_every:
+            self._last_observe = now
+            alive = [(vm.vm_name, vm.vm_id) for vm in self.state.vms.values()
+                     if vm.vm_id is not None and vm.status not in ("gone", "failed")]
+            if alive:
+                self._pool.submit(self.provider.observe, alive).add_done_callback(self._provider_done)
+
+    # ------------------------------------------------------------- upkeep
+
+    def _maybe_snapshot(self) -> None:
+        if self.snapshot_every and self._since_snapshot >= self.snapshot_every:
+            try:
+                snap = save_snapshot(self.store, self.state, time.time())
+                log.info("snapshot at seq %d (%d bytes)", snap.seq, len(snap.data))
+                self._since_snapshot = 0
+            except StoreError as exc:
+                log.error("snapshot failed: %s", exc)
+
+    def _publish_view(self) -> None:
+        state = self.state
+        self.view = {
+            "seq": state.seq,
+            "counts": dict(state.counts),
+            "total": len(state.tasks),
+            "workers": {w: (r.status, sorted(r.running)) for w, r in state.workers.items()},
+            "vms": [(vm.vm_id, vm.status) for vm in state.vms.values() if vm.vm_id is not None],
+        }
+
+    def _close(self) -> None:
+        if self.outbox is not None:
+            self.outbox.flush()
+        if self.store is None:
+            return
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        # outcomes that arrived while shutting down are still worth logging
+        leftover = self._drain(0.0) + self._pending
+        if leftover:
+            try:
+                self.store.append(leftover)
+            except StoreError as exc:
+                log.error("could not log %d event(s) on the way out: %s", len(leftover), exc)
+        if self.conn is not None:
+            self.conn.stop()

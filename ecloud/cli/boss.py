@@ -1,0 +1,74 @@
+"""``ecloud-boss``: the long-running boss of a cluster.
+
+Folds the log, listens to the workers on MQTT, performs the effects, and
+schedules; stops cleanly on SIGTERM or SIGINT (the batch in hand is
+committed first, nothing is lost). Workers come from elsewhere (started by
+hand, or by the provider: ``--local N`` runs N worker processes here).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import click
+
+from ecloud.boss.loop import Boss
+from ecloud.cli.common import common_options, config_for, err, handle_errors
+from ecloud.effects.local import LocalProvider
+from ecloud.errors import UserError
+from ecloud.events import types as ev
+from ecloud.events.store import open_store
+
+
+def request_local_vms(state, workers: int, reason: str) -> list:
+    """Requests for ``workers`` new local VMs under fresh names (names are
+    never reused in a log). Local VMs of an earlier boss process died with
+    it; the provider reports them gone, and their workers are then lost."""
+    first = len(state.vms) + 1
+    return [ev.VMRequested(f"local-{k}", reason) for k in range(first, first + workers)]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--broker", metavar="URL", help="MQTT broker (mqtt://host:port). Default: "
+              "$ECLOUD_BROKER or the config file's broker.")
+@click.option("--local", "workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Keep N local worker processes (the local provider).")
+@click.option("--slots", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Slots per local worker.")
+@click.option("--verbose", "-v", is_flag=True, help="Log every batch and effect.")
+@common_options
+@handle_errors
+def boss(broker: str | None, workers: int, slots: int, verbose: bool, db: str | None,
+         config_path: str | None) -> None:
+    """Run the boss: turn every worker message into a logged event, perform
+    the effects, schedule the ready tasks."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = config_for(db, config_path)
+    broker_url = broker or config.broker
+    if not broker_url:
+        raise UserError("no MQTT broker: give --broker mqtt://host:port (or set ECLOUD_BROKER)")
+    store = open_store(config.db, create=True)
+    provider = LocalProvider(broker_url, config.cluster, slots=slots) if workers else None
+    the_boss = Boss(store, broker_url, provider=provider, cluster=config.cluster,
+                    snapshot_every=config.snapshot_every, resend_after=config.resend_after,
+                    on_start=lambda state: request_local_vms(state, workers, "ecloud-boss --local"))
+    signal.signal(signal.SIGTERM, lambda *_: the_boss.stop())
+    signal.signal(signal.SIGINT, lambda *_: the_boss.stop())
+    try:
+        the_boss.run()
+    finally:
+        if provider is not None:
+            provider.close()
+        store.close()
+    err.print("boss stopped")
+
+
+def main() -> None:
+    boss(prog_name="ecloud-boss")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
