@@ -1,7 +1,8 @@
 """The local provider: "VMs" that are ``ecloud-worker`` processes on this
 machine - for one machine, for ``ecloud run`` and for tests.
 
-It answers the same effects an OpenNebula provider does (``SpawnVM``,
+Each worker's output goes to ``<work root>/<name>.log`` and its pid to
+``<work root>/<name>.pid``. It answers the same effects an OpenNebula provider does (``SpawnVM``,
 ``KillVM``) with the same outcome events (``vm.allocated``,
 ``vm.state_observed`` with OpenNebula's state codes), so everything above it
 is exercised exactly as with real VMs. Spawning is idempotent by name: a
@@ -63,6 +64,8 @@ class LocalProvider:
             "--broker", self.broker, "--cluster", self.cluster, "--worker-id", name,
             "--slots", str(self.slots), "--vm-id", str(vm_id),
             "--work-dir", str(self.work_root / name), "--heartbeat", f"{self.heartbeat:g}",
+            # the worker must give up draining before we give up on it
+            "--drain-timeout", f"{max(1.0, self.kill_grace - 5):g}",
         ]
         return cmd + (["--debug"] if self.debug else [])
 
@@ -79,6 +82,7 @@ class LocalProvider:
                     stderr=subprocess.STDOUT, start_new_session=True,
                 )
                 logfile.close()
+                (self.work_root / f"{name}.pid").write_text(f"{proc.pid}\n")
                 self._procs[vm_id] = (name, proc)
                 self._reported_done.discard(vm_id)
         return [

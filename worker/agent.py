@@ -1,0 +1,386 @@
+"""The worker agent: its main loop and the ``ecloud-worker`` command.
+
+One thread owns all the agent's state. Everything that happens elsewhere -
+a boss message or a (re)connection on paho's network thread, an attempt's
+exit on its waiter thread, a signal - is posted to the :class:`Inbox`, and the
+main loop sleeps on the inbox until the next thing arrives or the next
+deadline (heartbeat, resend, task timeout, SIGKILL escalation, the end of the
+drain) comes round. Reports produced in one turn of the loop are sent
+together in one payload.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import sys
+import time
+import uuid
+from typing import Any
+
+import click
+
+from ecloud.effects.mqtt import Connection
+from ecloud.wire import (
+    PROTOCOL,
+    BossPayload,
+    Bye,
+    Finished,
+    Heartbeat,
+    Hello,
+    Lost,
+    Started,
+    WireError,
+    WorkerPayload,
+    dumps,
+    from_topic,
+    parse_boss_payload,
+    to_topic,
+)
+from worker.outbox import Outbox, payloads
+from worker.runner import Exited, Launched, Runner
+from worker.settings import Settings, resolve
+
+log = logging.getLogger("worker")
+
+BYE_WAIT = 5.0  # seconds to wait for the boss to ack our goodbye
+REAP_WAIT = 10.0  # seconds to wait for killed attempts to exit at shutdown
+SEEN_CAP = 200_000  # tasks whose highest dispatched attempt is remembered
+
+
+class Inbox:
+    """What other threads and signal handlers tell the main loop.
+
+    A queue plus a self-pipe: :meth:`wait` sleeps in ``select`` on the pipe,
+    which :meth:`put` writes to, and which is also the signal wakeup fd - so a
+    signal delivered to any thread wakes the main loop at once.
+    """
+
+    def __init__(self) -> None:
+        self._items: queue.SimpleQueue = queue.SimpleQueue()  # put() is reentrant
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    @property
+    def wakeup_fd(self) -> int:
+        return self._w
+
+    def put(self, item: tuple) -> None:
+        self._items.put(item)
+        try:
+            os.write(self._w, b"\0")
+        except BlockingIOError:  # the pipe is full: the loop is awake anyway
+            pass
+
+    def wait(self, timeout: float | None) -> list[tuple]:
+        """Items posted so far, waiting up to ``timeout`` seconds for one."""
+        if self._items.empty():
+            try:
+                select.select([self._r], [], [], timeout)
+            except InterruptedError:
+                pass
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        items = []
+        while not self._items.empty():
+            items.append(self._items.get_nowait())
+        return items
+
+
+class Agent:
+    def __init__(self, settings: Settings, clock=time.monotonic) -> None:
+        self.s = settings
+        self.clock = clock
+        self.incarnation = uuid.uuid4().hex
+        self.inbox = Inbox()
+        self.outbox = Outbox(self.incarnation)
+        self.runner = Runner(settings.work_dir, settings.slots, self.inbox.put, clock)
+        self.seen: dict[str, int] = {}  # task id -> highest attempt dispatched to us
+        self.from_topic = from_topic(settings.cluster, settings.worker_id)
+        self.to_topic = to_topic(settings.cluster, settings.worker_id)
+        lost = dumps(WorkerPayload(settings.worker_id, [Lost()]))
+        self.conn = Connection(
+            settings.broker,
+            f"ecloud-{settings.cluster}-{settings.worker_id}",
+            on_message=lambda topic, payload: self.inbox.put(("message", payload)),
+            on_connect=self._connected,
+            will=(self.from_topic, lost),
+            clean_session=False,
+        )
+        self.phase = "run"  # -> drain -> kill -> bye
+        self.phase_deadline: float | None = None
+        self.bye_id = ""
+        self.stop_reason = ""
+        self.status: int | None = None  # the exit status, once decided
+        self.next_heartbeat = 0.0
+        self.greeted = False  # the hello of the current connection is queued
+
+    # ------------------------------------------------------------- main loop
+
+    def run(self) -> int:
+        handlers = {sig: signal.signal(sig, self._signalled)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        old_fd = signal.set_wakeup_fd(self.inbox.wakeup_fd)
+        log.debug("connecting to %s as %r (cluster %r, incarnation %s, %d slots)",
+                  self.s.broker, self.s.worker_id, self.s.cluster, self.incarnation, self.s.slots)
+        try:
+            self.conn.start()
+            self.next_heartbeat = self.clock() + self.s.heartbeat
+            while self.status is None:
+                wake = self._next_wake()
+                timeout = None if wake is None else max(0.0, wake - self.clock())
+                for item in self.inbox.wait(timeout):
+                    self._handle(item)
+                    if self.status is not None:
+                        break
+                if self.status is None:
+                    self._on_time(self.clock())
+                self._flush(self.clock())
+        finally:
+            if self.status is not None:
+                self.conn.stop()  # cleanly: the broker keeps the will to itself
+                log.debug("disconnected; exit status %s", self.status)
+            # else a crash: the socket closes with the process and the will tells the boss
+            signal.set_wakeup_fd(old_fd)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        return self.status
+
+    def _next_wake(self) -> float | None:
+        times = [self.next_heartbeat, self.runner.next_deadline(), self.phase_deadline]
+        if self._online():
+            times.append(self.outbox.next_due())
+        return min((t for t in times if t is not None), default=None)
+
+    def _handle(self, item: tuple) -> None:
+        what = item[0]
+        if what == "message":
+            try:
+                msg = parse_boss_payload(item[1])
+            except WireError as exc:
+                log.error("ignored a bad message from the boss: %s", exc)
+                return
+            self._on_boss(msg)
+        elif what == "exit":
+            attempt, ended = item[1], item[2]
+            code = attempt.proc.returncode
+            log.debug("exit %s/%s: pid %d status %s after %.3fs", *attempt.key, attempt.proc.pid,
+                      code, ended - attempt.started)
+            self._outcomes(self.runner.exited(attempt, ended))
+        elif what == "connected":
+            log.debug("subscribed to %s", self.to_topic)
+            self._hello()
+            self.outbox.all_due(self.clock())
+            self.greeted = True
+        elif what == "signal":
+            self._stop(item[1])
+
+    def _on_time(self, now: float) -> None:
+        self.runner.tick(now)
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.s.heartbeat
+            if self._online():
+                running = self.runner.running()
+                log.debug("out: heartbeat running=%s", running)
+                self.conn.publish(self.from_topic, dumps(WorkerPayload(
+                    self.s.worker_id, [Heartbeat("", running)])))
+        if self.phase == "drain":
+            if not (self.runner.busy() or len(self.outbox)) or now >= self.phase_deadline:
+                if self.runner.busy():
+                    log.debug("drain over: killing %s", self.runner.running())
+                    self.runner.give_up()
+                    self.phase, self.phase_deadline = "kill", now + REAP_WAIT
+                else:
+                    self._bye(now)
+        elif self.phase == "kill":
+            if not self.runner.busy() or now >= self.phase_deadline:
+                self._bye(now)
+        elif self.phase == "bye":
+            if not self.outbox.unacked(self.bye_id) or now >= self.phase_deadline:
+                self.status = 0
+
+    def _online(self) -> bool:
+        """Connected, and the hello for this connection goes first."""
+        if not self.conn.connected.is_set():
+            self.greeted = False
+        return self.greeted
+
+    def _flush(self, now: float) -> None:
+        if not self._online():
+            return
+        fresh, resent = self.outbox.take(now)
+        if resent:
+            log.debug("resend %s", " ".join(_describe(r) for r in resent))
+        for report in fresh:
+            log.debug("out: %s", _describe(report))
+        for payload in payloads(self.s.worker_id, fresh + resent):
+            self.conn.publish(self.from_topic, payload)
+
+    # ------------------------------------------------------------- callbacks
+
+    def _connected(self) -> None:
+        """On paho's thread, after every (re)connection."""
+        self.conn.subscribe(self.to_topic)
+        self.inbox.put(("connected",))
+
+    def _signalled(self, signum: int, frame: Any) -> None:
+        self.inbox.put(("signal", signum))
+
+    # ------------------------------------------------------------ boss input
+
+    def _on_boss(self, msg: BossPayload) -> None:
+        log.debug(
+            "in: acks=%s dispatch=%s cancel=%s%s%s", msg.acks,
+            [f"{d.task_id}/{d.attempt}" for d in msg.dispatch],
+            [f"{c.task_id}/{c.attempt}" for c in msg.cancel],
+            f" refuse={msg.refuse!r}" if msg.refuse is not None else "",
+            " reannounce" if msg.reannounce else "",
+        )
+        self.outbox.ack(msg.acks)
+        if msg.refuse is not None:
+            log.error("the boss refused this worker: %s", msg.refuse)
+            self.runner.give_up(now=True)
+            self.status = 3
+            return
+        if msg.reannounce:
+            self._hello()
+        for dispatch in msg.dispatch:
+            key = (dispatch.task_id, dispatch.attempt)
+            if self.phase != "run":
+                log.debug("ignored dispatch %s/%s: shutting down", *key)
+            elif self.runner.has(key) or self.seen.get(dispatch.task_id, -1) >= dispatch.attempt:
+                log.debug("ignored dispatch %s/%s: already had it", *key)
+            else:
+                self._remember(*key)
+                self._outcomes(self.runner.submit(dispatch))
+        for cancel in msg.cancel:
+            outcomes = self.runner.cancel((cancel.task_id, cancel.attempt))
+            if outcomes is None:
+                log.debug("ignored cancel %s/%s: not ours", cancel.task_id, cancel.attempt)
+            else:
+                log.debug("cancelling %s/%s", cancel.task_id, cancel.attempt)
+                self._outcomes(outcomes)
+
+    def _remember(self, task_id: str, attempt: int) -> None:
+        """A bounded memory: attempts running or queued are also known to the
+        runner, so forgetting the oldest finished tasks only matters for a
+        duplicate delivered after SEEN_CAP newer tasks."""
+        self.seen.pop(task_id, None)
+        self.seen[task_id] = attempt
+        if len(self.seen) > SEEN_CAP:
+            del self.seen[next(iter(self.seen))]
+
+    # --------------------------------------------------------------- reports
+
+    def _outcomes(self, outcomes: list[Launched | Exited]) -> None:
+        now = self.clock()
+        for o in outcomes:
+            if isinstance(o, Launched):
+                log.debug("spawned %s/%s: pid %d in %s", o.task_id, o.attempt, o.pid, o.cwd)
+                self.outbox.add(lambda m, o=o: Started(m, o.task_id, o.attempt), now)
+            else:
+                self.outbox.add(lambda m, o=o: Finished(
+                    m, o.task_id, o.attempt, o.exit_code, o.duration, o.signal, o.reason,
+                    o.stdout_tail, o.stderr_tail), now)
+
+    def _hello(self) -> None:
+        self.outbox.forget("hello")
+        self.outbox.add(lambda m: Hello(m, socket.gethostname(), self.s.slots, PROTOCOL,
+                                        self.incarnation, self.s.vm_id), self.clock(),
+                        first=True)
+
+    def _stop(self, signum: int) -> None:
+        now = self.clock()
+        name = signal.Signals(signum).name
+        if self.phase == "run":
+            dropped = self.runner.close()
+            log.debug("%s: draining for up to %gs (%d queued dispatches dropped)",
+                      name, self.s.drain_timeout, dropped)
+            self.phase, self.phase_deadline = "drain", now + self.s.drain_timeout
+            self.stop_reason = f"stopped by {name}"
+        elif self.phase == "drain":
+            log.debug("%s again: ending the drain now", name)
+            self.phase_deadline = now
+
+    def _bye(self, now: float) -> None:
+        bye = self.outbox.add(lambda m: Bye(m, self.stop_reason), now)
+        self.bye_id = bye.msg_id
+        self.phase, self.phase_deadline = "bye", now + BYE_WAIT
+
+
+def _describe(report: Any) -> str:
+    text = f"{report.kind} {report.msg_id}"
+    if hasattr(report, "task_id"):
+        text += f" {report.task_id}/{report.attempt}"
+    if isinstance(report, Finished):
+        text += f" exit={report.exit_code} signal={report.signal}"
+        if report.reason:
+            text += f" reason={report.reason!r}"
+    return text
+
+
+# ------------------------------------------------------------------- command
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--broker", metavar="URL", envvar="ECLOUD_BROKER",
+              help="MQTT broker, mqtt://host:port. Default: $ECLOUD_BROKER, else BOSS_ADDRESS "
+              "from --context-file (port 1883 unless given).")
+@click.option("--cluster", metavar="NAME", envvar="ECLOUD_CLUSTER",
+              help="Cluster name (part of every topic). Default: $ECLOUD_CLUSTER, the context "
+              "file, else 'ecloud'.")
+@click.option("--worker-id", metavar="ID", envvar="ECLOUD_WORKER_ID",
+              help="This worker's id. Default: $ECLOUD_WORKER_ID, the context file, else the "
+              "host name.")
+@click.option("--slots", metavar="N", type=click.IntRange(min=1), envvar="ECLOUD_SLOTS",
+              help="Slots to offer (a task may take several). Default: $ECLOUD_SLOTS, the "
+              "context file, else the number of CPUs.")
+@click.option("--work-dir", metavar="PATH", type=click.Path(file_okay=False),
+              envvar="ECLOUD_WORK_DIR",
+              help="Where attempts run, each in <work dir>/<task id>/<attempt>/. Default: "
+              "$ECLOUD_WORK_DIR, else /tmp/ecloud-worker-<worker id>.")
+@click.option("--heartbeat", metavar="SECONDS", type=click.FloatRange(min=0, min_open=True),
+              default=5.0, show_default=True, help="Seconds between heartbeats.")
+@click.option("--vm-id", metavar="N", type=int, envvar="ECLOUD_VM_ID",
+              help="OpenNebula VM id to announce. Default: $ECLOUD_VM_ID, else VMID from the "
+              "context file.")
+@click.option("--context-file", metavar="PATH",
+              help="OpenNebula context file (KEY='VALUE' lines) that may give BOSS_ADDRESS, "
+              "ECLOUD_CLUSTER, ECLOUD_WORKER_ID, ECLOUD_SLOTS and VMID. Flags and environment "
+              "win over it.")
+@click.option("--drain-timeout", metavar="SECONDS", type=click.FloatRange(min=0), default=30.0,
+              show_default=True,
+              help="On SIGTERM/SIGINT, how long to let running tasks finish before killing them.")
+@click.option("--debug", is_flag=True,
+              help="Print every step (connections, messages in and out, processes, resends) "
+              "to stderr with timestamps.")
+def cli(debug: bool, **options: Any) -> None:
+    """Run tasks for an ecloud boss: announce this machine over MQTT, run what
+    the boss dispatches, report every start and result until the boss has
+    acknowledged it. SIGTERM or SIGINT drains and says goodbye."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+    settings = resolve(options)
+    sys.exit(Agent(settings).run())
+
+
+def main() -> None:
+    from ecloud.cli.common import handle_errors
+
+    handle_errors(cli)(prog_name="ecloud-worker")
+
+
+if __name__ == "__main__":
+    main()

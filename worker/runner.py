@@ -1,0 +1,294 @@
+"""Running attempts: directories, processes, slots, timeouts and kills.
+
+The :class:`Runner` belongs to the agent's main loop: every method is called
+from that one thread, so its tables need no lock. Each spawned attempt gets
+one daemon thread that only blocks in ``waitpid`` and then posts
+``("exit", attempt, when)`` to the agent's inbox; the main loop hands that back
+to :meth:`Runner.exited`. Deadlines (task timeouts, SIGKILL after a SIGTERM)
+are not watched by anyone: the main loop asks :meth:`Runner.next_deadline`,
+sleeps on its inbox until then and calls :meth:`Runner.tick`.
+
+An attempt runs in a fresh directory ``<work dir>/<task id>/<attempt>/``
+(``%`` and ``/`` in the id escaped as ``%25`` and ``%2F``; a directory left by
+an earlier process is renamed aside and deleted in the background), in its own
+session and process group, with stdout and stderr going to the files
+``stdout`` and ``stderr`` there - files, not pipes, so output of any size never
+blocks the task. When the task's leader exits, whatever it left running in its
+process group is killed, so no attempt outlives its report.
+
+Stopping an attempt (cancel, timeout, shutdown) sends SIGTERM to the whole
+group and SIGKILL 5 s later if the leader still runs. An attempt stopped on
+purpose is never reported as a success: its ``exit_code`` is None and
+``signal`` says what ended it, even if it caught the SIGTERM and exited.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from attrs import define, frozen
+
+from ecloud.wire import TAIL, DispatchMsg
+
+log = logging.getLogger(__name__)
+
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+NOT_STARTED = 127  # exit code reported for a command that cannot start
+
+Key = tuple[str, int]
+
+
+@frozen
+class Launched:
+    """An attempt's process was spawned (report it started)."""
+
+    task_id: str
+    attempt: int
+    pid: int
+    cwd: str
+
+
+@frozen
+class Exited:
+    """An attempt is over (report it finished)."""
+
+    task_id: str
+    attempt: int
+    exit_code: int | None
+    duration: float
+    signal: int | None = None
+    reason: str = ""
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+
+
+@define(eq=False)
+class Attempt:
+    msg: DispatchMsg
+    slots: int
+    cwd: Path | None = None
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    deadline: float | None = None
+    stop_reason: str = ""  # why we are stopping it; "" while it runs its course
+    last_signal: int | None = None
+    kill_at: float | None = None  # when to escalate to SIGKILL
+    report: bool = True  # False once given up at shutdown: the boss takes it back
+
+    @property
+    def key(self) -> Key:
+        return (self.msg.task_id, self.msg.attempt)
+
+
+def attempt_dir(work_dir: Path, task_id: str, attempt: int) -> Path:
+    name = task_id.replace("%", "%25").replace("/", "%2F")
+    if name in ("", ".", ".."):
+        name = "%" + name.replace(".", "%2E")
+    return work_dir / name / str(attempt)
+
+
+class Runner:
+    def __init__(
+        self,
+        work_dir: Path,
+        slots: int,
+        notify: Callable[[tuple], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.work_dir = work_dir
+        self.slots = slots
+        self._notify = notify
+        self._clock = clock
+        self._queue: deque[Attempt] = deque()
+        self._running: dict[Key, Attempt] = {}
+        self._used = 0
+        self._closed = False
+
+    # ---------------------------------------------------------------- queries
+
+    def has(self, key: Key) -> bool:
+        return key in self._running or any(a.key == key for a in self._queue)
+
+    def running(self) -> list[Key]:
+        return list(self._running)
+
+    def busy(self) -> bool:
+        return bool(self._running or self._queue)
+
+    def next_deadline(self) -> float | None:
+        running = self._running.values()
+        times = [a.deadline for a in running if a.deadline is not None and not a.stop_reason]
+        times += [a.kill_at for a in running if a.kill_at is not None]
+        return min(times, default=None)
+
+    # --------------------------------------------------------------- changes
+
+    def submit(self, msg: DispatchMsg) -> list[Launched | Exited]:
+        """Queue a dispatch and start whatever fits in the free slots."""
+        need = max(0, min(msg.slots, self.slots))  # more than we have: run it alone
+        self._queue.append(Attempt(msg, need))
+        return self._fill()
+
+    def exited(self, attempt: Attempt, ended: float) -> list[Launched | Exited]:
+        """The waiter saw ``attempt``'s leader exit at ``ended``: its report,
+        and whatever starts in the slots it freed."""
+        del self._running[attempt.key]
+        self._used -= attempt.slots
+        out: list[Launched | Exited] = []
+        if attempt.report:
+            out.append(self._result(attempt, ended))
+        return out + self._fill()
+
+    def cancel(self, key: Key) -> list[Exited] | None:
+        """Stop an attempt (None if we do not have it). A running one reports
+        when it has exited; a queued one is over at once."""
+        attempt = self._running.get(key)
+        if attempt is not None:
+            if not attempt.stop_reason:
+                self._stop(attempt, "cancelled")
+            return []
+        for queued in self._queue:
+            if queued.key == key:
+                self._queue.remove(queued)
+                return [Exited(key[0], key[1], None, 0.0, reason="cancelled")]
+        return None
+
+    def tick(self, now: float) -> None:
+        """Act on deadlines that have passed: timeouts, SIGKILL escalations."""
+        for attempt in list(self._running.values()):
+            if attempt.kill_at is not None and now >= attempt.kill_at:
+                attempt.kill_at = None
+                self._signal(attempt, signal.SIGKILL)
+            elif (not attempt.stop_reason and attempt.deadline is not None
+                  and now >= attempt.deadline):
+                self._stop(attempt, f"timeout after {attempt.msg.timeout:g}s")
+
+    def close(self) -> int:
+        """Start nothing more; forget the queued attempts (never started).
+        Returns how many were dropped."""
+        self._closed = True
+        dropped = len(self._queue)
+        self._queue.clear()
+        return dropped
+
+    def give_up(self, *, now: bool = False) -> None:
+        """Stop everything still running without reporting it (shutdown):
+        SIGTERM then SIGKILL after the grace period, or SIGKILL at once."""
+        self.close()
+        for attempt in self._running.values():
+            attempt.report = False
+            if now:
+                self._signal(attempt, signal.SIGKILL)
+            elif not attempt.stop_reason:
+                self._stop(attempt, "shutdown")
+
+    # --------------------------------------------------------------- helpers
+
+    def _fill(self) -> list[Launched | Exited]:
+        out: list[Launched | Exited] = []
+        while not self._closed and self._queue and self._queue[0].slots <= self.slots - self._used:
+            out.append(self._start(self._queue.popleft()))
+        return out
+
+    def _start(self, attempt: Attempt) -> Launched | Exited:
+        msg = attempt.msg
+        began = self._clock()
+        try:
+            cwd = _fresh_dir(attempt_dir(self.work_dir, msg.task_id, msg.attempt))
+        except (OSError, ValueError) as exc:
+            return Exited(msg.task_id, msg.attempt, NOT_STARTED, 0.0,
+                          reason=f"cannot prepare the work directory: {exc}")
+        cmd = msg.command
+        argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        env = {**os.environ, **msg.env,
+               "ECLOUD_TASK_ID": msg.task_id, "ECLOUD_ATTEMPT": str(msg.attempt)}
+        try:
+            with open(cwd / "stdout", "wb") as out, open(cwd / "stderr", "wb") as err:
+                proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=out, stderr=err, start_new_session=True)
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            return Exited(msg.task_id, msg.attempt, NOT_STARTED, self._clock() - began,
+                          reason=f"cannot start: {exc}", stderr_tail=_tail(cwd / "stderr"))
+        attempt.cwd, attempt.proc, attempt.started = cwd, proc, began
+        if msg.timeout is not None:
+            attempt.deadline = began + msg.timeout
+        self._running[attempt.key] = attempt
+        self._used += attempt.slots
+        threading.Thread(target=self._wait, args=(attempt,), daemon=True,
+                         name=f"wait-{proc.pid}").start()
+        return Launched(msg.task_id, msg.attempt, proc.pid, str(cwd))
+
+    def _wait(self, attempt: Attempt) -> None:
+        """The waiter thread: block until the leader exits, then clear its
+        process group of leftovers and tell the main loop."""
+        assert attempt.proc is not None
+        attempt.proc.wait()
+        ended = self._clock()
+        if _killpg(attempt.proc.pid, signal.SIGKILL):
+            log.debug("killed what %s/%s left running in its process group", *attempt.key)
+        self._notify(("exit", attempt, ended))
+
+    def _stop(self, attempt: Attempt, reason: str) -> None:
+        attempt.stop_reason = reason
+        self._signal(attempt, signal.SIGTERM)
+        attempt.kill_at = self._clock() + KILL_GRACE
+
+    def _signal(self, attempt: Attempt, sig: int) -> None:
+        assert attempt.proc is not None
+        if attempt.proc.returncode is None:  # not reaped yet: the group id is its pid
+            attempt.last_signal = sig
+            log.debug("%s to process group %d of %s/%s (%s)", signal.Signals(sig).name,
+                      attempt.proc.pid, *attempt.key, attempt.stop_reason)
+            _killpg(attempt.proc.pid, sig)
+
+    def _result(self, attempt: Attempt, ended: float) -> Exited:
+        assert attempt.proc is not None and attempt.cwd is not None
+        code = attempt.proc.returncode
+        exit_code, sig = (None, -code) if code < 0 else (code, None)
+        if attempt.stop_reason and exit_code is not None:
+            exit_code, sig = None, attempt.last_signal  # caught our SIGTERM: still no success
+        return Exited(
+            attempt.msg.task_id, attempt.msg.attempt, exit_code, max(0.0, ended - attempt.started),
+            signal=sig, reason=attempt.stop_reason,
+            stdout_tail=_tail(attempt.cwd / "stdout"), stderr_tail=_tail(attempt.cwd / "stderr"),
+        )
+
+
+def _killpg(pgid: int, sig: int) -> bool:
+    """Signal a process group; False if it has no process left."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _fresh_dir(path: Path) -> Path:
+    if path.exists() or path.is_symlink():
+        aside = path.with_name(f"{path.name}.old-{uuid.uuid4().hex[:8]}")
+        path.rename(aside)
+        threading.Thread(target=shutil.rmtree, args=(aside,), kwargs={"ignore_errors": True},
+                         daemon=True).start()
+    path.mkdir(parents=True)
+    return path
+
+
+def _tail(path: Path) -> str:
+    """The last :data:`ecloud.wire.TAIL` bytes of a file, as text."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - TAIL))
+            return f.read(TAIL).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
