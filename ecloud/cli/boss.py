@@ -3,7 +3,10 @@
 Folds the log, listens to the workers on MQTT, performs the effects, and
 schedules; stops cleanly on SIGTERM or SIGINT (the batch in hand is
 committed first, nothing is lost). Workers come from elsewhere (started by
-hand, or by the provider: ``--local N`` runs N worker processes here).
+hand, or by a provider: ``--local N`` keeps N worker processes on this
+machine). Like VMs, local workers outlive the boss: a restarted boss adopts
+those still running, and what they reported meanwhile waits for it at the
+broker (the boss's MQTT session is persistent).
 """
 
 from __future__ import annotations
@@ -21,19 +24,23 @@ from ecloud.events import types as ev
 from ecloud.events.store import open_store
 
 
-def request_local_vms(state, workers: int, reason: str) -> list:
-    """Requests for ``workers`` new local VMs under fresh names (names are
-    never reused in a log). Local VMs of an earlier boss process died with
-    it; the provider reports them gone, and their workers are then lost."""
+def request_local_vms(state, provider: LocalProvider, workers: int, reason: str) -> list:
+    """Requests that bring the local workers up to ``workers``: those of an
+    earlier boss that still run (the provider adopted them) count; new ones
+    get fresh names (names are never reused in a log)."""
+    running = set(provider.running())
+    live = sum(1 for vm in state.vms.values()
+               if vm.vm_name in running and vm.status not in ("gone", "failed", "killing"))
     first = len(state.vms) + 1
-    return [ev.VMRequested(f"local-{k}", reason) for k in range(first, first + workers)]
+    return [ev.VMRequested(f"local-{k}", reason) for k in range(first, first + max(0, workers - live))]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--broker", metavar="URL", help="MQTT broker (mqtt://host:port). Default: "
               "$ECLOUD_BROKER or the config file's broker.")
 @click.option("--local", "workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Keep N local worker processes (the local provider).")
+              help="Keep N local worker processes (they outlive the boss, which adopts them again "
+                   "on restart).")
 @click.option("--slots", type=click.IntRange(min=1), default=1, show_default=True,
               help="Slots per local worker.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every batch and effect.")
@@ -53,16 +60,19 @@ def boss(broker: str | None, workers: int, slots: int, verbose: bool, db: str | 
     provider = LocalProvider(broker_url, config.cluster, slots=slots) if workers else None
     the_boss = Boss(store, broker_url, provider=provider, cluster=config.cluster,
                     snapshot_every=config.snapshot_every, resend_after=config.resend_after,
-                    on_start=lambda state: request_local_vms(state, workers, "ecloud-boss --local"))
+                    on_start=lambda state: request_local_vms(state, provider, workers,
+                                                             "ecloud-boss --local") if provider else [])
     signal.signal(signal.SIGTERM, lambda *_: the_boss.stop())
     signal.signal(signal.SIGINT, lambda *_: the_boss.stop())
     try:
         the_boss.run()
     finally:
-        if provider is not None:
-            provider.close()
         store.close()
-    err.print("boss stopped")
+    if provider is not None and provider.running():
+        err.print(f"boss stopped; local workers keep running for the next boss: "
+                  f"{', '.join(provider.running())}")
+    else:
+        err.print("boss stopped")
 
 
 def main() -> None:

@@ -113,11 +113,12 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
             err.print(f"embedded MQTT broker ({embedded.kind}) at {broker_url}")
         provider = LocalProvider(broker_url, config.cluster, slots=slots, work_root=work_dir,
                                  debug=debug)
-        stack.callback(provider.close)
+        stack.callback(provider.close, stop_workers=True)  # a safety net: they were retired
         boss = Boss(config.db, broker_url, provider=provider, cluster=config.cluster,
                     snapshot_every=config.snapshot_every, resend_after=config.resend_after,
                     observe_every=1.0,
-                    on_start=lambda state: request_local_vms(state, workers, "ecloud run --local"))
+                    on_start=lambda state: request_local_vms(state, provider, workers,
+                                                             "ecloud run --local"))
         thread = threading.Thread(target=_run_quietly, args=(boss,), name="boss", daemon=True)
         thread.start()
         while not boss.ready.wait(0.1):

@@ -1,14 +1,19 @@
 """The local provider: "VMs" that are ``ecloud-worker`` processes on this
 machine - for one machine, for ``ecloud run`` and for tests.
 
-Each worker's output goes to ``<work root>/<name>.log`` and its pid to
-``<work root>/<name>.pid``. It answers the same effects an OpenNebula provider does (``SpawnVM``,
+It answers the same effects an OpenNebula provider does (``SpawnVM``,
 ``KillVM``) with the same outcome events (``vm.allocated``,
 ``vm.state_observed`` with OpenNebula's state codes), so everything above it
-is exercised exactly as with real VMs. Spawning is idempotent by name: a
-name whose process is alive is not spawned twice. Only processes this
-provider started are ever signalled; a VM of the log it does not know (from
-an earlier run) is reported DONE.
+is exercised exactly as with real VMs.
+
+Like VMs, local workers outlive the boss that started them: each one's pid is
+kept in ``<work root>/<name>.pid`` (its output in ``<name>.log``), and a new
+provider *adopts* the live ones it finds there - after checking the process
+really is that worker, so a reused pid is never signalled. A restarted boss
+therefore keeps its workers, and the reports they made while it was down
+(queued by the broker for the boss's persistent session) are not wasted.
+Spawning is idempotent by name; a VM of the log that has no live process here
+(exited, or from a run long gone) is reported DONE.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -33,6 +39,64 @@ def vm_id_for(name: str) -> int:
     else a checksum of the name. Names are unique in a log, so ids are too."""
     tail = name.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else zlib.crc32(name.encode()) | (1 << 31)
+
+
+class _Process:
+    """A worker process: one we started (a Popen) or one we adopted (a pid)."""
+
+    def __init__(self, pid: int, popen: subprocess.Popen | None = None) -> None:
+        self.pid = pid
+        self.popen = popen
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        """True when the process ended within ``timeout`` seconds."""
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)  # not our child: nothing to block on
+        return True
+
+
+def _worker_argv(pid: int, name: str) -> list[str] | None:
+    """The command line of ``pid`` if it runs the ecloud worker called
+    ``name`` (and is not some process that got a reused pid), else None."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    text = [a.decode(errors="replace") for a in argv]
+    if "worker.agent" in text and _flag(text, "--worker-id") == name:
+        return text
+    return None
+
+
+def _flag(argv: list[str], flag: str) -> str | None:
+    try:
+        return argv[argv.index(flag) + 1]
+    except (ValueError, IndexError):
+        return None
 
 
 class LocalProvider:
@@ -55,8 +119,30 @@ class LocalProvider:
         self.debug = debug
         self.kill_grace = kill_grace
         self._lock = threading.Lock()
-        self._procs: dict[int, tuple[str, subprocess.Popen]] = {}
+        self._procs: dict[int, tuple[str, _Process]] = {}
         self._reported_done: set[int] = set()
+        self._adopt()
+
+    def _adopt(self) -> None:
+        for pidfile in sorted(self.work_root.glob("*.pid")):
+            name = pidfile.stem
+            try:
+                pid = int(pidfile.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            argv = _worker_argv(pid, name)
+            if argv is None:
+                continue
+            if _flag(argv, "--broker") == self.broker:
+                self._procs[vm_id_for(name)] = (name, _Process(pid))
+            else:
+                # left by a run whose (embedded) broker is gone: of no use to anyone
+                _Process(pid).signal(signal.SIGTERM)
+
+    def running(self) -> list[str]:
+        """Names of the worker processes alive now."""
+        with self._lock:
+            return sorted(name for name, proc in self._procs.values() if proc.alive())
 
     def command(self, name: str, vm_id: int) -> list[str]:
         cmd = [
@@ -74,16 +160,16 @@ class LocalProvider:
         vm_id = vm_id_for(name)
         with self._lock:
             known = self._procs.get(vm_id)
-            if known is None or known[1].poll() is not None:
+            if known is None or not known[1].alive():
                 self.work_root.mkdir(parents=True, exist_ok=True)
-                logfile = open(self.work_root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-                proc = subprocess.Popen(
+                logfile = open(self.work_root / f"{name}.log", "ab")  # noqa: SIM115 - the child's
+                popen = subprocess.Popen(
                     self.command(name, vm_id), stdin=subprocess.DEVNULL, stdout=logfile,
                     stderr=subprocess.STDOUT, start_new_session=True,
                 )
                 logfile.close()
-                (self.work_root / f"{name}.pid").write_text(f"{proc.pid}\n")
-                self._procs[vm_id] = (name, proc)
+                (self.work_root / f"{name}.pid").write_text(f"{popen.pid}\n")
+                self._procs[vm_id] = (name, _Process(popen.pid, popen))
                 self._reported_done.discard(vm_id)
         return [
             ev.VMAllocated(name, vm_id),
@@ -95,17 +181,18 @@ class LocalProvider:
         with self._lock:
             known = self._procs.get(effect.vm_id)
         if known is not None:
-            proc = known[1]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(self.kill_grace)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            self._stop(known[1])
         with self._lock:
             self._reported_done.add(effect.vm_id)
         return [ev.VMStateObserved(effect.vm_id, DONE, LCM_INIT, None, known[0] if known else "")]
+
+    def _stop(self, proc: _Process) -> None:
+        if proc.alive():
+            proc.signal(signal.SIGTERM)
+            if not proc.wait(self.kill_grace):
+                # the worker hung; tasks it started run in sessions of their own
+                proc.signal(signal.SIGKILL)
+                proc.wait(5)
 
     def observe(self, alive_in_log: list[tuple[str, int]]) -> list:
         """Report DONE for every VM the log thinks alive that has no running
@@ -114,22 +201,21 @@ class LocalProvider:
         with self._lock:
             for name, vm_id in alive_in_log:
                 known = self._procs.get(vm_id)
-                running = known is not None and known[1].poll() is None
+                running = known is not None and known[1].alive()
                 if not running and vm_id not in self._reported_done:
                     self._reported_done.add(vm_id)
                     events.append(ev.VMStateObserved(vm_id, DONE, LCM_INIT, None, name))
         return events
 
-    def close(self) -> None:
-        """Kill whatever is still running (after a crash of the caller)."""
+    def close(self, stop_workers: bool = False) -> None:
+        """Let go of the workers - they keep running, like VMs, for the next
+        boss to adopt - or, with ``stop_workers``, stop them all first."""
+        if not stop_workers:
+            return
         with self._lock:
             procs = [p for _, p in self._procs.values()]
         for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            if proc.alive():
+                proc.signal(signal.SIGTERM)
         for proc in procs:
-            try:
-                proc.wait(self.kill_grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            self._stop(proc)
