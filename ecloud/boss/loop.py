@@ -243,6 +243,8 @@ class Boss:
         future.add_done_callback(self._provider_done)
 
     def _provider_done(self, future) -> None:
+        if future.cancelled():  # the boss is shutting down
+            return
         try:
             events = future.result()
         except Exception as exc:  # noqa: BLE001 - a provider bug must not stop the boss
