@@ -5,7 +5,6 @@ between. Nothing is written unless everything is valid."""
 from __future__ import annotations
 
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ from ecloud.errors import ConcurrencyError, StoreError, UserError, ValidationErr
 from ecloud.events.store import LogStore
 from ecloud.events.types import TasksSubmitted, TaskSpec
 from ecloud.projections.state import State
+from ecloud.projections.tasks import dependency_order
 from ecloud.rebuild import fold_range, load_state
 
 #: Tasks per ``tasks.submitted`` event. A large file becomes several events in
@@ -23,30 +23,11 @@ ATTEMPTS = 5
 
 def dependency_first(specs: Sequence[TaskSpec]) -> list[TaskSpec]:
     """The specs reordered so every in-batch dependency comes first (stable:
-    a file already in that order is unchanged). Assumes no cycle."""
-    position = {s.id: i for i, s in enumerate(specs)}
-    if all(position.get(d, -1) < i for i, s in enumerate(specs) for d in s.depends_on):
-        return list(specs)
-    indegree = [0] * len(specs)
-    children: list[list[int]] = [[] for _ in specs]
-    for i, spec in enumerate(specs):
-        for dep in spec.depends_on:
-            j = position.get(dep)
-            if j is not None:
-                indegree[i] += 1
-                children[j].append(i)
-    queue = deque(i for i, d in enumerate(indegree) if d == 0)
-    order: list[TaskSpec] = []
-    while queue:
-        i = queue.popleft()
-        order.append(specs[i])
-        for k in children[i]:
-            indegree[k] -= 1
-            if indegree[k] == 0:
-                queue.append(k)
+    a file already in that order is unchanged)."""
+    order = dependency_order(specs)
     if len(order) != len(specs):
         raise UserError("the tasks' dependencies form a cycle")
-    return order
+    return [spec for _, spec in order]
 
 
 def append_checked(

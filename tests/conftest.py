@@ -147,3 +147,6 @@ def raw() -> SimpleNamespace:
         index_columns=index_columns,
         snapshot_chunk_counts=snapshot_chunk_counts,
     )
+
+
+pytest_plugins = ["tests.brokers"]

@@ -53,7 +53,7 @@ MAX_BATCH = 5000  # inbox items per transaction
 class Boss:
     def __init__(
         self,
-        store: LogStore | str,
+        store: LogStore | str | Callable[[], LogStore],
         broker: str,
         *,
         provider: Any = None,
@@ -66,10 +66,11 @@ class Boss:
         until: Callable[[State], bool] | None = None,
         on_start: Callable[[State], list] | None = None,
     ) -> None:
-        # A URL is opened in the boss's own thread (SQLite connections belong
-        # to the thread that made them).
+        # A URL (or a factory) is opened in the boss's own thread: SQLite
+        # connections belong to the thread that made them.
         self._store_arg = store
-        self.store: LogStore = store if not isinstance(store, str) else None  # type: ignore[assignment]
+        self._owns_store = not isinstance(store, LogStore)
+        self.store: LogStore = store if isinstance(store, LogStore) else None  # type: ignore[assignment]
         self.broker = broker
         self.provider = provider
         self.cluster = cluster
@@ -109,6 +110,8 @@ class Boss:
         try:
             if isinstance(self._store_arg, str):
                 self.store = open_store(self._store_arg, create=True)
+            elif self._owns_store:
+                self.store = self._store_arg()  # type: ignore[operator]
             self._start()
             while not self.stopping.is_set():
                 self._iteration()
@@ -122,7 +125,7 @@ class Boss:
             try:
                 self._close()
             finally:
-                if isinstance(self._store_arg, str) and self.store is not None:
+                if self._owns_store and self.store is not None:
                     self.store.close()
                 self.finished.set()
 
@@ -156,12 +159,12 @@ class Boss:
         decisions = schedule(self.state)
         if decisions and self._commit(decisions):
             self._perform(self._fold_new())
+        self._publish_view()  # before anything goes out: whoever sees an ack sees its state
         assert self.outbox is not None
         self.outbox.resend_due(self.state)
         self.outbox.flush()
         self._observe()
         self._maybe_snapshot()
-        self._publish_view()
 
     def _timeout(self) -> float:
         deadline = next_deadline(self.state)

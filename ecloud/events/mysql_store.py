@@ -50,22 +50,7 @@ import pymysql.cursors
 from attrs import field, frozen
 
 from ecloud.errors import ConcurrencyError, MissingLogError, EcloudError, StoreError, UserError
-from ecloud.events.memory_store import (
-    DEFAULT_PAGE_SIZE,
-    SCHEMA_VERSION,
-    Row,
-    as_bytes,
-    check_expected_head,
-    check_snapshot,
-    check_snapshot_seq,
-    decode_rows,
-    encode_batch,
-    pack_snapshot,
-    snapshot_created_ts,
-    stamp,
-    type_filter,
-    unpack_snapshot,
-)
+from ecloud.events import backend
 from ecloud.events.store import LogStore, Snapshot
 from ecloud.events.types import Recorded
 
@@ -118,7 +103,7 @@ _SCHEMA = [
         data LONGBLOB NOT NULL,
         PRIMARY KEY (snapshot_id, n)
     ) {_TABLE_OPTIONS}""",
-    f"INSERT IGNORE INTO meta (k, v) VALUES ('schema_version', '{SCHEMA_VERSION}')",
+    f"INSERT IGNORE INTO meta (k, v) VALUES ('schema_version', '{backend.SCHEMA_VERSION}')",
 ]
 
 _INSERT = (
@@ -232,7 +217,7 @@ class MySQLStore(LogStore):
         params: MySQLParams,
         *,
         create: bool = True,
-        page_size: int = DEFAULT_PAGE_SIZE,
+        page_size: int = backend.DEFAULT_PAGE_SIZE,
         connect_timeout: float = 10.0,
         read_timeout: float | None = 120.0,
     ) -> None:
@@ -304,9 +289,9 @@ class MySQLStore(LogStore):
         except pymysql.err.Error as exc:
             raise StoreError(f"{self.url}: cannot set up the event log: {_describe(exc)}") from None
         version = int(row[0]) if row else 0
-        if version != SCHEMA_VERSION:
+        if version != backend.SCHEMA_VERSION:
             raise StoreError(
-                f"{self.url}: event log schema version {version}, this ecloud reads {SCHEMA_VERSION}"
+                f"{self.url}: event log schema version {version}, this ecloud reads {backend.SCHEMA_VERSION}"
             )
 
     def _reconnect(self) -> None:
@@ -403,11 +388,11 @@ class MySQLStore(LogStore):
         expected_head: int | None = None,
     ) -> list[int]:
         self._db()
-        check_expected_head(expected_head)
-        rows = encode_batch(events, stamp(ts))
+        backend.check_expected_head(expected_head)
+        rows = backend.encode_batch(events, backend.stamp(ts))
         return self._append_rows(rows, expected_head)
 
-    def _check_packets(self, rows: Sequence[Row]) -> None:
+    def _check_packets(self, rows: Sequence[backend.Row]) -> None:
         limit = self._max_packet - 4096
         for i, row in enumerate(rows):
             body = row[3]
@@ -418,7 +403,7 @@ class MySQLStore(LogStore):
                     " nothing appended"
                 )
 
-    def _append_rows(self, rows: Sequence[Row], expected_head: int | None) -> list[int]:
+    def _append_rows(self, rows: Sequence[backend.Row], expected_head: int | None) -> list[int]:
         if not rows:
             if expected_head is not None and (last := self.head()) != expected_head:
                 raise ConcurrencyError(expected_head, last)
@@ -461,7 +446,7 @@ class MySQLStore(LogStore):
         self, start: int = 1, end: int | None = None
     ) -> Iterator[tuple[int, float, str, int, bytes]]:
         for seq, ts, tag, version, body in self._pages(start, end, None):
-            yield seq, ts, tag, version, as_bytes(body)
+            yield seq, ts, tag, version, backend.as_bytes(body)
 
     def read(
         self,
@@ -470,7 +455,7 @@ class MySQLStore(LogStore):
         *,
         types: Iterable[str] | None = None,
     ) -> Iterator[Recorded]:
-        return decode_rows(self._pages(start, end, type_filter(types)))
+        return backend.decode_rows(self._pages(start, end, backend.type_filter(types)))
 
     def _pages(
         self, start: int, end: int | None, types: tuple[str, ...] | None
@@ -512,20 +497,20 @@ class MySQLStore(LogStore):
     # ----------------------------------------------------------------- snapshots
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        data = check_snapshot(snapshot)
+        data = backend.check_snapshot(snapshot)
         chunk = max(64 * 1024, min(SNAPSHOT_CHUNK, (self._max_packet - 4096) // 2))
-        sha, chunks = pack_snapshot(data, chunk)
+        sha, chunks = backend.pack_snapshot(data, chunk)
         cur = self._begin("saving a snapshot", "SELECT last_seq FROM head WHERE id = 1")
         try:
             with cur:
-                check_snapshot_seq(self.url, snapshot.seq, int(cur.fetchone()[0]))
+                backend.check_snapshot_seq(self.url, snapshot.seq, int(cur.fetchone()[0]))
                 cur.execute(
                     "INSERT INTO snapshots (reducer_version, seq, created_ts, size, chunks, sha256)"
                     " VALUES (%s, %s, %s, %s, %s, %s)",
                     (
                         snapshot.reducer_version,
                         snapshot.seq,
-                        snapshot_created_ts(snapshot),
+                        backend.snapshot_created_ts(snapshot),
                         len(data),
                         len(chunks),
                         sha,
@@ -563,7 +548,7 @@ class MySQLStore(LogStore):
                         "SELECT data FROM snapshot_chunks WHERE snapshot_id = %s ORDER BY n", (sid,)
                     )
                     chunks = [row[0] for row in cur.fetchall()]
-                    data = unpack_snapshot(chunks, size, sha) if len(chunks) == n_chunks else None
+                    data = backend.unpack_snapshot(chunks, size, sha) if len(chunks) == n_chunks else None
                     if data is not None:
                         return Snapshot(int(seq), reducer_version, data, float(created_ts))
                     log.warning("%s: snapshot %s (seq %s) is damaged; skipped", self.url, sid, seq)

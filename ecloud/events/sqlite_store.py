@@ -41,22 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ecloud.errors import ConcurrencyError, MissingLogError, StoreError, UserError
-from ecloud.events.memory_store import (
-    DEFAULT_PAGE_SIZE,
-    SCHEMA_VERSION,
-    Row,
-    as_bytes,
-    check_expected_head,
-    check_snapshot,
-    check_snapshot_seq,
-    decode_rows,
-    encode_batch,
-    pack_snapshot,
-    snapshot_created_ts,
-    stamp,
-    type_filter,
-    unpack_snapshot,
-)
+from ecloud.events import backend
 from ecloud.events.store import LogStore, Snapshot
 from ecloud.events.types import Recorded
 
@@ -97,7 +82,7 @@ _SCHEMA = [
         n INTEGER NOT NULL,
         data BLOB NOT NULL,
         PRIMARY KEY (snapshot_id, n))""",
-    f"INSERT OR IGNORE INTO meta (k, v) VALUES ('schema_version', '{SCHEMA_VERSION}')",
+    f"INSERT OR IGNORE INTO meta (k, v) VALUES ('schema_version', '{backend.SCHEMA_VERSION}')",
 ]
 
 _INSERT = (
@@ -115,7 +100,7 @@ class SQLiteStore(LogStore):
         *,
         create: bool = True,
         url: str | None = None,
-        page_size: int = DEFAULT_PAGE_SIZE,
+        page_size: int = backend.DEFAULT_PAGE_SIZE,
         busy_timeout: float = 60.0,
         synchronous: str = "FULL",
     ) -> None:
@@ -186,9 +171,9 @@ class SQLiteStore(LogStore):
                 raise
         row = conn.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()
         version = int(row[0]) if row else 0
-        if version != SCHEMA_VERSION:
+        if version != backend.SCHEMA_VERSION:
             raise StoreError(
-                f"{self.path}: event log schema version {version}, this ecloud reads {SCHEMA_VERSION}"
+                f"{self.path}: event log schema version {version}, this ecloud reads {backend.SCHEMA_VERSION}"
             )
 
     def _rollback(self) -> None:
@@ -217,11 +202,11 @@ class SQLiteStore(LogStore):
         expected_head: int | None = None,
     ) -> list[int]:
         self._db()
-        check_expected_head(expected_head)
-        rows = encode_batch(events, stamp(ts))
+        backend.check_expected_head(expected_head)
+        rows = backend.encode_batch(events, backend.stamp(ts))
         return self._append_rows(rows, expected_head)
 
-    def _append_rows(self, rows: Sequence[Row], expected_head: int | None) -> list[int]:
+    def _append_rows(self, rows: Sequence[backend.Row], expected_head: int | None) -> list[int]:
         if not rows:
             if expected_head is not None and (last := self.head()) != expected_head:
                 raise ConcurrencyError(expected_head, last)
@@ -254,7 +239,7 @@ class SQLiteStore(LogStore):
         self, start: int = 1, end: int | None = None
     ) -> Iterator[tuple[int, float, str, int, bytes]]:
         for seq, ts, tag, version, body in self._pages(start, end, None):
-            yield seq, ts, tag, version, as_bytes(body)
+            yield seq, ts, tag, version, backend.as_bytes(body)
 
     def read(
         self,
@@ -263,7 +248,7 @@ class SQLiteStore(LogStore):
         *,
         types: Iterable[str] | None = None,
     ) -> Iterator[Recorded]:
-        return decode_rows(self._pages(start, end, type_filter(types)))
+        return backend.decode_rows(self._pages(start, end, backend.type_filter(types)))
 
     def _pages(
         self, start: int, end: int | None, types: tuple[str, ...] | None
@@ -298,11 +283,11 @@ class SQLiteStore(LogStore):
     # ----------------------------------------------------------------- snapshots
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        data = check_snapshot(snapshot)
-        sha, chunks = pack_snapshot(data, SNAPSHOT_CHUNK)
+        data = backend.check_snapshot(snapshot)
+        sha, chunks = backend.pack_snapshot(data, SNAPSHOT_CHUNK)
         conn = self._begin_write("saving a snapshot")
         try:
-            check_snapshot_seq(
+            backend.check_snapshot_seq(
                 self.url,
                 snapshot.seq,
                 conn.execute("SELECT last_seq FROM head WHERE id = 1").fetchone()[0],
@@ -313,7 +298,7 @@ class SQLiteStore(LogStore):
                 (
                     snapshot.reducer_version,
                     snapshot.seq,
-                    snapshot_created_ts(snapshot),
+                    backend.snapshot_created_ts(snapshot),
                     len(data),
                     len(chunks),
                     sha,
@@ -351,7 +336,7 @@ class SQLiteStore(LogStore):
                             (sid,),
                         )
                     ]
-                    data = unpack_snapshot(chunks, size, sha) if len(chunks) == n_chunks else None
+                    data = backend.unpack_snapshot(chunks, size, sha) if len(chunks) == n_chunks else None
                     if data is not None:
                         return Snapshot(seq, reducer_version, data, created_ts)
                     log.warning("%s: snapshot %s (seq %s) is damaged; skipped", self.url, sid, seq)

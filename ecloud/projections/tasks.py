@@ -18,6 +18,7 @@ its children; failing or cancelling one touches only its descendants.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 from ecloud.events.types import (
     TaskSpec,
@@ -71,7 +72,7 @@ def submission_problem(state: State, event: TasksSubmitted) -> str | None:
         for dep in spec.depends_on:
             if dep not in batch and dep not in tasks:
                 return f"task {spec.id!r} depends on unknown task {dep!r}"
-    if len(_dependency_order(event)) != len(event.tasks):
+    if len(dependency_order(event.tasks)) != len(event.tasks):
         return "the batch's dependencies form a cycle"
     return None
 
@@ -86,7 +87,7 @@ def on_submitted(state: State, event: TasksSubmitted, seq: int, out: list) -> No
     now = state.clock
     # A batch may list a task before its dependencies; settle tasks in an
     # order where every in-batch dependency comes first.
-    for index, spec in _dependency_order(event):
+    for index, spec in dependency_order(event.tasks):
         unmet = 0
         blocked_by = None
         for dep in spec.depends_on:
@@ -113,11 +114,10 @@ def on_submitted(state: State, event: TasksSubmitted, seq: int, out: list) -> No
         )
 
 
-def _dependency_order(event: TasksSubmitted) -> list[tuple[int, TaskSpec]]:
+def dependency_order(specs: Sequence[TaskSpec]) -> list[tuple[int, TaskSpec]]:
     """(index, spec) pairs with in-batch dependencies first (Kahn's
     algorithm); shorter than the batch when the batch has a cycle. Keeps file
     order when the file already respects it, the common case."""
-    specs = event.tasks
     position = {spec.id: i for i, spec in enumerate(specs)}
     if all(position.get(d, -1) < i for i, s in enumerate(specs) for d in s.depends_on):
         return list(enumerate(specs))
@@ -139,6 +139,17 @@ def _dependency_order(event: TasksSubmitted) -> list[tuple[int, TaskSpec]]:
             if indegree[k] == 0:
                 queue.append(k)
     return order
+
+
+def blocking_cause(state: State, task: TaskRecord) -> str | None:
+    """The failed or cancelled task that keeps ``task`` from ever running
+    (through its first blocking dependency), or None."""
+    tasks = state.tasks
+    for dep in task.spec.depends_on:
+        parent = tasks[dep]
+        if parent.status in BLOCKING:
+            return _root_cause(parent)
+    return None
 
 
 def _root_cause(task: TaskRecord) -> str:
@@ -353,12 +364,7 @@ def recheck_descendants(state: State, root: str) -> None:
     while queue:
         tid = queue.popleft()
         task = tasks[tid]
-        cause = None
-        for dep in task.spec.depends_on:
-            parent = tasks[dep]
-            if parent.status in BLOCKING:
-                cause = _root_cause(parent)
-                break
+        cause = blocking_cause(state, task)
         if cause is None:
             task.blocked_by = None
             state.set_status(task, WAITING)
@@ -422,13 +428,7 @@ def on_retry_requested(state: State, event: RetryRequested, seq: int, out: list)
     task.failures = 0
     task.not_before = None
     task.reason = ""
-    tasks = state.tasks
-    cause = None
-    for dep in task.spec.depends_on:
-        parent = tasks[dep]
-        if parent.status in BLOCKING:
-            cause = _root_cause(parent)
-            break
+    cause = blocking_cause(state, task)
     if cause is not None:
         task.blocked_by = cause
         state.set_status(task, BLOCKED)
