@@ -9,6 +9,7 @@ refused with a reason and leaves the log as it was.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -91,7 +92,7 @@ def status(as_json: bool, db: str | None, config_path: str | None) -> None:
     if as_json:
         sys.stdout.write(orjson.dumps(render.status_data(state)).decode() + "\n")
     else:
-        render.render_status(state, out, title=store.url)
+        render.render_status(state, out, title=store.url, now=time.time())
 
 
 # ------------------------------------------------------------------------- log

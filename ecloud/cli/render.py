@@ -64,7 +64,9 @@ def status_data(state: State) -> dict[str, Any]:
     }
 
 
-def render_status(state: State, console: Console, title: str = "") -> None:
+def render_status(state: State, console: Console, title: str = "", now: float | None = None) -> None:
+    """``now``: the time "last seen" is measured from (default: the state's
+    own clock, right for a past state; ``ecloud status`` passes the present)."""
     data = status_data(state)
     console.print(f"[bold]{title or 'ecloud'}[/] · seq {state.seq} · {when(state.clock)}")
     counts = Table(title=f"Tasks ({data['tasks']['total']})", title_justify="left")
@@ -76,7 +78,7 @@ def render_status(state: State, console: Console, title: str = "") -> None:
         extra = f" ({data['tasks']['in_backoff']} in retry backoff)" if status == READY and data["tasks"]["in_backoff"] else ""
         counts.add_row(label, f"{n}{extra}")
     console.print(counts)
-    render_workers(state, console)
+    render_workers(state, console, now)
     if state.recent_failures:
         table = Table(title="Recent failures", title_justify="left")
         for col in ("seq", "task", "attempt", "worker", "reason", "outcome"):
@@ -90,7 +92,7 @@ def render_status(state: State, console: Console, title: str = "") -> None:
                       "(see: ecloud log --type input.rejected, ecloud-replay)")
 
 
-def render_workers(state: State, console: Console) -> None:
+def render_workers(state: State, console: Console, now: float | None = None) -> None:
     live = [w for w in state.workers.values() if w.status in LIVE]
     table = Table(title=f"Workers ({len(live)} live, {len(state.workers)} known)", title_justify="left")
     for col in ("worker", "host", "state", "slots", "running", "last seen"):
@@ -99,7 +101,8 @@ def render_workers(state: State, console: Console) -> None:
         w = state.workers[wid]
         running = ", ".join(f"{t}#{a}" for t, a in sorted(w.running)) or "-"
         table.add_row(wid, w.host, f"[{STATUS_STYLE[w.status]}]{w.status}[/]",
-                      f"{w.used}/{w.slots}", running, ago(w.last_seen, state.clock))
+                      f"{w.used}/{w.slots}", running,
+                      ago(w.last_seen, state.clock if now is None else now))
     console.print(table)
 
 
