@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import ROOT, finished_events, wait_until, write_tasks
+from tests.brokers import wait_for
+from tests.e2e import ROOT, finished_events, write_tasks
 from ecloud.events.store import open_store
 
 EXAMPLES = ROOT / "examples"
@@ -89,7 +90,7 @@ def test_interrupted_run_continues_where_it_stopped(tmp_path: Path) -> None:
             return False
 
     try:
-        wait_until(lambda: db.exists() and some_done(), 60, "three tasks done")
+        wait_for(lambda: db.exists() and some_done(), 60, "three tasks done")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
