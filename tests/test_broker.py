@@ -6,7 +6,6 @@ ecloud.effects.pybroker and is tested here like the rest."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import signal

@@ -19,13 +19,13 @@ from worker_helpers import (
     BROKER,
     GATE_CMD,
     FakeBoss,
-    PrivateBroker,
     WorkerProc,
     reap,
     tagged,
     wait_dead,
 )
 
+from ecloud.effects.broker import start_broker
 from ecloud.effects.mqtt import parse_broker_url
 from ecloud.wire import (
     MAX_PAYLOAD,
@@ -348,7 +348,7 @@ def test_sigterm_kills_what_outlasts_the_drain_timeout(boss, start, tmp_path):
 
 
 def test_a_reconnect_says_hello_again_and_delivers_what_happened_offline(tmp_path):
-    broker = PrivateBroker(tmp_path)
+    broker = start_broker(prefer="mosquitto", data_dir=tmp_path / "broker")
     boss = FakeBoss(broker.url)
     gate = tmp_path / "gate"
     worker = WorkerProc(boss, tmp_path, "w1", broker=broker.url)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import os
 import re
 import select
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -76,7 +74,8 @@ class FakeBoss:
             f"fakeboss-{self.cluster}",
             on_message=self._message,
             on_connect=lambda: self.conn.subscribe(from_all(self.cluster)),
-            clean_session=True,
+            # like the real boss: what a worker says while we reconnect waits for us
+            clean_session=False,
         )
         self.conn.start(wait=10)
         self.probe()
@@ -213,47 +212,6 @@ class WorkerProc:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-# ------------------------------------------------------------ private broker
-
-
-class PrivateBroker:
-    """A Mosquitto of our own on a free port, to stop and start at will."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        assert os.path.exists(binary), "mosquitto is not installed"
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        self.config = tmp_path / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                               "persistence false\nset_tcp_nodelay true\n")
-        self.log = tmp_path / "mosquitto.log"
-        self.binary = binary
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.config)],
-                                         stdout=log, stderr=log)
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None, f"mosquitto exited:\n{self.log.read_text()}"
-                assert time.monotonic() < deadline, "mosquitto does not listen"
-                time.sleep(0.02)  # nothing to wait on but the port itself
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(WAIT)
 
 
 # ----------------------------------------------------------------- processes
