@@ -14,7 +14,7 @@ from typing import Any
 
 from ecloud.errors import CodecError, StoreError
 from ecloud.events import codec
-from ecloud.events.store import Snapshot
+from ecloud.events.store import LogStore, Snapshot
 from ecloud.events.types import Recorded
 
 SCHEMA_VERSION = 1
@@ -148,3 +148,47 @@ def as_bytes(body: bytes | str | memoryview | bytearray) -> bytes:
     if isinstance(body, str):
         return body.encode("utf-8")
     return bytes(body)
+
+
+class RowStore(LogStore):
+    """A backend that keeps encoded rows. Appending and reading are the same
+    for all of them; each supplies ``_ready`` (fail if the store is closed or
+    unreachable), ``_append_rows`` (the locked, all-or-nothing insert) and
+    ``_pages`` (rows in seq order, a bounded page at a time)."""
+
+    def _ready(self) -> None:
+        raise NotImplementedError
+
+    def _append_rows(self, rows: Sequence[Row], expected_head: int | None) -> list[int]:
+        raise NotImplementedError
+
+    def _pages(
+        self, start: int, end: int | None, types: tuple[str, ...] | None
+    ) -> Iterator[tuple[int, float, str, int, bytes]]:
+        raise NotImplementedError
+
+    def append(
+        self,
+        events: Sequence[Any],
+        *,
+        ts: float | None = None,
+        expected_head: int | None = None,
+    ) -> list[int]:
+        self._ready()
+        check_expected_head(expected_head)
+        return self._append_rows(encode_batch(events, stamp(ts)), expected_head)
+
+    def read_raw(
+        self, start: int = 1, end: int | None = None
+    ) -> Iterator[tuple[int, float, str, int, bytes]]:
+        for seq, ts, tag, version, body in self._pages(start, end, None):
+            yield seq, ts, tag, version, as_bytes(body)
+
+    def read(
+        self,
+        start: int = 1,
+        end: int | None = None,
+        *,
+        types: Iterable[str] | None = None,
+    ) -> Iterator[Recorded]:
+        return decode_rows(self._pages(start, end, type_filter(types)))

@@ -13,18 +13,16 @@ The helpers every backend shares live in :mod:`ecloud.events.backend`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 from ecloud.errors import ConcurrencyError, StoreError
 from ecloud.events import backend
-from ecloud.events.store import LogStore, Snapshot
-from ecloud.events.types import Recorded
+from ecloud.events.store import Snapshot
 
 # -------------------------------------------------------------------------- store
 
 
-class MemoryStore(LogStore):
+class MemoryStore(backend.RowStore):
     """A log held in this process's memory; see the module docstring."""
 
     def __init__(self, url: str = "memory://", *, page_size: int = backend.DEFAULT_PAGE_SIZE) -> None:
@@ -38,23 +36,14 @@ class MemoryStore(LogStore):
         self._snapshots: list[tuple[Snapshot, str, bytes]] = []  # (meta, sha256, data)
         self._closed = False
 
+    def _ready(self) -> None:
+        self._check_open()
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"{self.url}: the store is closed")
 
     # ---------------------------------------------------------------- appending
-
-    def append(
-        self,
-        events: Sequence[Any],
-        *,
-        ts: float | None = None,
-        expected_head: int | None = None,
-    ) -> list[int]:
-        self._check_open()
-        backend.check_expected_head(expected_head)
-        rows = backend.encode_batch(events, backend.stamp(ts))
-        return self._append_rows(rows, expected_head)
 
     def _append_rows(self, rows: Sequence[backend.Row], expected_head: int | None) -> list[int]:
         last = self._head
@@ -78,21 +67,7 @@ class MemoryStore(LogStore):
         self._check_open()
         return self._head
 
-    def read_raw(
-        self, start: int = 1, end: int | None = None
-    ) -> Iterator[tuple[int, float, str, int, bytes]]:
-        return self._raw(start, end, None)
-
-    def read(
-        self,
-        start: int = 1,
-        end: int | None = None,
-        *,
-        types: Iterable[str] | None = None,
-    ) -> Iterator[Recorded]:
-        return backend.decode_rows(self._raw(start, end, backend.type_filter(types)))
-
-    def _raw(
+    def _pages(
         self, start: int, end: int | None, types: tuple[str, ...] | None
     ) -> Iterator[tuple[int, float, str, int, bytes]]:
         self._check_open()

@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -51,8 +51,7 @@ from attrs import field, frozen
 
 from ecloud.errors import ConcurrencyError, MissingLogError, EcloudError, StoreError, UserError
 from ecloud.events import backend
-from ecloud.events.store import LogStore, Snapshot
-from ecloud.events.types import Recorded
+from ecloud.events.store import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +208,7 @@ def connect_error(params: MySQLParams, exc: BaseException) -> EcloudError:
     return StoreError(f"cannot connect to MariaDB at {params.where}: {_describe(exc)}")
 
 
-class MySQLStore(LogStore):
+class MySQLStore(backend.RowStore):
     """The log in one MariaDB database; see the module docstring."""
 
     def __init__(
@@ -380,18 +379,6 @@ class MySQLStore(LogStore):
 
     # ----------------------------------------------------------------- appending
 
-    def append(
-        self,
-        events: Sequence[Any],
-        *,
-        ts: float | None = None,
-        expected_head: int | None = None,
-    ) -> list[int]:
-        self._db()
-        backend.check_expected_head(expected_head)
-        rows = backend.encode_batch(events, backend.stamp(ts))
-        return self._append_rows(rows, expected_head)
-
     def _check_packets(self, rows: Sequence[backend.Row]) -> None:
         limit = self._max_packet - 4096
         for i, row in enumerate(rows):
@@ -442,20 +429,8 @@ class MySQLStore(LogStore):
 
         return self._idempotent_op("cannot read the head", run)
 
-    def read_raw(
-        self, start: int = 1, end: int | None = None
-    ) -> Iterator[tuple[int, float, str, int, bytes]]:
-        for seq, ts, tag, version, body in self._pages(start, end, None):
-            yield seq, ts, tag, version, backend.as_bytes(body)
-
-    def read(
-        self,
-        start: int = 1,
-        end: int | None = None,
-        *,
-        types: Iterable[str] | None = None,
-    ) -> Iterator[Recorded]:
-        return backend.decode_rows(self._pages(start, end, backend.type_filter(types)))
+    def _ready(self) -> None:
+        self._db()
 
     def _pages(
         self, start: int, end: int | None, types: tuple[str, ...] | None

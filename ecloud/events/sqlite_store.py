@@ -36,14 +36,13 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ecloud.errors import ConcurrencyError, MissingLogError, StoreError, UserError
 from ecloud.events import backend
-from ecloud.events.store import LogStore, Snapshot
-from ecloud.events.types import Recorded
+from ecloud.events.store import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ _INSERT = (
 )
 
 
-class SQLiteStore(LogStore):
+class SQLiteStore(backend.RowStore):
     """The log in the SQLite file at ``path``; see the module docstring."""
 
     def __init__(
@@ -194,18 +193,6 @@ class SQLiteStore(LogStore):
 
     # ----------------------------------------------------------------- appending
 
-    def append(
-        self,
-        events: Sequence[Any],
-        *,
-        ts: float | None = None,
-        expected_head: int | None = None,
-    ) -> list[int]:
-        self._db()
-        backend.check_expected_head(expected_head)
-        rows = backend.encode_batch(events, backend.stamp(ts))
-        return self._append_rows(rows, expected_head)
-
     def _append_rows(self, rows: Sequence[backend.Row], expected_head: int | None) -> list[int]:
         if not rows:
             if expected_head is not None and (last := self.head()) != expected_head:
@@ -235,20 +222,8 @@ class SQLiteStore(LogStore):
         except sqlite3.Error as exc:
             raise StoreError(f"{self.url}: cannot read the head: {exc}") from None
 
-    def read_raw(
-        self, start: int = 1, end: int | None = None
-    ) -> Iterator[tuple[int, float, str, int, bytes]]:
-        for seq, ts, tag, version, body in self._pages(start, end, None):
-            yield seq, ts, tag, version, backend.as_bytes(body)
-
-    def read(
-        self,
-        start: int = 1,
-        end: int | None = None,
-        *,
-        types: Iterable[str] | None = None,
-    ) -> Iterator[Recorded]:
-        return backend.decode_rows(self._pages(start, end, backend.type_filter(types)))
+    def _ready(self) -> None:
+        self._db()
 
     def _pages(
         self, start: int, end: int | None, types: tuple[str, ...] | None
