@@ -4,6 +4,7 @@ default (SQLite with a broker of our own, Mosquitto or the pure-Python one)."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -166,6 +167,9 @@ def test_cancel_of_a_running_task_kills_it(cluster: Cluster) -> None:
     cluster.start_boss(workers=1)
     cluster.wait_tasks(lambda s: s.tasks["victim"].status == "running" and pidfile.exists(), 60, "victim")
     pid = int(wait_for(lambda: pidfile.read_text().strip(), 10, "the pid"))
+    status = json.loads(cluster.ecloud("status", "--json").stdout)
+    busy = [w for w in status["workers"] if w["running"]]
+    assert [(w["status"], w["running"]) for w in busy] == [("busy", [{"task": "victim", "attempt": 1}])]
     cluster.ecloud("cancel", "victim", "--reason", "test")
     wait_dead(pid, 30)
     state = cluster.wait_tasks(lambda s: not s.workers or all(w.used == 0 for w in s.workers.values()),
