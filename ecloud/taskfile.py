@@ -24,6 +24,8 @@ Decisions that the schema cannot express:
   "a depends on b, which depends on a". A task naming itself is reported as a
   self-dependency instead.
 
+Each task is parsed on its own here; the checks that need several tasks at
+once (ids, dependencies, cycles, inputs) are :mod:`ecloud.taskgraph`'s.
 Everything is linear in the size of the file and nothing recurses, so a file
 of a million tasks validates in seconds.
 """
@@ -32,13 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import fnmatch
 import gc
-import json
 import math
 import re
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +45,19 @@ import orjson
 
 from ecloud.errors import UserError, ValidationError
 from ecloud.events.types import InputSpec, TaskSpec
+from ecloud.taskgraph import (
+    ID_RE,
+    MAX_ID_LENGTH,
+    Graph,
+    Known,
+    locate,
+    never_known,
+    quote,
+)
 
 __all__ = ["parse_task_file", "parse_tasks", "validate_against", "MAX_ID_LENGTH"]
 
-Known = Callable[[str], bool]
 
-MAX_ID_LENGTH = 200
 TASK_KEYS = frozenset(
     ["id", "command", "depends_on", "inputs", "outputs", "retries", "retry_backoff",
      "timeout", "priority", "env", "slots"]
@@ -60,21 +66,17 @@ _SIMPLE_KEYS = frozenset(["id", "command", "depends_on"])
 _STORE_INPUT_KEYS = frozenset(["path", "name", "sha256"])
 _FROM_INPUT_KEYS = frozenset(["from", "path", "name"])
 
-_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+-]*(?:/[A-Za-z0-9_][A-Za-z0-9._:@+-]*)*")
-_ID_FULLMATCH = _ID_RE.fullmatch
+_ID_FULLMATCH = ID_RE.fullmatch
 _ID_CHAR_RE = re.compile(r"[^A-Za-z0-9._:/@+-]")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
-_GLOB_CHARS = frozenset("*?[")
 _MISSING: Any = object()
 _NO_DEPS: list = []  # never mutated
 
 
-def _never(_id: str) -> bool:
-    return False
 
 
-def parse_task_file(path: str | Path, *, known: Known = _never) -> list[TaskSpec]:
+def parse_task_file(path: str | Path, *, known: Known = never_known) -> list[TaskSpec]:
     """Read and validate a task file; see :func:`parse_tasks`.
 
     Raises :class:`UserError` when the file cannot be read, and
@@ -88,7 +90,7 @@ def parse_task_file(path: str | Path, *, known: Known = _never) -> list[TaskSpec
     return parse_tasks(raw, source=source, known=known)
 
 
-def parse_tasks(data: Any, *, source: str = "", known: Known = _never) -> list[TaskSpec]:
+def parse_tasks(data: Any, *, source: str = "", known: Known = never_known) -> list[TaskSpec]:
     """Validate task-file content and return its tasks, in file order.
 
     ``data`` is the parsed JSON, or its text as ``str``/``bytes``. ``known(id)``
@@ -108,7 +110,7 @@ def _parse(data: Any, source: str, known: Known) -> list[TaskSpec]:
     items = _task_list(data, problems)
     if items is None:
         raise ValidationError([p for _, p in problems], source=source)
-    graph = _Graph(len(items))
+    graph = Graph(len(items))
     specs = [_parse_task(i, raw, graph, problems) for i, raw in enumerate(items)]
     graph.check(known, problems)
     if problems:
@@ -138,7 +140,7 @@ def validate_against(specs: Sequence[TaskSpec], known: Known, *, source: str = "
     :class:`ValidationError` listing every problem.
     """
     problems: list[tuple[int, str]] = []
-    graph = _Graph(len(specs))
+    graph = Graph(len(specs))
     with _gc_paused():
         for i, spec in enumerate(specs):
             graph.add(i, spec.id, spec.depends_on)
@@ -200,7 +202,7 @@ def _task_list(data: Any, problems: list[tuple[int, str]]) -> list | None:
 # ------------------------------------------------------------------ one task
 
 
-def _parse_task(i: int, raw: Any, graph: _Graph, problems: list[tuple[int, str]]) -> TaskSpec | None:
+def _parse_task(i: int, raw: Any, graph: Graph, problems: list[tuple[int, str]]) -> TaskSpec | None:
     """Check one task object; record its graph facts; return it or None.
 
     Written for speed: a key that is absent costs one dict lookup.
@@ -322,24 +324,24 @@ def _parse_task(i: int, raw: Any, graph: _Graph, problems: list[tuple[int, str]]
     elif type(env) is dict:
         for name, value in env.items():
             if not _ENV_NAME_RE.fullmatch(name):
-                bad.append(f"env: {_q(name)} is not a valid variable name "
+                bad.append(f"env: {quote(name)} is not a valid variable name "
                            "(letters, digits and _, not starting with a digit)")
             if type(value) is not str:
-                bad.append(f"env[{_q(name)}]: expected a string, got {_kind(value)}")
+                bad.append(f"env[{quote(name)}]: expected a string, got {_kind(value)}")
             elif "\0" in value:
-                bad.append(f"env[{_q(name)}]: must not contain a NUL character")
+                bad.append(f"env[{quote(name)}]: must not contain a NUL character")
     else:
         bad.append(f"env: expected an object of string values, got {_kind(env)}")
 
     if bad:
-        where = _where(i, tid)
+        where = locate(i, tid)
         problems += [(i, f"{where}: {p}") for p in bad]
         return None
     # Positional: noticeably faster than keywords for a million tasks.
     return TaskSpec(tid, command, deps, inputs, outputs, retries, backoff, timeout, priority, env, slots)
 
 
-def _parse_inputs(i: int, inputs: list, graph: _Graph, bad: list[str]) -> list[InputSpec]:
+def _parse_inputs(i: int, inputs: list, graph: Graph, bad: list[str]) -> list[InputSpec]:
     specs = []
     froms = []
     for k, inp in enumerate(inputs):
@@ -400,223 +402,15 @@ def _parse_inputs(i: int, inputs: list, graph: _Graph, bad: list[str]) -> list[I
     return specs
 
 
-# ------------------------------------------------------------------ the graph
-
-
-class _Graph:
-    """What the cross-task checks need, by position in the file."""
-
-    __slots__ = ("ids", "deps", "outputs", "froms", "index", "duplicates", "back", "pending")
-
-    def __init__(self, n: int) -> None:
-        self.ids: list[str | None] = [None] * n
-        self.deps: list[Sequence[str]] = [()] * n
-        self.outputs: list[Sequence[str]] = [()] * n
-        self.froms: dict[int, list[tuple[int, str, str]]] = {}
-        self.index: dict[str, int] = {}  # id -> position of its first definition
-        self.duplicates: list[int] = []  # positions that define an id again
-        self.back: list[int] = [-1] * n  # the position of a lone, earlier dependency
-        self.pending: list[int] = []  # positions whose dependencies need the full check
-
-    def add(self, i: int, tid: str | None, deps: Sequence[str]) -> None:
-        """Record task ``i``, in file order. A lone dependency on an earlier
-        task - the bulk of any big file - is settled here and then."""
-        if tid is not None:
-            self.ids[i] = tid
-            if self.index.setdefault(tid, i) != i:
-                self.duplicates.append(i)
-        if deps:
-            self.deps[i] = deps
-            if len(deps) == 1 and deps[0] != tid:
-                j = self.index.get(deps[0])
-                if j is not None:
-                    self.back[i] = j
-                    return
-            self.pending.append(i)
-
-    def check(self, known: Known, problems: list[tuple[int, str]]) -> None:
-        ids, deps, index = self.ids, self.deps, self.index
-
-        def where(i: int) -> str:
-            return _where(i, ids[i])
-
-        for i in self.duplicates:
-            tid = ids[i]
-            problems.append((i, f'{where(i)}: duplicate id {_q(tid)}, first defined at tasks[{index[tid]}]'))
-        if known is not _never:
-            for tid, i in index.items():
-                if known(tid):
-                    problems.append((i, f'{where(i)}: id {_q(tid)} already exists in the log'))
-
-        forward = False  # does any task depend on one after its own position?
-        edges: dict[int, list[int]] = {}  # pending position -> positions of its dependencies
-        lookup = index.get
-        for i in self.pending:
-            tid = ids[i]
-            seen: dict[str, int] = {}
-            out = edges[i] = []
-            for k, d in enumerate(deps[i]):
-                if d == tid:
-                    problems.append((i, f"{where(i)}: depends_on[{k}]: a task cannot depend on itself"))
-                    continue
-                prev = seen.setdefault(d, k)
-                if prev != k:
-                    problems.append(
-                        (i, f'{where(i)}: depends_on[{k}]: {_q(d)} is listed twice (also depends_on[{prev}])')
-                    )
-                    continue
-                j = lookup(d)
-                if j is None:
-                    if not known(d):
-                        problems.append((i, f"{where(i)}: depends_on[{k}]: unknown task {_q(d)}"))
-                else:
-                    out.append(j)
-                    if j > i:
-                        forward = True
-        if forward:  # without an edge pointing forward, there can be no cycle
-            adj: list[Sequence[int]] = [(b,) if b >= 0 else () for b in self.back]
-            for i, out in edges.items():
-                adj[i] = out
-            _report_cycles(adj, where, ids, problems)
-        for i, froms in self.froms.items():
-            self._check_froms(i, froms, known, where, problems)
-
-    def _check_froms(self, i, froms, known, where, problems) -> None:
-        dl = self.deps[i]
-        if len(dl) > 8:
-            dl = set(dl)
-        for k, src, path in froms:
-            at = f"{where(i)}: inputs[{k}]"
-            if src == self.ids[i]:
-                problems.append((i, f"{at}: a task cannot take input from itself"))
-            elif src not in dl:
-                if src in self.index or known(src):
-                    problems.append((i, f'{at}: takes input from {_q(src)}, which is not in depends_on '
-                                        "(inputs can only come from direct dependencies)"))
-                else:
-                    problems.append((i, f"{at}: from unknown task {_q(src)}"))
-            else:
-                j = self.index.get(src)
-                # j is None: a task in the log (its outputs are not known here:
-                # accepted) or an unknown dependency (already reported).
-                if j is not None and not _matches(path, self.outputs[j]):
-                    problems.append((i, f'{at}: {_q(src)} does not declare output {_q(path)} '
-                                        f"(its outputs: {_list(self.outputs[j])})"))
-
-
-def _report_cycles(adj: list[Sequence[int]], where, ids, problems) -> None:
-    """Report one cycle per strongly connected group of tasks.
-
-    First peel off, Kahn-style, every task that nothing left depends on: in a
-    valid file that is all of them, in linear time. Only what remains can hold
-    a cycle; an iterative Tarjan finds its strongly connected groups.
-    """
-    n = len(adj)
-    dependents = [0] * n
-    for out in adj:
-        for w in out:
-            dependents[w] += 1
-    peeled = [v for v in range(n) if not dependents[v]]
-    for v in peeled:  # grows while we walk it
-        for w in adj[v]:
-            dependents[w] -= 1
-            if not dependents[w]:
-                peeled.append(w)
-    if len(peeled) == n:
-        return
-    left = [v for v in range(n) if dependents[v]]  # a cycle, or what one depends on
-
-    order = [0] * n  # discovery number; 0: not visited yet
-    low = [0] * n
-    on_stack = [False] * n
-    stack: list[int] = []
-    groups: list[list[int]] = []
-    counter = 0
-    for root in left:
-        if order[root]:
-            continue
-        counter += 1
-        order[root] = low[root] = counter
-        stack.append(root)
-        on_stack[root] = True
-        work = [(root, 0)]
-        while work:
-            v, e = work[-1]
-            out = adj[v]
-            if e < len(out):
-                work[-1] = (v, e + 1)
-                w = out[e]
-                if not dependents[w]:
-                    continue  # peeled: in no cycle
-                if not order[w]:
-                    counter += 1
-                    order[w] = low[w] = counter
-                    stack.append(w)
-                    on_stack[w] = True
-                    work.append((w, 0))
-                elif on_stack[w] and order[w] < low[v]:
-                    low[v] = order[w]
-                continue
-            work.pop()
-            if work:
-                u = work[-1][0]
-                if low[v] < low[u]:
-                    low[u] = low[v]
-            if low[v] == order[v]:
-                group = []
-                while True:
-                    w = stack.pop()
-                    on_stack[w] = False
-                    group.append(w)
-                    if w == v:
-                        break
-                if len(group) > 1:
-                    groups.append(group)
-    member = [-1] * n
-    for g, group in enumerate(groups):
-        for v in group:
-            member[v] = g
-    for g, group in enumerate(groups):
-        start = min(group)
-        text = " -> ".join(ids[v] for v in _cycle_through(start, adj, member, g))
-        problems.append((start, f"{where(start)}: dependency cycle: {text}"))
-
-
-def _cycle_through(start: int, adj: list[Sequence[int]], member: list[int], g: int) -> list[int]:
-    """A shortest cycle from ``start`` back to itself inside group ``g`` (BFS)."""
-    parent = {start: start}
-    queue = deque([start])
-    while queue:
-        v = queue.popleft()
-        for w in adj[v]:
-            if w == start:
-                path = [v]
-                while v != start:
-                    v = parent[v]
-                    path.append(v)
-                path.reverse()
-                path.append(start)
-                return path
-            if member[w] == g and w not in parent:
-                parent[w] = v
-                queue.append(w)
-    raise AssertionError("a strongly connected group without a cycle")  # pragma: no cover
-
-
 # ------------------------------------------------------------------ helpers
 
 
-def _where(i: int, tid: Any) -> str:
-    """The location of task ``i``, with its id when that id is well-formed."""
-    if type(tid) is str and len(tid) <= MAX_ID_LENGTH and _ID_RE.fullmatch(tid):
-        return f'tasks[{i}] (id "{tid}")'
-    return f"tasks[{i}]"
 
 
 def _id_problem(tid: Any) -> str | None:
     if type(tid) is not str:
         return f"expected a string, got {_kind(tid)}"
-    if _ID_RE.fullmatch(tid) and len(tid) <= MAX_ID_LENGTH:
+    if ID_RE.fullmatch(tid) and len(tid) <= MAX_ID_LENGTH:
         return None
     if not tid:
         return "must not be empty"
@@ -625,9 +419,9 @@ def _id_problem(tid: Any) -> str | None:
     bad = _ID_CHAR_RE.search(tid)
     if bad:
         char = bad.group()
-        what = "whitespace" if char.isspace() else f"character {_q(char)}"
-        return (f"{_q(tid)} contains {what}; ids use letters, digits and . _ - : / @ +")
-    return (f"{_q(tid)}: each /-separated part must start with a letter, digit or _ "
+        what = "whitespace" if char.isspace() else f"character {quote(char)}"
+        return (f"{quote(tid)} contains {what}; ids use letters, digits and . _ - : / @ +")
+    return (f"{quote(tid)}: each /-separated part must start with a letter, digit or _ "
             "(no empty, leading or trailing parts)")
 
 
@@ -637,19 +431,14 @@ def _rel_path_problem(path: Any) -> str | None:
     if not path:
         return "must not be empty"
     if path.startswith("/"):
-        return f"{_q(path)} is absolute; paths are relative to the task's working directory"
+        return f"{quote(path)} is absolute; paths are relative to the task's working directory"
     if ".." in path.split("/"):
-        return f"{_q(path)} must not contain '..'"
+        return f"{quote(path)} must not contain '..'"
     if "\0" in path:
         return "must not contain a NUL character"
     return None
 
 
-def _matches(path: str, outputs: Sequence[str]) -> bool:
-    for out in outputs:
-        if path == out or (not _GLOB_CHARS.isdisjoint(out) and fnmatch.fnmatchcase(path, out)):
-            return True
-    return False
 
 
 def _is_number(value: Any) -> bool:
@@ -660,7 +449,7 @@ def _is_number(value: Any) -> bool:
 def _unknown_key(key: str, valid) -> str:
     close = difflib.get_close_matches(key, sorted(valid), n=1)
     hint = f' (did you mean "{close[0]}"?)' if close else ""
-    return f"unknown key {_q(key)}{hint}"
+    return f"unknown key {quote(key)}{hint}"
 
 
 def _kind(value: Any) -> str:
@@ -675,7 +464,7 @@ def _kind(value: Any) -> str:
         return f"number {value!r}"
     if isinstance(value, str):
         shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"string {_q(shown)}"
+        return f"string {quote(shown)}"
     if isinstance(value, (list, tuple)):
         return "a list"
     if isinstance(value, dict):
@@ -683,9 +472,4 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _q(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
 
-
-def _list(items: Sequence[str]) -> str:
-    return ", ".join(_q(x) for x in items) if items else "none"
