@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import quote
 
 from ecloud.events.memory_store import MemoryStore
-from ecloud.events.mysql_store import MySQLParams, MySQLStore
+from ecloud.events.mysql_connect import MySQLParams
+from ecloud.events.mysql_store import MySQLStore
 from ecloud.events.sqlite_store import SQLiteStore
 from ecloud.events.store import LogStore
 

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from ecloud.errors import StoreError
-from ecloud.events.mysql_store import MySQLParams, connect, quote_ident
+from ecloud.events.mysql_connect import MySQLParams, connect, quote_ident
 from ecloud.events.store import LogStore
 from ecloud.events.url import open_store_url, parse_mysql_url, redact
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from ecloud.errors import CodecError, ConcurrencyError, StoreError, UserError
-from ecloud.events.mysql_store import MySQLParams, connect, quote_ident
+from ecloud.events.mysql_connect import MySQLParams, connect, quote_ident
 from ecloud.events.store import LogStore, Snapshot, open_store
 from ecloud.events.types import (
     ContextSet,

@@ -40,17 +40,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import pymysql
 import pymysql.cursors
-from attrs import field, frozen
 
 from ecloud.errors import ConcurrencyError, MissingLogError, EcloudError, StoreError, UserError
 from ecloud.events import backend
+from ecloud.events.mysql_connect import (
+    describe_error,
+    connection_lost,
+    connect,
+    connect_error,
+    MySQLParams,
+    quote_ident,
+)
 from ecloud.events.store import Snapshot
 
 log = logging.getLogger(__name__)
@@ -61,7 +66,6 @@ SNAPSHOT_CHUNK = 4 * 1024 * 1024
 INSERT_BATCH = 1000
 """Rows per executemany call (PyMySQL further splits statements at ~1 MB)."""
 
-DATABASE_NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 
 _TABLE_OPTIONS = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 _SCHEMA = [
@@ -110,104 +114,6 @@ _INSERT = (
     " VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
 
-# Client/server error codes meaning "this connection is gone".
-_LOST_CODES = {
-    1053,  # ER_SERVER_SHUTDOWN
-    1927,  # ER_CONNECTION_KILLED
-    2006,  # CR_SERVER_GONE_ERROR
-    2013,  # CR_SERVER_LOST
-    2055,  # CR_SERVER_LOST_EXTENDED
-    4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
-}
-_ACCESS_CODES = {1044, 1045, 1698}
-
-
-@frozen
-class MySQLParams:
-    """Where a MariaDB log lives. ``password`` never appears in repr or messages."""
-
-    host: str
-    port: int
-    user: str
-    password: str = field(repr=False)
-    database: str | None
-
-    @property
-    def where(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def display(self) -> str:
-        """The URL without the password."""
-        return f"mysql://{quote(self.user, safe='')}@{self.where}/{self.database or ''}"
-
-
-def quote_ident(name: str) -> str:
-    if not DATABASE_NAME.match(name):
-        raise UserError(f"bad MariaDB database name {name!r} (letters, digits, _ $ - only)")
-    return f"`{name}`"
-
-
-def _code(exc: BaseException) -> int | None:
-    args = getattr(exc, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
-
-
-def _describe(exc: BaseException) -> str:
-    args = getattr(exc, "args", ())
-    if len(args) >= 2 and isinstance(args[0], int):
-        text = f"{args[1]} (error {args[0]})" if args[1] else f"error {args[0]}"
-    else:
-        text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
-
-
-def _lost(exc: BaseException) -> bool:
-    if isinstance(exc, pymysql.err.InterfaceError):
-        return True
-    return isinstance(exc, pymysql.err.OperationalError) and _code(exc) in _LOST_CODES
-
-
-def connect(
-    params: MySQLParams,
-    database: str | None,
-    *,
-    connect_timeout: float = 10.0,
-    read_timeout: float | None = 120.0,
-) -> pymysql.connections.Connection:
-    """Open a PyMySQL connection or raise a one-line :class:`StoreError`
-    (:class:`UserError` for a database that does not exist)."""
-    try:
-        return pymysql.connect(
-            host=params.host,
-            port=params.port,
-            user=params.user,
-            password=params.password,
-            database=database,
-            charset="utf8mb4",
-            autocommit=False,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            write_timeout=read_timeout,
-            sql_mode="STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION",
-        )
-    except pymysql.err.Error as exc:
-        raise connect_error(params, exc) from None
-
-
-def connect_error(params: MySQLParams, exc: BaseException) -> EcloudError:
-    code = _code(exc)
-    if code == 1049:
-        return MissingLogError(
-            f"no event log at {params.display()}: database {params.database!r} does not exist"
-        )
-    if code in _ACCESS_CODES:
-        return StoreError(
-            f"MariaDB at {params.where} refused user {params.user!r}: {_describe(exc)}"
-        )
-    return StoreError(f"cannot connect to MariaDB at {params.where}: {_describe(exc)}")
-
-
 class MySQLStore(backend.RowStore):
     """The log in one MariaDB database; see the module docstring."""
 
@@ -246,7 +152,7 @@ class MySQLStore(backend.RowStore):
                 conn.close()
                 raise StoreError(
                     f"cannot create database {params.database!r} on MariaDB at {params.where}:"
-                    f" {_describe(exc)}"
+                    f" {describe_error(exc)}"
                 ) from None
         self._conn = conn
         try:
@@ -286,7 +192,7 @@ class MySQLStore(backend.RowStore):
                 row = cur.fetchone()
             conn.rollback()
         except pymysql.err.Error as exc:
-            raise StoreError(f"{self.url}: cannot set up the event log: {_describe(exc)}") from None
+            raise StoreError(f"{self.url}: cannot set up the event log: {describe_error(exc)}") from None
         version = int(row[0]) if row else 0
         if version != backend.SCHEMA_VERSION:
             raise StoreError(
@@ -335,10 +241,10 @@ class MySQLStore(backend.RowStore):
                 return cur
             except pymysql.err.Error as exc:
                 self._rollback_quietly()
-                if attempt == 1 and _lost(exc):
+                if attempt == 1 and connection_lost(exc):
                     self._reconnect()
                     continue
-                raise StoreError(f"{self.url}: {what} could not start: {_describe(exc)}") from None
+                raise StoreError(f"{self.url}: {what} could not start: {describe_error(exc)}") from None
             except BaseException as exc:
                 self._recover(exc)
                 raise
@@ -351,7 +257,7 @@ class MySQLStore(backend.RowStore):
             self._recover(exc)
             if isinstance(exc, pymysql.err.Error):
                 raise StoreError(
-                    f"{self.url}: COMMIT of {what} failed ({_describe(exc)}); it may or may not"
+                    f"{self.url}: COMMIT of {what} failed ({describe_error(exc)}); it may or may not"
                     " have been stored - check before writing it again"
                 ) from None
             raise
@@ -368,10 +274,10 @@ class MySQLStore(backend.RowStore):
                 return result
             except pymysql.err.Error as exc:
                 self._rollback_quietly()
-                if attempt == 1 and _lost(exc):
+                if attempt == 1 and connection_lost(exc):
                     self._reconnect()
                     continue
-                raise StoreError(f"{self.url}: {what}: {_describe(exc)}") from None
+                raise StoreError(f"{self.url}: {what}: {describe_error(exc)}") from None
             except BaseException as exc:
                 self._recover(exc)
                 raise
@@ -413,7 +319,7 @@ class MySQLStore(backend.RowStore):
             self._recover(exc)
             if isinstance(exc, pymysql.err.Error):
                 raise StoreError(
-                    f"{self.url}: append failed, nothing appended: {_describe(exc)}"
+                    f"{self.url}: append failed, nothing appended: {describe_error(exc)}"
                 ) from None
             raise
         self._commit(f"seqs {first}..{last + len(rows)}")
@@ -501,7 +407,7 @@ class MySQLStore(backend.RowStore):
             self._recover(exc)
             if isinstance(exc, pymysql.err.Error):
                 raise StoreError(
-                    f"{self.url}: saving the snapshot failed, nothing saved: {_describe(exc)}"
+                    f"{self.url}: saving the snapshot failed, nothing saved: {describe_error(exc)}"
                 ) from None
             raise
         self._commit(f"the snapshot at seq {snapshot.seq}")

@@ -55,7 +55,7 @@ def parse_sqlite_url(url: str) -> str:
 
 def parse_mysql_url(url: str, *, require_database: bool = True):
     """The :class:`~ecloud.events.mysql_store.MySQLParams` of a ``mysql://`` URL."""
-    from ecloud.events.mysql_store import DATABASE_NAME, MySQLParams
+    from ecloud.events.mysql_connect import DATABASE_NAME, MySQLParams
 
     try:
         parts = urlsplit(url)
