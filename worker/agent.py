@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Any
 
+import attrs
 import click
 
 from ecloud.effects.mqtt import Connection
@@ -42,7 +43,7 @@ from ecloud.wire import (
     to_topic,
 )
 from worker.outbox import Outbox, payloads
-from worker.runner import Exited, Launched, Runner
+from worker.runner import Launched, Runner
 from worker.settings import Settings, resolve
 
 log = logging.getLogger("worker")
@@ -280,16 +281,14 @@ class Agent:
 
     # --------------------------------------------------------------- reports
 
-    def _outcomes(self, outcomes: list[Launched | Exited]) -> None:
+    def _outcomes(self, outcomes: list[Launched | Finished]) -> None:
         now = self.clock()
         for o in outcomes:
             if isinstance(o, Launched):
                 log.debug("spawned %s/%s: pid %d in %s", o.task_id, o.attempt, o.pid, o.cwd)
                 self.outbox.add(lambda m, o=o: Started(m, o.task_id, o.attempt), now)
             else:
-                self.outbox.add(lambda m, o=o: Finished(
-                    m, o.task_id, o.attempt, o.exit_code, o.duration, o.signal, o.reason,
-                    o.stdout_tail, o.stderr_tail), now)
+                self.outbox.add(lambda m, o=o: attrs.evolve(o, msg_id=m), now)
 
     def _hello(self) -> None:
         self.outbox.forget("hello")

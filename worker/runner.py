@@ -38,7 +38,7 @@ from pathlib import Path
 
 from attrs import define, frozen
 
-from ecloud.wire import TAIL, DispatchMsg
+from ecloud.wire import TAIL, DispatchMsg, Finished
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +58,11 @@ class Launched:
     cwd: str
 
 
-@frozen
-class Exited:
-    """An attempt is over (report it finished)."""
-
-    task_id: str
-    attempt: int
-    exit_code: int | None
-    duration: float
-    signal: int | None = None
-    reason: str = ""
-    stdout_tail: str = ""
-    stderr_tail: str = ""
+def _exited(task_id: str, attempt: int, exit_code: int | None, duration: float,
+            **details) -> Finished:
+    """An attempt is over: its report, still without a message id (the outbox
+    gives it one when it queues the report)."""
+    return Finished("", task_id, attempt, exit_code, duration, **details)
 
 
 @define(eq=False)
@@ -133,23 +126,23 @@ class Runner:
 
     # --------------------------------------------------------------- changes
 
-    def submit(self, msg: DispatchMsg) -> list[Launched | Exited]:
+    def submit(self, msg: DispatchMsg) -> list[Launched | Finished]:
         """Queue a dispatch and start whatever fits in the free slots."""
         need = max(0, min(msg.slots, self.slots))  # more than we have: run it alone
         self._queue.append(Attempt(msg, need))
         return self._fill()
 
-    def exited(self, attempt: Attempt, ended: float) -> list[Launched | Exited]:
+    def exited(self, attempt: Attempt, ended: float) -> list[Launched | Finished]:
         """The waiter saw ``attempt``'s leader exit at ``ended``: its report,
         and whatever starts in the slots it freed."""
         del self._running[attempt.key]
         self._used -= attempt.slots
-        out: list[Launched | Exited] = []
+        out: list[Launched | Finished] = []
         if attempt.report:
             out.append(self._result(attempt, ended))
         return out + self._fill()
 
-    def cancel(self, key: Key) -> list[Exited] | None:
+    def cancel(self, key: Key) -> list[Finished] | None:
         """Stop an attempt (None if we do not have it). A running one reports
         when it has exited; a queued one is over at once."""
         attempt = self._running.get(key)
@@ -160,7 +153,7 @@ class Runner:
         for queued in self._queue:
             if queued.key == key:
                 self._queue.remove(queued)
-                return [Exited(key[0], key[1], None, 0.0, reason="cancelled")]
+                return [_exited(key[0], key[1], None, 0.0, reason="cancelled")]
         return None
 
     def tick(self, now: float) -> None:
@@ -194,19 +187,19 @@ class Runner:
 
     # --------------------------------------------------------------- helpers
 
-    def _fill(self) -> list[Launched | Exited]:
-        out: list[Launched | Exited] = []
+    def _fill(self) -> list[Launched | Finished]:
+        out: list[Launched | Finished] = []
         while not self._closed and self._queue and self._queue[0].slots <= self.slots - self._used:
             out.append(self._start(self._queue.popleft()))
         return out
 
-    def _start(self, attempt: Attempt) -> Launched | Exited:
+    def _start(self, attempt: Attempt) -> Launched | Finished:
         msg = attempt.msg
         began = self._clock()
         try:
             cwd = _fresh_dir(attempt_dir(self.work_dir, msg.task_id, msg.attempt))
         except (OSError, ValueError) as exc:
-            return Exited(msg.task_id, msg.attempt, NOT_STARTED, 0.0,
+            return _exited(msg.task_id, msg.attempt, NOT_STARTED, 0.0,
                           reason=f"cannot prepare the work directory: {exc}")
         cmd = msg.command
         argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
@@ -217,7 +210,7 @@ class Runner:
                 proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=err, start_new_session=True)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            return Exited(msg.task_id, msg.attempt, NOT_STARTED, self._clock() - began,
+            return _exited(msg.task_id, msg.attempt, NOT_STARTED, self._clock() - began,
                           reason=f"cannot start: {exc}", stderr_tail=_tail(cwd / "stderr"))
         attempt.cwd, attempt.proc, attempt.started = cwd, proc, began
         if msg.timeout is not None:
@@ -251,13 +244,13 @@ class Runner:
                       attempt.proc.pid, *attempt.key, attempt.stop_reason)
             _killpg(attempt.proc.pid, sig)
 
-    def _result(self, attempt: Attempt, ended: float) -> Exited:
+    def _result(self, attempt: Attempt, ended: float) -> Finished:
         assert attempt.proc is not None and attempt.cwd is not None
         code = attempt.proc.returncode
         exit_code, sig = (None, -code) if code < 0 else (code, None)
         if attempt.stop_reason and exit_code is not None:
             exit_code, sig = None, attempt.last_signal  # caught our SIGTERM: still no success
-        return Exited(
+        return _exited(
             attempt.msg.task_id, attempt.msg.attempt, exit_code, max(0.0, ended - attempt.started),
             signal=sig, reason=attempt.stop_reason,
             stdout_tail=_tail(attempt.cwd / "stdout"), stderr_tail=_tail(attempt.cwd / "stderr"),
