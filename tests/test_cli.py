@@ -271,3 +271,41 @@ def test_replay_ignores_a_snapshot_of_another_reducer_version(sqlite_url: str) -
         store.save_snapshot(Snapshot(2, "0-old", b"garbage", 0.0))
         assert load_state(store).canonical() == load_state(store, use_snapshot=False).canonical()
     assert run("--verify", "--db", sqlite_url, command=replay).exit_code == 0
+
+
+def test_replay_why_explains_a_blocked_and_a_waiting_task(sqlite_url: str) -> None:
+    _diamond_history(sqlite_url)  # c cancelled at seq 2, retried at seq 3
+    at2 = run("--why", "d", "--until", "2", "--db", sqlite_url, command=replay)
+    assert at2.exit_code == 0
+    assert "d is blocked at seq 2" in at2.stdout
+    assert "blocked by c (cancelled: cancelled by operator)" in at2.stdout
+    assert "`ecloud retry c` would unblock it" in at2.stdout
+    now = run("--why", "b", "--db", sqlite_url, command=replay).stdout
+    assert "b is waiting at seq 4" in now and "waits for a, which is ready" in now
+    ready = run("--why", "a", "--db", sqlite_url, command=replay).stdout
+    assert "no live worker has them" in ready
+    missing = run("--why", "zz", "--db", sqlite_url, command=replay)
+    assert missing.exit_code == 2 and "no task 'zz'" in missing.stderr
+
+
+def test_replay_diff_lists_what_changed_between_two_seqs(sqlite_url: str) -> None:
+    _diamond_history(sqlite_url)
+    lines = json.loads(run("--diff", "1", "2", "--json", "--db", sqlite_url, command=replay).stdout)["lines"]
+    assert "  task c: waiting -> cancelled" in lines and "  task d: waiting -> blocked" in lines
+    assert "  cancelled: 0 -> 1 (+1)" in lines
+    ctx = run("--diff", "3", "4", "--db", sqlite_url, command=replay).stdout
+    assert "context datastore_address: None -> ds:/x" in ctx
+    bad = run("--diff", "3", "1", "--db", sqlite_url, command=replay)
+    assert bad.exit_code == 2 and "A <= B" in bad.stderr
+
+
+def test_replay_at_a_time_is_the_state_after_the_last_event_before_it(sqlite_url: str) -> None:
+    _diamond_history(sqlite_url)
+    with open_store(sqlite_url, create=False) as store:
+        stamps = [rec.ts for rec in store.read(1)]
+    at = run("--at", repr(stamps[1]), "--json", "--db", sqlite_url, command=replay)
+    assert json.loads(at.stdout)["seq"] == 2
+    before = run("--at", "2000-01-01T00:00:00", "--json", "--db", sqlite_url, command=replay)
+    assert json.loads(before.stdout)["seq"] == 0
+    both = run("--at", "1", "--until", "1", "--db", sqlite_url, command=replay)
+    assert both.exit_code == 2 and "not both" in both.stderr

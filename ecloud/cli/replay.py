@@ -4,12 +4,14 @@ folding the log agrees."""
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import time
 
 import click
 import orjson
 
+from ecloud import explain
 from ecloud.cli import render
 from ecloud.cli.common import common_options, handle_errors, log_store, out, progress_bar
 from ecloud.errors import UserError
@@ -59,7 +61,14 @@ def task_history(store, task_id: str, until: int | None, progress) -> list[dict]
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--until", type=click.IntRange(min=0), metavar="SEQ",
               help="Rebuild the state as it was right after this seq (default: head).")
+@click.option("--at", "at_time", metavar="TIME",
+              help="Like --until, for the last event at or before TIME (ISO 8601, UTC unless it "
+                   "says otherwise, or seconds since the epoch).")
 @click.option("--task", "task_id", metavar="ID", help="Print this task's full history.")
+@click.option("--why", "why_task", metavar="ID",
+              help="Explain why this task is in its state (at --until/--at, default: head).")
+@click.option("--diff", "diff_range", nargs=2, type=click.IntRange(min=0), metavar="A B",
+              help="What changed between seq A and seq B.")
 @click.option("--verify", "do_verify", is_flag=True,
               help="Check full replay, snapshot plus suffix and determinism agree; exit 1 naming "
                    "the first divergent seq if not.")
@@ -68,11 +77,30 @@ def task_history(store, task_id: str, until: int | None, progress) -> list[dict]
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @common_options
 @handle_errors
-def replay(until: int | None, task_id: str | None, do_verify: bool, no_snapshot: bool,
+def replay(until: int | None, at_time: str | None, task_id: str | None, why_task: str | None,
+           diff_range: tuple[int, int] | None, do_verify: bool, no_snapshot: bool,
            save: bool, as_json: bool, db: str | None, config_path: str | None) -> None:
     """Rebuild ecloud's state from the event log and show it."""
+    if until is not None and at_time is not None:
+        raise UserError("give --until or --at, not both")
     with log_store(db, config_path, create=False) as store:
         head = store.head()
+        if at_time is not None:
+            until = seq_at(store, parse_time(at_time))
+        if diff_range is not None:
+            a, b = diff_range
+            if not a <= b <= head:
+                raise UserError(f"--diff needs A <= B <= head (seq {head}), got {a} {b}")
+            lines = explain.diff(load_state(store, a), load_state(store, b))
+            _print_lines(lines, as_json)
+            return
+        if why_task is not None:
+            state = load_state(store, until)
+            if why_task not in state.tasks:
+                raise UserError(f"no task {why_task!r} in the log"
+                                + (f" up to seq {until}" if until is not None else ""))
+            _print_lines(explain.why(state, why_task), as_json)
+            return
         if until is not None and until > head:
             raise UserError(f"--until {until} is past the end of the log (head is seq {head})")
         if do_verify:
@@ -121,6 +149,39 @@ def replay(until: int | None, task_id: str | None, do_verify: bool, no_snapshot:
         if state.rejected:
             for r in state.rejected[-10:]:
                 out.print(f"  rejected at seq {r.seq} ({r.source}): {r.reason}", markup=False)
+
+
+def parse_time(text: str) -> float:
+    """Seconds since the epoch for ISO 8601 (UTC unless it says) or a number."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"--at {text!r}: not a time (try 2026-11-26T14:05:00 or epoch seconds)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()
+
+
+def seq_at(store, when: float) -> int:
+    """The last seq whose event happened at or before ``when`` (0: none)."""
+    last = 0
+    for seq, ts, *_ in store.read_raw(1):
+        if ts > when:
+            break
+        last = seq
+    return last
+
+
+def _print_lines(lines: list[str], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps({"lines": lines}).decode() + "\n")
+    else:
+        for line in lines:
+            out.print(line, markup=False)
 
 
 def main() -> None:
