@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ecloud.events.memory_store import MemoryStore
-from ecloud.events.mysql_connect import MySQLParams
+from ecloud.events.mysql_connect import MySQLParams, connect, quote_ident
 from ecloud.events.mysql_store import MySQLStore
 from ecloud.events.sqlite_store import SQLiteStore
 from ecloud.events.store import LogStore
@@ -23,6 +23,16 @@ def mysql_url_for(params: MySQLParams, database: str) -> str:
     if params.password:
         cred += ":" + quote(params.password, safe="")
     return f"mysql://{cred}@{params.where}/{database}"
+
+
+def drop_database(server: MySQLParams, name: str) -> None:
+    """Drop a test database (ours: the name comes from new_database_name)."""
+    conn = connect(server, None)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
+    finally:
+        conn.close()
 
 
 def new_database_name() -> str:

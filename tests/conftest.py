@@ -28,6 +28,7 @@ if str(TESTS_DIR) not in sys.path:  # helper modules (_storetools, _appender) li
     sys.path.insert(0, str(TESTS_DIR))
 
 from _storetools import (  # noqa: E402
+    drop_database,
     index_columns,
     mysql_url_for,
     new_database_name,
@@ -77,12 +78,7 @@ def mysql_db(mysql_server: MySQLParams) -> Iterator[str]:
     try:
         yield name
     finally:
-        conn = connect(mysql_server, None)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
-        finally:
-            conn.close()
+        drop_database(mysql_server, name)
 
 
 @pytest.fixture

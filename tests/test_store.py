@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from ecloud.errors import CodecError, ConcurrencyError, StoreError, UserError
-from ecloud.events.mysql_connect import MySQLParams, connect, quote_ident
+from ecloud.events.mysql_connect import MySQLParams, connect
 from ecloud.events.store import LogStore, Snapshot, open_store
 from ecloud.events.types import (
     ContextSet,
@@ -23,7 +23,7 @@ from ecloud.events.types import (
 )
 from ecloud.events.url import open_store_url
 
-from _storetools import mysql_url_for, new_database_name
+from _storetools import drop_database, mysql_url_for, new_database_name
 
 TS = 1_700_000_000.25
 
@@ -490,12 +490,7 @@ def test_mysql_create_makes_the_database(mysql_server: MySQLParams) -> None:
         finally:
             conn.close()
     finally:
-        conn = connect(mysql_server, None)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
-        finally:
-            conn.close()
+        drop_database(mysql_server, name)
 
 
 @pytest.mark.mysql
