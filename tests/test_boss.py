@@ -132,3 +132,25 @@ def test_a_heartbeat_from_an_unknown_worker_asks_it_to_announce(rig) -> None:
     send(worker, cluster, wire.Heartbeat(""))
     wait_for(lambda: any(m.reannounce for m in boss_messages(worker)), 10, "a reannounce request")
     assert not logged(store, "worker.heartbeat")
+
+
+def test_a_report_resent_to_the_next_boss_is_acked_not_logged_again(rig, broker) -> None:
+    boss, store, worker, cluster = rig
+    send(worker, cluster, wire.Hello("h1", "host", 1, 1, "inc"),
+         wire.Started("s1", "nowhere", 1))
+    wait_for(lambda: acked(worker, "s1") == 1, 10, "the first boss's acks")
+    boss.stop()
+    wait_for(boss.finished.is_set, 20, "the first boss to stop")
+    # the next boss has no memory of its own: only the log
+    second = Boss(store.url_for_tests, broker.url, cluster=cluster, poll=0.05)
+    thread = threading.Thread(target=second.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(second.ready.is_set, 20, "the second boss to start")
+        send(worker, cluster, wire.Started("s1", "nowhere", 1), wire.Started("s2", "nowhere", 1))
+        wait_for(lambda: acked(worker, "s1") == 2 and acked(worker, "s2") == 1, 10,
+                 "acks from the second boss")
+        assert [r.event.msg_id for r in logged(store, "task.started")] == ["s1", "s2"]
+    finally:
+        second.stop()
+        thread.join(20)

@@ -32,6 +32,7 @@ from typing import Any
 
 from ecloud import wire
 from ecloud.boss.edge import to_events
+from ecloud.boss.recent_reports import committed_reports
 from ecloud.effects.messaging import Outbox
 from ecloud.effects.mqtt import Connection
 from ecloud.errors import StoreError
@@ -138,6 +139,8 @@ class Boss:
             on_connect=lambda: self.conn.subscribe(wire.from_all(self.cluster)),  # type: ignore[union-attr]
         )
         self.outbox = Outbox(self.conn.publish, self.cluster, self.resend_after)
+        for worker_id, msg_id in committed_reports(self.store):
+            self.outbox.remember(worker_id, msg_id)  # their resends get an ack, not a new event
         self.conn.start()
         self._commit([ev.BossStarted(self.boss_id)])
         self._perform(self._fold_new() + outstanding(self.state))
@@ -289,17 +292,20 @@ class Boss:
         }
 
     def _close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.store is not None and self.outbox is not None:
+            # outcomes that arrived while shutting down are still worth logging,
+            # and the reports among them acked (else every one comes back as
+            # a resend to the next boss)
+            leftover = self._drain(0.0) + self._pending
+            self._pending = []
+            if leftover:
+                try:
+                    self.store.append(leftover)
+                    self.outbox.perform(self._fold_new())
+                except StoreError as exc:
+                    log.error("could not log %d event(s) on the way out: %s", len(leftover), exc)
         if self.outbox is not None:
             self.outbox.flush()
-        if self.store is None:
-            return
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        # outcomes that arrived while shutting down are still worth logging
-        leftover = self._drain(0.0) + self._pending
-        if leftover:
-            try:
-                self.store.append(leftover)
-            except StoreError as exc:
-                log.error("could not log %d event(s) on the way out: %s", len(leftover), exc)
         if self.conn is not None:
             self.conn.stop()

@@ -86,6 +86,11 @@ class Outbox:
 
     def ack(self, worker_id: str, msg_id: str) -> None:
         self._draft(worker_id).acks.append(msg_id)
+        self.remember(worker_id, msg_id)
+
+    def remember(self, worker_id: str, msg_id: str) -> None:
+        """Know ``msg_id`` as committed without sending an ack now (a boss
+        starting learns this from the log's tail)."""
         seen = self._acked.setdefault(worker_id, OrderedDict())
         seen[msg_id] = None
         if len(seen) > REMEMBERED_ACKS:
