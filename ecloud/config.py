@@ -119,6 +119,12 @@ SETTINGS: tuple[Setting, ...] = (
             text=_float_text),
     Setting("snapshot_every", "ECLOUD_SNAPSHOT_EVERY", 10000, _count,
             "events between snapshots of the folded state", text=_int_text),
+    Setting("snapshot_interval", "ECLOUD_SNAPSHOT_INTERVAL", 300.0, _seconds,
+            "seconds between snapshots while events arrive (fewer than snapshot_every)",
+            text=_float_text),
+    Setting("takeover_after", "ECLOUD_TAKEOVER_AFTER", 10.0, _seconds,
+            "seconds of silence from the active boss before a standby takes over (MariaDB)",
+            text=_float_text),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -151,6 +157,8 @@ class Config:
     cluster: str = "ecloud"
     resend_after: float = 5.0
     snapshot_every: int = 10000
+    snapshot_interval: float = 300.0
+    takeover_after: float = 10.0
     file: str | None = None
     """The config file that was read, if any."""
     origins: dict[str, str] = field(factory=dict, eq=False, hash=False)

@@ -65,7 +65,12 @@ class ConcurrencyError(StoreError):
 
 
 class FencedError(StoreError):
-    """This writer lost the right to append (another boss holds the log)."""
+    """This writer lost the right to append (another boss holds the log).
+
+    Exit status 3, so that a supervisor can tell "another boss took over"
+    from a failure."""
+
+    exit_status = 3
 
 
 class ReducerBug(EcloudError):

@@ -35,7 +35,8 @@ from ecloud.boss.edge import to_events
 from ecloud.boss.recent_reports import committed_reports
 from ecloud.effects.messaging import Outbox
 from ecloud.effects.mqtt import Connection
-from ecloud.errors import StoreError
+from ecloud.boss.lease import Lease, lease_for
+from ecloud.errors import FencedError, StoreError
 from ecloud.events import types as ev
 from ecloud.events.store import LogStore, open_store
 from ecloud.projections.effects import KillVM, SpawnVM
@@ -60,6 +61,8 @@ class Boss:
         provider: Any = None,
         cluster: str = "ecloud",
         snapshot_every: int = 10_000,
+        snapshot_interval: float = 300.0,
+        takeover_after: float = 10.0,
         poll: float = 0.2,
         resend_after: float = 5.0,
         observe_every: float = 2.0,
@@ -76,6 +79,8 @@ class Boss:
         self.provider = provider
         self.cluster = cluster
         self.snapshot_every = snapshot_every
+        self.snapshot_interval = snapshot_interval
+        self.takeover_after = takeover_after
         self.poll = poll
         self.resend_after = resend_after
         self.observe_every = observe_every
@@ -89,6 +94,10 @@ class Boss:
         self.view: dict[str, Any] = {}  # a copy of a few numbers for other threads
         self._pending: list = []  # events not yet committed (the database was down)
         self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        self.fenced = False
+        self._lease: Lease | None = None
+        self._lease_checked = 0.0
         self._last_observe = 0.0
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="provider")
         self.conn: Connection | None = None
@@ -113,6 +122,9 @@ class Boss:
                 self.store = open_store(self._store_arg, create=True)
             elif self._owns_store:
                 self.store = self._store_arg()  # type: ignore[operator]
+            self._lease = lease = lease_for(self.store, self.boss_id, self.takeover_after)
+            if not lease.acquire(self.stopping):
+                return  # stopped while on standby
             self._start()
             while not self.stopping.is_set():
                 self._iteration()
@@ -125,6 +137,8 @@ class Boss:
         finally:
             try:
                 self._close()
+                if self._lease is not None:
+                    self._lease.release()
             finally:
                 if self._owns_store and self.store is not None:
                     self.store.close()
@@ -149,6 +163,7 @@ class Boss:
         self.ready.set()
 
     def _iteration(self, wait: bool = True) -> None:
+        self._check_lease()
         events = self._pending
         self._pending = []
         events += self._drain(self._timeout() if wait else 0.0)
@@ -168,6 +183,22 @@ class Boss:
         self.outbox.flush()
         self._observe()
         self._maybe_snapshot()
+
+    def _check_lease(self) -> None:
+        """Twice a second, make sure this boss still may append: a boss that
+        was paused while a standby took over must stop before it sends
+        anything to a worker, not only when it next appends."""
+        now = time.monotonic()
+        if self._lease is None or now - self._lease_checked < 0.5:
+            return
+        self._lease_checked = now
+        try:
+            self._lease.check()
+        except FencedError:
+            self.fenced = True
+            raise
+        except StoreError as exc:
+            log.error("cannot check the boss lease: %s", exc)
 
     def _timeout(self) -> float:
         deadline = next_deadline(self.state)
@@ -205,10 +236,14 @@ class Boss:
     # ------------------------------------------------------ log and fold
 
     def _commit(self, events: list) -> bool:
-        """Append in one transaction; on failure keep them for the next try."""
+        """Append in one transaction; on failure keep them for the next try.
+        A boss that lost the right to append (another took over) stops."""
         try:
             self.store.append(events)
             return True
+        except FencedError:
+            self.fenced = True
+            raise
         except StoreError as exc:
             log.error("cannot append %d event(s), will retry: %s", len(events), exc)
             self._pending = events + self._pending
@@ -273,7 +308,12 @@ class Boss:
     # ------------------------------------------------------------- upkeep
 
     def _maybe_snapshot(self) -> None:
-        if self.snapshot_every and self._since_snapshot >= self.snapshot_every:
+        """A snapshot every ``snapshot_every`` events, or every
+        ``snapshot_interval`` seconds if anything happened since the last."""
+        due_by_time = (self.snapshot_interval and self._since_snapshot
+                       and time.monotonic() - self._last_snapshot >= self.snapshot_interval)
+        if (self.snapshot_every and self._since_snapshot >= self.snapshot_every) or due_by_time:
+            self._last_snapshot = time.monotonic()
             try:
                 snap = save_snapshot(self.store, self.state, time.time())
                 log.info("snapshot at seq %d (%d bytes)", snap.seq, len(snap.data))
@@ -293,7 +333,7 @@ class Boss:
 
     def _close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if self.store is not None and self.outbox is not None:
+        if self.store is not None and self.outbox is not None and not self.fenced:
             # outcomes that arrived while shutting down are still worth logging,
             # and the reports among them acked (else every one comes back as
             # a resend to the next boss)

@@ -59,7 +59,8 @@ def boss(broker: str | None, workers: int, slots: int, verbose: bool, db: str | 
     store = open_store(config.db, create=True)
     provider = LocalProvider(broker_url, config.cluster, slots=slots) if workers else None
     the_boss = Boss(store, broker_url, provider=provider, cluster=config.cluster,
-                    snapshot_every=config.snapshot_every, resend_after=config.resend_after,
+                    snapshot_every=config.snapshot_every, snapshot_interval=config.snapshot_interval,
+                    takeover_after=config.takeover_after, resend_after=config.resend_after,
                     on_start=lambda state: request_local_vms(state, provider, workers,
                                                              "ecloud-boss --local") if provider else [])
     signal.signal(signal.SIGTERM, lambda *_: the_boss.stop())

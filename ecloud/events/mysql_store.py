@@ -46,7 +46,14 @@ from typing import Any, TypeVar
 import pymysql
 import pymysql.cursors
 
-from ecloud.errors import ConcurrencyError, MissingLogError, EcloudError, StoreError, UserError
+from ecloud.errors import (
+    ConcurrencyError,
+    EcloudError,
+    FencedError,
+    MissingLogError,
+    StoreError,
+    UserError,
+)
 from ecloud.events import backend
 from ecloud.events.mysql_connect import (
     describe_error,
@@ -134,6 +141,8 @@ class MySQLStore(backend.RowStore):
         self.page_size = page_size
         self._timeouts = dict(connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._conn: pymysql.connections.Connection | None = None
+        self._writer_lock: str | None = None
+        self._on_relock: Callable[[], None] | None = None
         self._max_packet = 16 * 1024 * 1024
         try:
             conn = connect(params, params.database, **self._timeouts)
@@ -227,7 +236,7 @@ class MySQLStore(backend.RowStore):
             with contextlib.suppress(Exception):
                 self._conn.close()
 
-    def _begin(self, what: str, sql: str) -> pymysql.cursors.Cursor:
+    def _begin(self, what: str, sql: str, args: tuple = ()) -> pymysql.cursors.Cursor:
         """Start a write transaction by running its first statement ``sql``
         (with autocommit off, that statement opens the transaction: no extra
         BEGIN round trip). A connection found dead here is reopened once and
@@ -237,7 +246,7 @@ class MySQLStore(backend.RowStore):
         for attempt in (1, 2):
             cur = conn.cursor()
             try:
-                cur.execute(sql)
+                cur.execute(sql, args or None)
                 return cur
             except pymysql.err.Error as exc:
                 self._rollback_quietly()
@@ -302,10 +311,9 @@ class MySQLStore(backend.RowStore):
                 raise ConcurrencyError(expected_head, last)
             return []
         self._check_packets(rows)
-        cur = self._begin("append", "SELECT last_seq FROM head WHERE id = 1 FOR UPDATE")
+        cur, last = self._begin_append()
         try:
             with cur:
-                (last,) = cur.fetchone()
                 if expected_head is not None and last != expected_head:
                     raise ConcurrencyError(expected_head, last)
                 first = last + 1
@@ -324,6 +332,89 @@ class MySQLStore(backend.RowStore):
             raise
         self._commit(f"seqs {first}..{last + len(rows)}")
         return list(range(first, first + len(rows)))
+
+    def _begin_append(self) -> tuple[pymysql.cursors.Cursor, int]:
+        """Open an append transaction holding the head row. With a writer
+        lock (:meth:`hold_writer_lock`) the same statement checks that this
+        connection still holds it; a connection that lost it (reopened after
+        the server restarted, or killed by a standby taking over) takes it
+        again if it is free, else raises :class:`FencedError`: it must not
+        append another event. The check and the INSERTs run in one
+        transaction on one connection, and the lock can only be lost with
+        the connection, which rolls the transaction back: a fenced writer
+        can never slip an event in."""
+        lock = self._writer_lock
+        if lock is None:
+            cur = self._begin("append", "SELECT last_seq FROM head WHERE id = 1 FOR UPDATE")
+            return cur, cur.fetchone()[0]
+        sql = "SELECT last_seq, IS_USED_LOCK(%s) = CONNECTION_ID() FROM head WHERE id = 1 FOR UPDATE"
+        for _ in (1, 2):
+            cur = self._begin("append", sql, (lock,))
+            last, held = cur.fetchone()
+            if held == 1:
+                return cur, last
+            cur.close()
+            self._rollback_quietly()
+            self._retake_writer_lock(lock)
+        raise FencedError(f"{self.url}: the writer lock {lock!r} keeps slipping away")
+
+    # ------------------------------------------------------------ writer lock
+
+    def hold_writer_lock(self, name: str, wait: float,
+                         on_relock: Callable[[], None] | None = None) -> bool:
+        """Try for up to ``wait`` seconds to take the named lock that gives
+        the right to append; from then on every append checks it still holds
+        it. ``on_relock`` runs after the lock was taken again on a reopened
+        connection. Returns whether the lock is held."""
+        if not self._take_lock(name, wait):
+            return False
+        self._writer_lock = name
+        self._on_relock = on_relock
+        return True
+
+    def ensure_writer_lock(self) -> None:
+        """Check between appends that the writer lock is still ours (taking
+        it again if it is free); :class:`FencedError` if another holds it."""
+        lock = self._writer_lock
+        if lock is None:
+            return
+        def run(conn: pymysql.connections.Connection) -> bool:
+            with conn.cursor() as cur:
+                cur.execute("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (lock,))
+                return cur.fetchone()[0] == 1
+
+        if not self._idempotent_op("cannot check the writer lock", run):
+            self._retake_writer_lock(lock)
+
+    def _retake_writer_lock(self, lock: str) -> None:
+        if not self._take_lock(lock, 0):
+            raise FencedError(
+                f"{self.url}: this boss lost the right to append (lock {lock!r} is held by"
+                " another connection: another boss took over); nothing appended"
+            )
+        log.warning("writer lock %r taken again on a reopened connection", lock)
+        if self._on_relock is not None:
+            self._on_relock()
+
+    def _take_lock(self, name: str, wait: float) -> bool:
+        def run(conn: pymysql.connections.Connection) -> bool:
+            with conn.cursor() as cur:
+                cur.execute("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (name,))
+                if cur.fetchone()[0] == 1:
+                    return True
+                cur.execute("SELECT GET_LOCK(%s, %s)", (name, wait))
+                return cur.fetchone()[0] == 1
+
+        return self._idempotent_op("cannot take the writer lock", run)
+
+    def connection_id(self) -> int:
+        """This store's server connection id (what a lock is held by)."""
+        def run(conn: pymysql.connections.Connection) -> int:
+            with conn.cursor() as cur:
+                cur.execute("SELECT CONNECTION_ID()")
+                return int(cur.fetchone()[0])
+
+        return self._idempotent_op("cannot read the connection id", run)
 
     # ------------------------------------------------------------------- reading
 
