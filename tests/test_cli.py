@@ -233,8 +233,9 @@ def test_replay_until_shows_the_state_at_that_seq(durable_url: str) -> None:
 
 def test_replay_task_history_gives_every_transition_with_its_reason(sqlite_url: str) -> None:
     _diamond_history(sqlite_url)
-    rows = [json.loads(x) for x in run("--task", "d", "--json", "--db", sqlite_url,
-                                       command=replay).stdout.splitlines()]
+    doc = json.loads(run("--task", "d", "--json", "--db", sqlite_url, command=replay).stdout)
+    assert (doc["task"], doc["status"], doc["seq"]) == ("d", "waiting", 4)
+    rows = doc["history"]
     assert [(r["seq"], r["from"], r["to"]) for r in rows] == [
         (1, None, "waiting"), (2, "waiting", "blocked"), (3, "blocked", "waiting")]
     assert rows[1]["why"] == "blocked by c"

@@ -8,6 +8,7 @@ import datetime as dt
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ecloud.events import types as ev
@@ -158,3 +159,125 @@ def summarise(event: Any) -> str:
         return f"{event.key} = {event.value}"
     fields = converter.unstructure(event)
     return " ".join(f"{k}={v}" for k, v in fields.items() if v not in ("", None, [], {}))
+
+
+# ------------------------------------------------------------- one subject's life
+
+
+def event_body(event: Any) -> dict[str, Any]:
+    """An event's fields for a program. A submitted batch is cut to its size:
+    it may hold thousands of task specs, and a history names its task anyway."""
+    if isinstance(event, ev.TasksSubmitted):
+        return {"batch_id": event.batch_id, "source": event.source, "tasks": len(event.tasks)}
+    return converter.unstructure(event)
+
+
+def _is_heartbeat(entry: Any) -> bool:
+    return isinstance(entry.event, ev.WorkerHeartbeat)
+
+
+def entry_text(entry: Any) -> str:
+    """What a history entry's event means; a run of heartbeats is one line."""
+    event = entry.event
+    if _is_heartbeat(entry):
+        if entry.count == 1:
+            return f"1 heartbeat at seq {entry.seq}"
+        return f"{entry.count} heartbeats between seq {entry.seq} and {entry.last_seq}"
+    if isinstance(event, ev.WorkerAnnounced):  # a worker's history wants who it was, too
+        vm = f", VM {event.vm_id}" if event.vm_id is not None else ""
+        return f"{summarise(event)}, incarnation {event.incarnation or '-'}{vm}"
+    if isinstance(event, ev.Tick):  # its only news is its time; deadlines fell due
+        return "time passed"
+    return summarise(event)
+
+
+def _column(name: str, value: Any) -> Any:
+    if name == "running":  # (task, attempt) pairs, shaped as in `ecloud status --json`
+        return [{"task": t, "attempt": a} for t, a in value]
+    return value
+
+
+def history_row(entry: Any, columns: tuple[str, ...]) -> dict[str, Any]:
+    """One history entry for a program: the event, the status before and
+    after it, the subject's ``columns`` after it, and - only where they
+    apply - why it changed, why the event was refused, the heartbeat run."""
+    before, after = entry.before, entry.after
+    row: dict[str, Any] = {
+        "seq": entry.seq, "ts": entry.ts, "type": entry.event.TYPE, "event": entry_text(entry),
+        "from": before["status"] if before else None, "to": after["status"] if after else None,
+    }
+    row.update({c: _column(c, after[c]) if after else None for c in columns})
+    if entry.why is not None:
+        row["why"] = entry.why
+    if entry.rejected:
+        row["rejected"] = entry.rejected
+    if _is_heartbeat(entry):
+        row.update(count=entry.count, first_seq=entry.seq, last_seq=entry.last_seq)
+    else:
+        row["body"] = event_body(entry.event)
+    return row
+
+
+def render_history(entries: list[Any], console: Console) -> None:
+    """A history as lines: seq, time, type, what happened, the status change
+    in bold and its reason in brackets; refused events in red."""
+    for entry in entries:
+        before, after = entry.before, entry.after
+        old = before["status"] if before else None
+        new = after["status"] if after else None
+        change = f" [bold]{old or '-'} -> {new}[/]" if old != new else ""
+        why = f"  ({escape(entry.why)})" if entry.why else ""
+        refused = f"  [red]refused: {escape(entry.rejected)}[/]" if entry.rejected else ""
+        console.print(f"{entry.seq:>8}  {when(entry.ts)}  {entry.event.TYPE:<18} "
+                      f"{escape(entry_text(entry))}{change}{why}{refused}")
+
+
+def attempt_outcome(row: dict[str, Any]) -> str:
+    """What became of an attempt on a worker, in words (``history.attempts``)."""
+    if row["given_back"] is not None:
+        text = f"given back at seq {row['given_back']}: {row['given_back_why']}"
+        if row["finished"] is not None:
+            text += f"; its late result (seq {row['finished']}) was ignored"
+        return text
+    if row["finished"] is None:
+        return "running" if row["started"] is not None else "dispatched, not started"
+    if row["exit_code"] is not None:
+        text = f"exit {row['exit_code']}"
+    elif row["signal"] is not None:
+        text = f"signal {row['signal']}"
+    else:
+        text = "no exit code"
+    return text + (f" ({row['reason']})" if row["reason"] else "")
+
+
+def render_attempts(rows: list[dict[str, Any]], console: Console, title: str) -> None:
+    """The attempts a worker was given, one row each, with their outcome."""
+    table = Table(title=title, title_justify="left")
+    for col in ("task", "attempt", "dispatched", "started", "finished", "outcome"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(escape(row["task"]), str(row["attempt"]),
+                      *(str(row[k]) if row[k] is not None else "-"
+                        for k in ("dispatched", "started", "finished")),
+                      escape(attempt_outcome(row)))
+    console.print(table)
+
+
+def worker_data(state: State, worker_id: str) -> dict[str, Any] | None:
+    """One worker as ``ecloud status --json`` shows it, plus its incarnation;
+    None if the fold never accepted it (every announcement refused)."""
+    record = state.workers.get(worker_id)
+    if record is None:
+        return None
+    data = next(w for w in status_data(state)["workers"] if w["id"] == worker_id)
+    return {**data, "incarnation": record.incarnation, "announced_at": record.announced_at}
+
+
+def worker_line(state: State, worker_id: str) -> str:
+    """A worker's standing at ``state.seq`` in one line (the head of its history)."""
+    data = worker_data(state, worker_id)
+    if data is None:
+        return f"worker {worker_id} at seq {state.seq}: never joined (every announcement refused)"
+    text = (f"worker {worker_id} at seq {state.seq}: {data['status']} on {data['host']}, "
+            f"{data['used']}/{data['slots']} slot(s) in use, incarnation {data['incarnation'] or '-'}")
+    return text + (f" ({data['reason']})" if data["reason"] and data["status"] not in LIVE else "")

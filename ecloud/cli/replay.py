@@ -1,6 +1,8 @@
 """``ecloud-replay``: rebuild the state from the log at any point and look
-at it - a summary, one task's whole history, or a check that every way of
-folding the log agrees."""
+at it - a summary, one task's or one worker's whole history, why a task is
+where it is, what changed between two points, or a check that every way of
+folding the log agrees. Each view prints lines or tables for a person and,
+under ``--json``, exactly one JSON document for a program."""
 
 from __future__ import annotations
 
@@ -10,52 +12,19 @@ import time
 
 import click
 import orjson
+from rich.markup import escape
 
-from ecloud import explain
+from ecloud import explain, history
 from ecloud.cli import render
 from ecloud.cli.common import common_options, handle_errors, log_store, out, progress_bar
 from ecloud.errors import UserError
-from ecloud.events import types as ev
 from ecloud.events.codec import converter
-from ecloud.projections.state import State
-from ecloud.rebuild import fold_range, load_state, save_snapshot
+from ecloud.rebuild import load_state, save_snapshot
 from ecloud.verify import verify
 
-
-def _concerns(event, task_id: str) -> bool:
-    if isinstance(event, ev.TasksSubmitted):
-        return any(t.id == task_id for t in event.tasks)
-    return getattr(event, "task_id", None) == task_id
-
-
-def task_history(store, task_id: str, until: int | None, progress) -> list[dict]:
-    """Every event about the task, and every status change of it, with the
-    reason, folded from the start of the log."""
-    rows: list[dict] = []
-    state = State()
-    before: tuple | None = None
-
-    def look(rec, effects) -> None:
-        nonlocal before
-        task = state.tasks.get(task_id)
-        now = None if task is None else (task.status, task.attempt, task.worker, task.reason,
-                                         task.blocked_by)
-        mentioned = _concerns(rec.event, task_id)
-        if now != before or mentioned:
-            row = {"seq": rec.seq, "ts": rec.ts, "type": rec.event.TYPE,
-                   "event": render.summarise(rec.event),
-                   "from": before[0] if before else None, "to": now[0] if now else None,
-                   "attempt": now[1] if now else None, "worker": now[2] if now else None}
-            if now is not None and now != before:
-                why = now[3] or (f"blocked by {now[4]}" if now[4] else "")
-                row["why"] = why
-            rows.append(row)
-        before = now
-
-    fold_range(store, state, until, progress, on_step=look)
-    if task_id not in state.tasks:
-        raise UserError(f"no task {task_id!r} in the log" + (f" up to seq {until}" if until else ""))
-    return rows
+#: the fields of a task's / worker's record each history row carries after its event
+TASK_COLUMNS = ("attempt", "worker")
+WORKER_COLUMNS = ("incarnation", "used", "slots", "running")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -65,6 +34,9 @@ def task_history(store, task_id: str, until: int | None, progress) -> list[dict]
               help="Like --until, for the last event at or before TIME (ISO 8601, UTC unless it "
                    "says otherwise, or seconds since the epoch).")
 @click.option("--task", "task_id", metavar="ID", help="Print this task's full history.")
+@click.option("--worker", "worker_id", metavar="ID",
+              help="Print this worker's full history: announcements, heartbeats (as runs), the "
+                   "attempts it ran and every status change with its reason.")
 @click.option("--why", "why_task", metavar="ID",
               help="Explain why this task is in its state (at --until/--at, default: head).")
 @click.option("--diff", "diff_range", nargs=2, type=click.IntRange(min=0), metavar="A B",
@@ -74,13 +46,17 @@ def task_history(store, task_id: str, until: int | None, progress) -> list[dict]
                    "the first divergent seq if not.")
 @click.option("--no-snapshot", is_flag=True, help="Replay from the first event, ignoring snapshots.")
 @click.option("--save-snapshot", "save", is_flag=True, help="Store the rebuilt state as a snapshot.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output: one JSON document, whatever the view.")
 @common_options
 @handle_errors
-def replay(until: int | None, at_time: str | None, task_id: str | None, why_task: str | None,
-           diff_range: tuple[int, int] | None, do_verify: bool, no_snapshot: bool,
-           save: bool, as_json: bool, db: str | None, config_path: str | None) -> None:
+def replay(until: int | None, at_time: str | None, task_id: str | None, worker_id: str | None,
+           why_task: str | None, diff_range: tuple[int, int] | None, do_verify: bool,
+           no_snapshot: bool, save: bool, as_json: bool, db: str | None,
+           config_path: str | None) -> None:
     """Rebuild ecloud's state from the event log and show it."""
+    _one_view({"--task": task_id, "--worker": worker_id, "--why": why_task,
+               "--diff": diff_range, "--verify": do_verify, "--save-snapshot": save})
     if until is not None and at_time is not None:
         raise UserError("give --until or --at, not both")
     with log_store(db, config_path, create=False) as store:
@@ -88,67 +64,120 @@ def replay(until: int | None, at_time: str | None, task_id: str | None, why_task
         if at_time is not None:
             until = seq_at(store, parse_time(at_time))
         if diff_range is not None:
-            a, b = diff_range
-            if not a <= b <= head:
-                raise UserError(f"--diff needs A <= B <= head (seq {head}), got {a} {b}")
-            lines = explain.diff(load_state(store, a), load_state(store, b))
-            _print_lines(lines, as_json)
-            return
+            return _show_diff(store, diff_range, head, as_json)
         if why_task is not None:
-            state = load_state(store, until)
-            if why_task not in state.tasks:
-                raise UserError(f"no task {why_task!r} in the log"
-                                + (f" up to seq {until}" if until is not None else ""))
-            _print_lines(explain.why(state, why_task), as_json)
-            return
+            return _show_why(store, why_task, until, as_json)
         if until is not None and until > head:
             raise UserError(f"--until {until} is past the end of the log (head is seq {head})")
         if do_verify:
-            with progress_bar("verifying", enabled=not as_json) as progress:
-                report = verify(store, until, progress)
-            if as_json:
-                sys.stdout.write(orjson.dumps({
-                    "ok": report.ok, "until": report.until, "divergent_seq": report.divergent_seq,
-                    "checks": [{"check": n, "ok": ok, "detail": d} for n, ok, d in report.checks],
-                }).decode() + "\n")
-            else:
-                for name, ok, detail in report.checks:
-                    mark = "[green]ok[/]  " if ok else "[bold red]FAIL[/]"
-                    out.print(f"{mark} {name}: {detail}")
-                if not report.ok:
-                    out.print(f"[bold red]first divergent seq: {report.divergent_seq}[/]")
-            sys.exit(0 if report.ok else 1)
-        if task_id is not None:
-            with progress_bar("replaying", enabled=not as_json) as progress:
-                rows = task_history(store, task_id, until, progress)
-            if as_json:
-                for row in rows:
-                    sys.stdout.write(orjson.dumps(row).decode() + "\n")
-            else:
-                for row in rows:
-                    change = f" [bold]{row['from'] or '-'} -> {row['to']}[/]" if row["from"] != row["to"] else ""
-                    why = f"  ({row['why']})" if row.get("why") else ""
-                    out.print(f"{row['seq']:>8}  {render.when(row['ts'])}  {row['type']:<18} "
-                              f"{row['event']}{change}{why}")
-            return
-        with progress_bar("replaying", enabled=not as_json) as progress:
-            state = load_state(store, until, use_snapshot=not no_snapshot, progress=progress)
-        if save:
-            snap = save_snapshot(store, state, time.time())
-            if not as_json:
-                out.print(f"saved a snapshot at seq {snap.seq} ({len(snap.data):,} bytes)")
+            _show_verify(store, until, as_json)
+        elif task_id is not None:
+            _show_task(store, task_id, until, as_json)
+        elif worker_id is not None:
+            _show_worker(store, worker_id, until, as_json)
+        else:
+            _show_state(store, until, head, no_snapshot=no_snapshot, save=save, as_json=as_json)
+
+
+def _one_view(views: dict[str, object]) -> None:
+    """Each of these options picks what to show; two at once would silently
+    show only one of them, so say so instead."""
+    given = [name for name, value in views.items() if value not in (None, False)]
+    if len(given) > 1:
+        raise UserError(f"give one of {', '.join(views)}, not {' and '.join(given)}")
+
+
+def _emit(data: object) -> None:
+    """Write one JSON document: what every view prints under --json."""
+    sys.stdout.write(orjson.dumps(data).decode() + "\n")
+
+
+def _show_diff(store, diff_range: tuple[int, int], head: int, as_json: bool) -> None:
+    a, b = diff_range
+    if not a <= b <= head:
+        raise UserError(f"--diff needs A <= B <= head (seq {head}), got {a} {b}")
+    lines = explain.diff(load_state(store, a), load_state(store, b))
+    if as_json:
+        _emit({"from": a, "to": b, "lines": lines})
+    else:
+        _print_lines(lines)
+
+
+def _show_why(store, task_id: str, until: int | None, as_json: bool) -> None:
+    state = load_state(store, until)
+    task = state.tasks.get(task_id)
+    if task is None:
+        raise history.not_in_log("task", task_id, until)
+    lines = explain.why(state, task_id)
+    if as_json:
+        _emit({"task": task_id, "seq": state.seq, "status": task.status, "attempt": task.attempt,
+               "worker": task.worker, "reason": task.reason, "lines": lines})
+    else:
+        _print_lines(lines)
+
+
+def _show_verify(store, until: int | None, as_json: bool) -> None:
+    """Print the checks and exit 1 if any failed (a script tests the status)."""
+    with progress_bar("verifying", enabled=not as_json) as progress:
+        report = verify(store, until, progress)
+    if as_json:
+        _emit({"ok": report.ok, "until": report.until, "divergent_seq": report.divergent_seq,
+               "checks": [{"check": n, "ok": ok, "detail": d} for n, ok, d in report.checks]})
+    else:
+        for name, ok, detail in report.checks:
+            mark = "[green]ok[/]  " if ok else "[bold red]FAIL[/]"
+            out.print(f"{mark} {name}: {escape(detail)}")
+        if not report.ok:
+            out.print(f"[bold red]first divergent seq: {report.divergent_seq}[/]")
+    sys.exit(0 if report.ok else 1)
+
+
+def _show_task(store, task_id: str, until: int | None, as_json: bool) -> None:
+    with progress_bar("replaying", enabled=not as_json) as progress:
+        entries, state = history.task_history(store, task_id, until, progress)
+    if as_json:
+        task = state.tasks[task_id]
+        _emit({"task": task_id, "seq": state.seq, "status": task.status, "attempt": task.attempt,
+               "history": [render.history_row(e, TASK_COLUMNS) for e in entries]})
+    else:
+        render.render_history(entries, out)
+
+
+def _show_worker(store, worker_id: str, until: int | None, as_json: bool) -> None:
+    with progress_bar("replaying", enabled=not as_json) as progress:
+        entries, state = history.worker_history(store, worker_id, until, progress)
+    ran = history.attempts(entries)
+    if as_json:
+        _emit({"worker": worker_id, "seq": state.seq, "record": render.worker_data(state, worker_id),
+               "history": [render.history_row(e, WORKER_COLUMNS) for e in entries],
+               "attempts": ran})
+        return
+    out.print(render.worker_line(state, worker_id), markup=False)
+    render.render_history(entries, out)
+    if ran:
+        render.render_attempts(ran, out, title=f"Attempts given to {worker_id} ({len(ran)})")
+
+
+def _show_state(store, until: int | None, head: int, *, no_snapshot: bool, save: bool,
+                as_json: bool) -> None:
+    with progress_bar("replaying", enabled=not as_json) as progress:
+        state = load_state(store, until, use_snapshot=not no_snapshot, progress=progress)
+    snap = save_snapshot(store, state, time.time()) if save else None
     if as_json:
         data = render.status_data(state)
         data["context"] = dict(state.context)
         data["vms"] = [converter.unstructure(v) for v in state.vms.values()]
         data["rejected"] = [converter.unstructure(r) for r in state.rejected]
-        sys.stdout.write(orjson.dumps(data).decode() + "\n")
-    else:
-        render.render_status(state, out, title=f"state at seq {state.seq} of {head}")
-        render.render_context(state, out)
-        if state.rejected:
-            for r in state.rejected[-10:]:
-                out.print(f"  rejected at seq {r.seq} ({r.source}): {r.reason}", markup=False)
+        if snap is not None:
+            data["snapshot"] = {"seq": snap.seq, "bytes": len(snap.data)}
+        _emit(data)
+        return
+    if snap is not None:
+        out.print(f"saved a snapshot at seq {snap.seq} ({len(snap.data):,} bytes)")
+    render.render_status(state, out, title=f"state at seq {state.seq} of {head}")
+    render.render_context(state, out)
+    for r in state.rejected[-10:]:
+        out.print(f"  rejected at seq {r.seq} ({r.source}): {r.reason}", markup=False)
 
 
 def parse_time(text: str) -> float:
@@ -176,12 +205,9 @@ def seq_at(store, when: float) -> int:
     return last
 
 
-def _print_lines(lines: list[str], as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(orjson.dumps({"lines": lines}).decode() + "\n")
-    else:
-        for line in lines:
-            out.print(line, markup=False)
+def _print_lines(lines: list[str]) -> None:
+    for line in lines:
+        out.print(line, markup=False)
 
 
 def main() -> None:
