@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -23,6 +24,18 @@ from tests.brokers import wait_for
 from tests.worker_helpers import TAG, reap
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def random_dag(n: int, seed: int, command: Callable[[random.Random], str] = lambda rng: "true",
+               ) -> list[dict]:
+    """``n`` tasks ``t0..`` each depending on up to three earlier ones."""
+    rng = random.Random(seed)
+    tasks = []
+    for i in range(n):
+        deps = sorted({f"t{rng.randrange(i)}" for _ in range(rng.randint(0, 3))}) if i else []
+        tasks.append({"id": f"t{i}", "command": command(rng), "depends_on": deps,
+                      "priority": rng.randint(0, 2)})
+    return tasks
 
 
 def write_tasks(path: Path, tasks: list[dict]) -> Path:

@@ -154,3 +154,18 @@ def test_a_report_resent_to_the_next_boss_is_acked_not_logged_again(rig, broker)
     finally:
         second.stop()
         thread.join(20)
+
+
+def test_resends_that_piled_up_at_the_broker_are_logged_once(rig) -> None:
+    """While no boss was up, a report and its resends queued at the broker;
+    they arrive together: one event, and an ack only after its commit."""
+    boss, store, worker, cluster = rig
+    hello = wire.Hello("h1", "host", 1, 1, "inc")
+    store.down.set()
+    send(worker, cluster, hello, hello)
+    send(worker, cluster, hello)
+    wait_for(lambda: store.refused >= 2, 10, "the boss to try and fail to append")
+    assert acked(worker, "h1") == 0
+    store.down.clear()
+    wait_for(lambda: acked(worker, "h1") >= 1, 10, "the ack once the database is back")
+    assert len(logged(store, "worker.announced")) == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import uuid
 from pathlib import Path
@@ -17,7 +16,7 @@ from ecloud import wire
 from ecloud.effects.mqtt import Connection
 from ecloud.projections.state import SUCCEEDED
 from tests.brokers import wait_for
-from tests.e2e import Cluster, finished_events
+from tests.e2e import Cluster, finished_events, random_dag
 from tests.worker_helpers import wait_dead
 
 BACKENDS = [
@@ -66,16 +65,6 @@ def test_diamond_runs_to_completion(cluster: Cluster) -> None:
     assert {t.attempt for t in state.tasks.values()} == {1}
     status = cluster.ecloud("status")
     assert "succeeded" in status.stdout
-
-
-def random_dag(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    tasks = []
-    for i in range(n):
-        deps = sorted({f"t{rng.randrange(i)}" for _ in range(rng.randint(0, 3))}) if i else []
-        tasks.append({"id": f"t{i}", "command": "true", "depends_on": deps,
-                      "priority": rng.randint(0, 2)})
-    return tasks
 
 
 @pytest.mark.parametrize("cluster", ["sqlite+mosquitto", pytest.param("mysql+mosquitto", marks=pytest.mark.mysql)],

@@ -42,6 +42,7 @@ from ecloud.wire import (
     parse_boss_payload,
     to_topic,
 )
+from worker.journal import Journal
 from worker.outbox import Outbox, payloads
 from worker.runner import Launched, Runner
 from worker.settings import Settings, resolve
@@ -102,7 +103,8 @@ class Agent:
         self.clock = clock
         self.incarnation = uuid.uuid4().hex
         self.inbox = Inbox()
-        self.outbox = Outbox(self.incarnation)
+        journal = Journal(settings.journal, settings.worker_id) if settings.journal else None
+        self.outbox = Outbox(self.incarnation, journal)
         self.runner = Runner(settings.work_dir, settings.slots, self.inbox.put, clock)
         self.seen: dict[str, int] = {}  # task id -> highest attempt dispatched to us
         self.from_topic = from_topic(settings.cluster, settings.worker_id)
@@ -358,6 +360,10 @@ def _describe(report: Any) -> str:
 @click.option("--drain-timeout", metavar="SECONDS", type=click.FloatRange(min=0), default=30.0,
               show_default=True,
               help="On SIGTERM/SIGINT, how long to let running tasks finish before killing them.")
+@click.option("--journal", metavar="PATH", envvar="ECLOUD_WORKER_JOURNAL",
+              help="Append every report made (started, finished, hello, bye) as a JSON line to "
+              "PATH (a directory: PATH/<worker id>.jsonl), for audits. Default: "
+              "$ECLOUD_WORKER_JOURNAL, else none.")
 @click.option("--debug", is_flag=True,
               help="Print every step (connections, messages in and out, processes, resends) "
               "to stderr with timestamps.")

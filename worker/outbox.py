@@ -34,7 +34,8 @@ class _Entry:
 
 
 class Outbox:
-    def __init__(self, incarnation: str) -> None:
+    def __init__(self, incarnation: str, journal: Any = None) -> None:
+        self._journal = journal  # a worker.journal.Journal, or None
         self._prefix = incarnation[:8]
         self._counter = itertools.count(1)
         self._unacked: dict[str, _Entry] = {}
@@ -44,6 +45,8 @@ class Outbox:
         """Give ``make(msg_id)`` a new id, keep the report until acked, and
         send it with the next :meth:`take` (ahead of the others if ``first``)."""
         report = make(f"{self._prefix}-{next(self._counter)}")
+        if self._journal is not None:
+            self._journal.made(report)
         self._unacked[report.msg_id] = _Entry(report, now + FIRST_RESEND, FIRST_RESEND)
         self._fresh.insert(0 if first else len(self._fresh), report)
         return report
@@ -56,6 +59,8 @@ class Outbox:
         """Drop unacked reports of one kind (an older hello, superseded)."""
         for msg_id in [m for m, e in self._unacked.items() if e.report.kind == kind]:
             del self._unacked[msg_id]
+            if self._journal is not None:
+                self._journal.withdrawn(msg_id)
         self._fresh = [r for r in self._fresh if r.kind != kind]
 
     def unacked(self, msg_id: str) -> bool:

@@ -38,6 +38,7 @@ class Settings:
     heartbeat: float
     vm_id: int | None
     drain_timeout: float
+    journal: str | None = None
 
 
 def read_context(path: str) -> dict[str, str]:
@@ -109,4 +110,5 @@ def resolve(options: dict[str, Any]) -> Settings:
         heartbeat=float(given["heartbeat"]),
         vm_id=None if vm_id is None else _int(vm_id, "VM id"),
         drain_timeout=float(given["drain_timeout"]),
+        journal=given.get("journal") or None,
     )

@@ -4,7 +4,9 @@ A message becomes events only once it has been parsed and checked
 (:func:`ecloud.wire.parse_worker_payload`); anything malformed becomes one
 ``input.rejected`` event with the reason and a bounded excerpt, and changes
 nothing else. A report whose ``msg_id`` was already committed and acked is a
-resend: it is acked again and not logged twice. A heartbeat from a worker the
+resend: it is acked again and not logged twice; a resend of a report still
+on its way into the log (both waited at the broker while no boss was up) is
+dropped, and the ack follows the original's commit. A heartbeat from a worker the
 boss does not count as live asks that worker to announce itself again.
 """
 
@@ -55,6 +57,8 @@ def to_events(topic: str, payload: bytes, cluster: str, state: State, outbox: Ou
         if report.msg_id and outbox.already_acked(worker_id, report.msg_id):
             outbox.ack(worker_id, report.msg_id)
             continue
+        if report.msg_id and outbox.in_flight(worker_id, report.msg_id):
+            continue  # a resend of a report not yet committed: its ack follows the commit
         if type(report) is wire.Heartbeat and not live:
             outbox.reannounce(worker_id)
             continue

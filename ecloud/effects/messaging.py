@@ -22,6 +22,8 @@ from ecloud.projections.state import DISPATCHED, LIVE, State
 
 Publish = Callable[[str, bytes], None]
 REMEMBERED_ACKS = 2000  # per worker: how many acked msg_ids to recognise resends by
+INFLIGHT_FOR = 60.0  # seconds a report counts as on its way into the log
+MAX_INFLIGHT = 100_000  # reports on their way before old claims are swept
 
 
 @define
@@ -55,6 +57,10 @@ class Outbox:
         self._dispatches: dict[tuple[str, int], tuple[str, float, wire.DispatchMsg]] = {}
         self._cancels: dict[tuple[str, int], tuple[str, float, wire.CancelMsg]] = {}
         self._acked: dict[str, OrderedDict[str, None]] = {}
+        # reports turned into events but not yet committed and acked: a resend
+        # of one of these (several pile up at the broker while a boss is down)
+        # is neither logged again nor acked before the original commits
+        self._inflight: dict[tuple[str, str], float] = {}
         self.sent = 0
 
     # -------------------------------------------------------------- building
@@ -91,10 +97,25 @@ class Outbox:
     def remember(self, worker_id: str, msg_id: str) -> None:
         """Know ``msg_id`` as committed without sending an ack now (a boss
         starting learns this from the log's tail)."""
+        self._inflight.pop((worker_id, msg_id), None)
         seen = self._acked.setdefault(worker_id, OrderedDict())
         seen[msg_id] = None
         if len(seen) > REMEMBERED_ACKS:
             seen.popitem(last=False)
+
+    def in_flight(self, worker_id: str, msg_id: str) -> bool:
+        """Whether this report is already on its way into the log. Claims
+        it if not (for ``INFLIGHT_FOR`` seconds: a report whose event never
+        brings an ack is logged again if resent after that)."""
+        key = (worker_id, msg_id)
+        now = self._clock()
+        since = self._inflight.get(key)
+        if since is not None and now - since < INFLIGHT_FOR:
+            return True
+        if len(self._inflight) > MAX_INFLIGHT:
+            self._inflight = {k: t for k, t in self._inflight.items() if now - t < INFLIGHT_FOR}
+        self._inflight[key] = now
+        return False
 
     def already_acked(self, worker_id: str, msg_id: str) -> bool:
         """A report committed and acked before: its resend needs only an ack."""
