@@ -15,6 +15,7 @@ opinion of itself:
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -25,6 +26,7 @@ import orjson
 
 from ecloud.events.types import Recorded
 from tests.e2e import ROOT, Cluster
+from tests.logs.record import record_run
 
 
 class ChaosCluster(Cluster):
@@ -39,6 +41,7 @@ class ChaosCluster(Cluster):
         self.env["ECLOUD_WORKER_JOURNAL"] = str(self.journals)
         self.env["ECLOUD_TAKEOVER_AFTER"] = f"{takeover_after:g}"
         self.spawned: list[subprocess.Popen] = []
+        self.record_as = cluster  # the name of its log under $ECLOUD_RECORD_LOGS
 
     def spawn_boss(self, name: str, workers: int, slots: int = 1) -> subprocess.Popen:
         """One more ``ecloud-boss`` (logging to ``<name>.log``); on MariaDB
@@ -134,5 +137,7 @@ def final_checks(cluster: ChaosCluster, n_tasks: int, killed: Iterable[str] = ()
     reports = check_reports_exactly_once(log, journal, killed)
     attempts = check_one_worker_per_attempt(log, journal)
     cluster.verify()
+    if os.environ.get("ECLOUD_RECORD_LOGS"):
+        record_run(Path(os.environ["ECLOUD_RECORD_LOGS"]) / cluster.record_as, log)
     return (f"{n_tasks} tasks succeeded; {reports} journaled reports each logged once; "
             f"{attempts} attempts each on one worker; {len(log)} events pass ecloud-replay --verify")

@@ -39,10 +39,15 @@ def chaos(request, tmp_path: Path):
     broker = request.getfixturevalue("mosquitto_broker")
     cluster = ChaosCluster(db, broker.url, tmp_path, f"chaos{uuid.uuid4().hex[:6]}")
     cluster.broker_handle = broker
+    cluster.record_as = record_name(request)
     try:
         yield cluster
     finally:
         cluster.close()
+
+
+def record_name(request) -> str:
+    return "chaos-" + request.node.name.removeprefix("test_").replace("_", "-")
 
 
 def wait_started(cluster: ChaosCluster, count: int, timeout: float = 60) -> None:
@@ -99,6 +104,7 @@ def test_stop_and_restart_mariadb_mid_run(request, tmp_path: Path, chaos_report)
     server = request.getfixturevalue("private_mariadb")
     broker = request.getfixturevalue("mosquitto_broker")
     chaos = ChaosCluster(server.url("chaos"), broker.url, tmp_path, f"chaos{uuid.uuid4().hex[:6]}")
+    chaos.record_as = record_name(request)
     try:
         tasks = random_dag(100, SEED + 2, sleepy(0.1, 0.3))
         chaos.push(tasks)

@@ -1,6 +1,11 @@
 """Write the recorded histories under tests/logs/ (run by hand, on purpose).
 
-    python -m tests.logs.record
+    python -m tests.logs.record                    # the hand-written history
+    ECLOUD_RECORD_LOGS=DIR pytest tests/chaos      # real runs, to copy from DIR
+
+The hand-written history walks through rare transitions on purpose; the real
+ones are logs of the chaos suite's runs (boss SIGKILLs, worker kills, a
+standby takeover), with the timing and interleaving only real processes give.
 
 Each history is a JSON-lines event log in the ``ecloud log --json`` format,
 plus ``NAME.expected.json``: the canonical state and effect count the fold
@@ -11,6 +16,7 @@ there, and must come with a new REDUCER_VERSION and a deliberate re-record.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,7 +24,8 @@ import orjson
 
 from ecloud.events import types as ev
 from ecloud.events.codec import converter
-from ecloud.events.types import TaskSpec
+from ecloud.events.types import Recorded, TaskSpec
+from ecloud.projections.fold import fold_with_effects
 from tests.folding import Driver
 
 HERE = Path(__file__).parent
@@ -83,14 +90,34 @@ def eventful_run() -> Driver:
 
 
 def write(name: str, d: Driver) -> None:
+    write_log(HERE / name, d.log)
+    expected = {"effects": len(d.effects), "state": d.state.canonical()}
+    (HERE / f"{name}.expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True))
+
+
+def write_log(stem: Path, log: list[Recorded]) -> None:
     lines = []
-    for rec in d.log:
+    for rec in log:
         body = converter.unstructure(rec.event)
         lines.append(orjson.dumps({"seq": rec.seq, "ts": rec.ts, "type": rec.event.TYPE,
                                    "version": rec.event.VERSION, "body": body}).decode())
-    (HERE / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    expected = {"effects": len(d.effects), "state": d.state.canonical()}
-    (HERE / f"{name}.expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True))
+    stem.with_name(stem.name + ".jsonl").write_text("\n".join(lines) + "\n")
+
+
+def state_digest(state) -> str:
+    """A fingerprint of the canonical state (a real run's state is too big to
+    keep in full beside its log)."""
+    text = json.dumps(state.canonical(), sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def record_run(stem: Path, log: list[Recorded]) -> None:
+    """Keep a real run's log with what it folds to now."""
+    state, effects = fold_with_effects(log)
+    write_log(stem, log)
+    expected = {"effects": len(effects), "counts": dict(sorted(state.counts.items())),
+                "state_sha256": state_digest(state)}
+    stem.with_name(stem.name + ".expected.json").write_text(json.dumps(expected, indent=1))
 
 
 if __name__ == "__main__":
