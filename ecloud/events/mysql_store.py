@@ -63,6 +63,7 @@ from ecloud.events.mysql_connect import (
     MySQLParams,
     quote_ident,
 )
+from ecloud.events.mysql_lock import WriterLock
 from ecloud.events.store import Snapshot
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ _INSERT = (
     " VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
 
-class MySQLStore(backend.RowStore):
+class MySQLStore(WriterLock, backend.RowStore):
     """The log in one MariaDB database; see the module docstring."""
 
     def __init__(
@@ -355,66 +356,8 @@ class MySQLStore(backend.RowStore):
                 return cur, last
             cur.close()
             self._rollback_quietly()
-            self._retake_writer_lock(lock)
+            self._retake_writer_lock(lock)  # or FencedError
         raise FencedError(f"{self.url}: the writer lock {lock!r} keeps slipping away")
-
-    # ------------------------------------------------------------ writer lock
-
-    def hold_writer_lock(self, name: str, wait: float,
-                         on_relock: Callable[[], None] | None = None) -> bool:
-        """Try for up to ``wait`` seconds to take the named lock that gives
-        the right to append; from then on every append checks it still holds
-        it. ``on_relock`` runs after the lock was taken again on a reopened
-        connection. Returns whether the lock is held."""
-        if not self._take_lock(name, wait):
-            return False
-        self._writer_lock = name
-        self._on_relock = on_relock
-        return True
-
-    def ensure_writer_lock(self) -> None:
-        """Check between appends that the writer lock is still ours (taking
-        it again if it is free); :class:`FencedError` if another holds it."""
-        lock = self._writer_lock
-        if lock is None:
-            return
-        def run(conn: pymysql.connections.Connection) -> bool:
-            with conn.cursor() as cur:
-                cur.execute("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (lock,))
-                return cur.fetchone()[0] == 1
-
-        if not self._idempotent_op("cannot check the writer lock", run):
-            self._retake_writer_lock(lock)
-
-    def _retake_writer_lock(self, lock: str) -> None:
-        if not self._take_lock(lock, 0):
-            raise FencedError(
-                f"{self.url}: this boss lost the right to append (lock {lock!r} is held by"
-                " another connection: another boss took over); nothing appended"
-            )
-        log.warning("writer lock %r taken again on a reopened connection", lock)
-        if self._on_relock is not None:
-            self._on_relock()
-
-    def _take_lock(self, name: str, wait: float) -> bool:
-        def run(conn: pymysql.connections.Connection) -> bool:
-            with conn.cursor() as cur:
-                cur.execute("SELECT IS_USED_LOCK(%s) = CONNECTION_ID()", (name,))
-                if cur.fetchone()[0] == 1:
-                    return True
-                cur.execute("SELECT GET_LOCK(%s, %s)", (name, wait))
-                return cur.fetchone()[0] == 1
-
-        return self._idempotent_op("cannot take the writer lock", run)
-
-    def connection_id(self) -> int:
-        """This store's server connection id (what a lock is held by)."""
-        def run(conn: pymysql.connections.Connection) -> int:
-            with conn.cursor() as cur:
-                cur.execute("SELECT CONNECTION_ID()")
-                return int(cur.fetchone()[0])
-
-        return self._idempotent_op("cannot read the connection id", run)
 
     # ------------------------------------------------------------------- reading
 
