@@ -21,6 +21,7 @@ effect the state says is outstanding. On stop it finishes the batch in hand.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -146,6 +147,7 @@ class Boss:
 
     def _start(self) -> None:
         self.state = load_state(self.store)
+        gc.freeze()  # the state lives as long as the boss: later collections need not walk it
         log.info("boss %s: state at seq %d, cluster %s", self.boss_id, self.state.seq, self.cluster)
         self.conn = Connection(
             self.broker, f"ecloud-{self.cluster}-boss",
