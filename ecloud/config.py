@@ -122,6 +122,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("snapshot_interval", "ECLOUD_SNAPSHOT_INTERVAL", 300.0, _seconds,
             "seconds between snapshots while events arrive (fewer than snapshot_every)",
             text=_float_text),
+    Setting("boss_address", "ECLOUD_BOSS_ADDRESS", None, _string,
+            "the address workers reach the broker at; none: the boss finds it at start"),
     Setting("takeover_after", "ECLOUD_TAKEOVER_AFTER", 10.0, _seconds,
             "seconds of silence from the active boss before a standby takes over (MariaDB)",
             text=_float_text),
@@ -158,6 +160,7 @@ class Config:
     resend_after: float = 5.0
     snapshot_every: int = 10000
     snapshot_interval: float = 300.0
+    boss_address: str | None = None
     takeover_after: float = 10.0
     file: str | None = None
     """The config file that was read, if any."""

@@ -59,6 +59,7 @@ def test_flags_beat_env_beat_file_beat_defaults(tmp_path, home):
         ("resend_after", "12.0", f"file {path}"),
         ("snapshot_every", "10000", "default"),
         ("snapshot_interval", "300.0", "default"),
+        ("boss_address", "(none)", "default"),
         ("takeover_after", "10.0", "default"),
     ]
 

@@ -16,6 +16,7 @@ import signal
 
 import click
 
+from ecloud.boss.address import own_address
 from ecloud.boss.loop import Boss
 from ecloud.cli.common import common_options, config_for, err, handle_errors
 from ecloud.effects.local import LocalProvider
@@ -33,6 +34,16 @@ def request_local_vms(state, provider: LocalProvider, workers: int, reason: str)
                if vm.vm_name in running and vm.status not in ("gone", "failed", "killing"))
     first = len(state.vms) + 1
     return [ev.VMRequested(f"local-{k}", reason) for k in range(first, first + max(0, workers - live))]
+
+
+def boss_address_events(state, configured: str | None, broker_url: str) -> list:
+    """Set ``boss_address`` when the context has none (after ``ecloud context
+    drop``, or on a new log), so that new workers learn where to connect."""
+    if "boss_address" in state.context:
+        return []
+    address, source = own_address(configured, broker_url)
+    logging.getLogger("ecloud.boss").info("boss_address = %s (from %s)", address, source)
+    return [ev.ContextSet("boss_address", address)]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -58,11 +69,17 @@ def boss(broker: str | None, workers: int, slots: int, verbose: bool, db: str | 
         raise UserError("no MQTT broker: give --broker mqtt://host:port (or set ECLOUD_BROKER)")
     store = open_store(config.db, create=True)
     provider = LocalProvider(broker_url, config.cluster, slots=slots) if workers else None
+
+    def on_start(state) -> list:
+        events = boss_address_events(state, config.boss_address, broker_url)
+        if provider is not None:
+            events += request_local_vms(state, provider, workers, "ecloud-boss --local")
+        return events
+
     the_boss = Boss(store, broker_url, provider=provider, cluster=config.cluster,
                     snapshot_every=config.snapshot_every, snapshot_interval=config.snapshot_interval,
                     takeover_after=config.takeover_after, resend_after=config.resend_after,
-                    on_start=lambda state: request_local_vms(state, provider, workers,
-                                                             "ecloud-boss --local") if provider else [])
+                    on_start=on_start)
     signal.signal(signal.SIGTERM, lambda *_: the_boss.stop())
     signal.signal(signal.SIGINT, lambda *_: the_boss.stop())
     try:
