@@ -78,6 +78,20 @@ def _count(value: Any) -> int:
     return value
 
 
+def _template_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected an OpenNebula template id (a whole number >= 0), got {value!r}")
+    return value
+
+
+def _one_url(value: Any) -> str:
+    value = _string(value)
+    if not value.startswith(("http://", "https://")):
+        # pyone takes anything else for a gRPC endpoint, silently
+        raise ValueError(f"expected http(s)://host:2633/RPC2, got {value!r}")
+    return value
+
+
 def _float_text(text: str) -> Any:
     try:
         return float(text)
@@ -107,6 +121,7 @@ class Setting:
     help: str
     text: Callable[[str], Any] = str
     indirect: bool = False  # may be given as env:NAME / file:PATH
+    secret: bool = False  # never shown
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -124,6 +139,16 @@ SETTINGS: tuple[Setting, ...] = (
             text=_float_text),
     Setting("boss_address", "ECLOUD_BOSS_ADDRESS", None, _string,
             "the address workers reach the broker at; none: the boss finds it at start"),
+    Setting("one_url", "ECLOUD_ONE_URL", None, _one_url,
+            "OpenNebula XML-RPC endpoint; set: ecloud-boss --provider opennebula uses it"),
+    Setting("one_session", "ECLOUD_ONE_SESSION", None, _string,
+            "OpenNebula credentials user:password (best as env:NAME or file:PATH)", indirect=True,
+            secret=True),
+    Setting("one_template", "ECLOUD_ONE_TEMPLATE", None, _template_id,
+            "id of the OpenNebula VM template worker VMs are made from", text=_int_text),
+    Setting("one_deadline", "ECLOUD_ONE_DEADLINE", 30.0, _seconds,
+            "seconds any one OpenNebula call may take before it counts as failed",
+            text=_float_text),
     Setting("takeover_after", "ECLOUD_TAKEOVER_AFTER", 10.0, _seconds,
             "seconds of silence from the active boss before a standby takes over (MariaDB)",
             text=_float_text),
@@ -161,6 +186,10 @@ class Config:
     snapshot_every: int = 10000
     snapshot_interval: float = 300.0
     boss_address: str | None = None
+    one_url: str | None = None
+    one_session: str | None = field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    one_template: int | None = None
+    one_deadline: float = 30.0
     takeover_after: float = 10.0
     file: str | None = None
     """The config file that was read, if any."""
@@ -175,7 +204,10 @@ class Config:
         rows = []
         for s in SETTINGS:
             value = getattr(self, s.name)
-            shown = "(none)" if value is None else _mask(str(value))
+            if value is None:
+                shown = "(none)"
+            else:
+                shown = "*** (set)" if s.secret else _mask(str(value))
             rows.append((s.name, shown, self.origins.get(s.name, "default")))
         return rows
 

@@ -60,6 +60,10 @@ def test_flags_beat_env_beat_file_beat_defaults(tmp_path, home):
         ("snapshot_every", "10000", "default"),
         ("snapshot_interval", "300.0", "default"),
         ("boss_address", "(none)", "default"),
+        ("one_url", "(none)", "default"),
+        ("one_session", "(none)", "default"),
+        ("one_template", "(none)", "default"),
+        ("one_deadline", "30.0", "default"),
         ("takeover_after", "10.0", "default"),
     ]
 
@@ -203,3 +207,16 @@ def test_indirection_errors(tmp_path, home):
     with pytest.raises(ConfigError) as info:
         load_config({"config": str(path)}, {"HOME": str(home)})
     assert str(info.value) == f"{path}: key 'db': {tmp_path / 'empty'} is empty"
+
+
+def test_the_opennebula_settings_are_checked_and_the_session_never_shown(tmp_path, home):
+    env = {"HOME": str(home), "ONE_AUTH_TEST": "oneadmin:secret-pw", "ECLOUD_ONE_TEMPLATE": "0",
+           "ECLOUD_ONE_URL": "http://one.example:2633/RPC2", "ECLOUD_ONE_SESSION": "env:ONE_AUTH_TEST"}
+    config = load_config({}, env)
+    assert (config.one_url, config.one_session, config.one_template) == (
+        "http://one.example:2633/RPC2", "oneadmin:secret-pw", 0)
+    shown = dict((name, value) for name, value, _ in config.describe())
+    assert shown["one_session"] == "*** (set)"
+    assert "secret-pw" not in repr(config)
+    with pytest.raises(ConfigError, match="expected http"):
+        load_config({}, {"HOME": str(home), "ECLOUD_ONE_URL": "one.example:2633"})
