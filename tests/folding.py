@@ -8,17 +8,23 @@ from hypothesis import strategies as st
 
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded, TaskSpec
+from ecloud.projections.autoscale import autoscale
 from ecloud.projections.fold import step
 from ecloud.projections.scheduler import schedule
 from ecloud.projections.state import (
     ACTIVE,
     BLOCKED,
     BLOCKING,
+    DRAINING,
     FINAL,
     LIVE,
     READY,
     SUCCEEDED,
     TASK_STATUSES,
+    VM_FAILED,
+    VM_GONE,
+    VM_KILLING,
+    VM_REQUESTED,
     WAITING,
     State,
 )
@@ -46,6 +52,16 @@ class Driver:
         for decision in schedule(self.state):
             out.extend(self.apply(decision))
         return out
+
+    def autoscale(self, prefix: str = "vm-") -> list:
+        """The autoscaler's decisions, appended and folded (as the boss does)."""
+        out = []
+        for decision in autoscale(self.state, prefix):
+            out.extend(self.apply(decision))
+        return out
+
+    def __repr__(self) -> str:  # what hypothesis prints for a failing example
+        return "Driver(log=[\n" + "".join(f"  {r.seq} @{r.ts:g}: {r.event!r},\n" for r in self.log) + "])"
 
     def statuses(self) -> dict[str, str]:
         return {tid: t.status for tid, t in self.state.tasks.items()}
@@ -87,7 +103,22 @@ def check_invariants(state: State) -> None:
             free.append((worker.rank, wid))
         if worker.status == "idle":
             assert worker.used == 0, wid
+        assert (worker.idle_since is None) == (worker.used > 0), wid
+        if worker.vm_id is not None:
+            assert wid in state.vm_workers[worker.vm_id], wid
     assert list(state.free) == sorted(free)
+    # VMs: the lookups agree with the records; a VM on its way out gives no work
+    ids = {vm.vm_id: name for name, vm in state.vms.items() if vm.vm_id is not None}
+    assert len(ids) == sum(1 for vm in state.vms.values() if vm.vm_id is not None)
+    assert state.vm_ids == ids
+    open_vms = {name for name, vm in state.vms.items()
+                if vm.status not in (VM_GONE, VM_KILLING)
+                and not (vm.status == VM_FAILED and vm.vm_id is None)}
+    assert set(state.open_vms) == open_vms
+    for vm in state.vms.values():
+        if vm.status in (VM_KILLING, VM_FAILED) and vm.vm_id is not None:
+            for worker in state.workers_on(vm.vm_id):
+                assert worker.status == DRAINING, (vm.vm_name, worker.worker_id)
 
 
 # ----------------------------------------------------------------- strategies
@@ -197,13 +228,67 @@ def _act(draw, d: Driver, action: str) -> None:
             d.apply(ev.VMKillRequested(vm_id))
     elif action == "context":
         d.apply(ev.ContextSet("heartbeat_timeout", draw(st.sampled_from(["30", "60", "-1"]))))
+    elif action == "autoscale":
+        d.autoscale()
+    elif action == "policy":
+        key, values = draw(st.sampled_from(sorted(POLICY.items())))
+        d.apply(ev.ContextSet(key, draw(st.sampled_from(values))))
+    elif action == "cloud":
+        cloud(draw, d)
+
+
+#: values the generated histories give the autoscaling policy ("-1" is refused)
+POLICY = {
+    "max_workers": ["0", "2", "4", "4"], "min_workers": ["0", "1", "2"],
+    "slots_per_worker": ["1", "2"], "max_booting": ["1", "2", "4"],
+    "idle_timeout": ["5", "50"], "boot_timeout": ["20", "100"],
+    "spawn_backoff": ["0", "5", "30", "-1"],
+}
+
+
+def cloud(draw, d: Driver) -> None:
+    """The cloud and the workers on its VMs, mostly well behaved: a requested
+    VM is allocated (a fresh id) or refused, an allocated one gets its worker
+    (named after the VM) or fails to boot, a VM asked to die is seen gone."""
+    vms = d.state.vms
+    kind = draw(st.sampled_from(["allocate", "allocate", "announce", "announce", "refuse",
+                                 "boot_failure", "gone", "heartbeats"]))
+    if kind == "heartbeats":
+        for wid in sorted(d.state.workers):
+            if d.state.workers[wid].status in LIVE:
+                d.apply(ev.WorkerHeartbeat(wid))
+        d.apply(ev.Tick(), dt=draw(st.sampled_from([1.0, 10.0, 25.0])))
+        return
+    wanted = {
+        "allocate": [n for n, vm in vms.items() if vm.status == VM_REQUESTED and vm.vm_id is None],
+        "refuse": [n for n, vm in vms.items() if vm.status == VM_REQUESTED],
+        "announce": [n for n, vm in vms.items() if vm.vm_id is not None and vm.status != VM_GONE],
+        "boot_failure": [n for n, vm in vms.items() if vm.vm_id is not None],
+        "gone": [n for n, vm in vms.items() if vm.vm_id is not None],
+    }[kind]
+    name = _pick(draw, wanted)
+    if name is None:
+        return
+    vm = vms[name]
+    if kind == "allocate":
+        d.apply(ev.VMAllocated(name, 100 + len(d.log)), dt=1)
+    elif kind == "refuse":
+        why = draw(st.sampled_from(["quota", "authorization", "error"]))
+        d.apply(ev.VMFailed(name, f"{why} (test)", why), dt=1)
+    elif kind == "announce":
+        d.apply(ev.WorkerAnnounced(name, "host", draw(st.integers(1, 2)), 1,
+                                   draw(st.sampled_from(["i0", "i1"])), vm.vm_id), dt=1)
+    elif kind == "boot_failure":
+        d.apply(ev.VMStateObserved(vm.vm_id, 3, draw(st.sampled_from([36, 61])), None, name), dt=1)
+    else:
+        d.apply(ev.VMStateObserved(vm.vm_id, 6, 0, None, name), dt=1)
 
 
 # Weighted: mostly the work moving forward, with every kind of trouble mixed in.
 ACTIONS = [
     *["schedule"] * 4, *["start"] * 3, *["finish"] * 5, *["heartbeat"] * 2, "tick", "tick",
     "submit", "bad_submit", "announce", "bogus_dispatch", "cancel", "retry",
-    "lost", "left", "boss", "context", "vm",
+    "lost", "left", "boss", "context", "vm", "autoscale", "policy", "cloud", "cloud",
 ]
 
 

@@ -40,6 +40,7 @@ from ecloud.boss.lease import Lease, lease_for
 from ecloud.errors import FencedError, StoreError
 from ecloud.events import types as ev
 from ecloud.events.store import LogStore, open_store
+from ecloud.projections.autoscale import autoscale
 from ecloud.projections.effects import KillVM, SpawnVM
 from ecloud.projections.fold import step
 from ecloud.projections.outstanding import outstanding
@@ -70,6 +71,7 @@ class Boss:
         boss_id: str | None = None,
         until: Callable[[State], bool] | None = None,
         on_start: Callable[[State], list] | None = None,
+        vm_prefix: str | None = None,
     ) -> None:
         # A URL (or a factory) is opened in the boss's own thread: SQLite
         # connections belong to the thread that made them.
@@ -79,6 +81,7 @@ class Boss:
         self.broker = broker
         self.provider = provider
         self.cluster = cluster
+        self.vm_prefix = vm_prefix if vm_prefix is not None else f"ecloud-{cluster}-"
         self.snapshot_every = snapshot_every
         self.snapshot_interval = snapshot_interval
         self.takeover_after = takeover_after
@@ -177,6 +180,7 @@ class Boss:
         effects = self._fold_new()
         self._perform(effects)
         decisions = schedule(self.state)
+        decisions += autoscale(self.state, self.vm_prefix)  # after: a kill of a worker just given work is refused
         if decisions and self._commit(decisions):
             self._perform(self._fold_new())
         self._publish_view()  # before anything goes out: whoever sees an ack sees its state

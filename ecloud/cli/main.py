@@ -312,8 +312,10 @@ def config_show(db: str | None, config_path: str | None) -> None:
 
 def _register_late_commands() -> None:
     from ecloud.cli.run import run
+    from ecloud.cli.scale import scale
 
     cli.add_command(run)
+    cli.add_command(scale)
 
 
 _register_late_commands()

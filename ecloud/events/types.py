@@ -267,10 +267,16 @@ class VMFailed(Event):
 @event("vm.kill_requested")
 @frozen
 class VMKillRequested(Event):
-    """The autoscaler or the operator decided to kill a VM."""
+    """The autoscaler or the operator decided to kill a VM.
+
+    ``source`` is ``"autoscaler"`` for the autoscaler's decisions: the fold
+    refuses one whose VM's worker took work meanwhile. Any other source (the
+    default, and every kill logged before the field existed) always goes
+    through."""
 
     vm_id: int
     reason: str = ""
+    source: str = "operator"
 
 
 # ------------------------------------------------------------------------- context

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from attrs import frozen
 
 from ecloud.events.types import ContextDropped, ContextSet
-from ecloud.projections.state import State
+from ecloud.projections.state import LIVE, T_HEARTBEAT, State
 
 
 def _text(value: str) -> str:
@@ -27,6 +27,33 @@ def _seconds(value: str) -> float:
     number = float(value)
     if not math.isfinite(number) or number <= 0:
         raise ValueError("must be a positive number of seconds")
+    return number
+
+
+def _seconds_or_zero(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError("must be a number of seconds >= 0")
+    return number
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("must be a whole number >= 0") from None
+    if number < 0:
+        raise ValueError("must be a whole number >= 0")
+    return number
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("must be a whole number >= 1") from None
+    if number < 1:
+        raise ValueError("must be a whole number >= 1")
     return number
 
 
@@ -46,8 +73,26 @@ KEYS: dict[str, Key] = {
         _seconds,
         "30",
     ),
-    "max_backoff": Key("upper bound in seconds on a retry's backoff", _seconds, "3600"),
+    "max_backoff": Key("upper bound in seconds on a retry's or a VM request's backoff", _seconds,
+                       "3600"),
+    # the autoscaling policy (ecloud/projections/autoscale.py; `ecloud scale`)
+    "max_workers": Key("most worker VMs, live plus booting; 0 turns autoscaling off", _count, "0"),
+    "min_workers": Key("worker VMs always kept, live plus booting", _count, "0"),
+    "slots_per_worker": Key("slots a new worker VM offers (sizes the demand)", _positive, "1"),
+    "max_booting": Key("most worker VMs booting at once (requested, worker not announced)",
+                       _positive, "4"),
+    "idle_timeout": Key("seconds a worker stays idle before its VM is killed (above min_workers)",
+                        _seconds, "300"),
+    "boot_timeout": Key("seconds a new VM has for its worker to announce before it is replaced",
+                        _seconds, "600"),
+    "spawn_backoff": Key("seconds before the next VM request after the cloud refused one; "
+                         "doubles with each refusal in a row, up to max_backoff",
+                         _seconds_or_zero, "30"),
 }
+
+#: the context keys of the autoscaling policy, in the order `ecloud scale` shows them
+SCALING_KEYS = ("max_workers", "min_workers", "slots_per_worker", "max_booting", "idle_timeout",
+                "boot_timeout", "spawn_backoff")
 
 
 def check(key: str, value: str) -> str | None:
@@ -76,6 +121,17 @@ def get(state: State, key: str) -> object:
     return value
 
 
+def policy_problem(values: dict[str, str]) -> str | None:
+    """Why a set of values for the policy keys (unset keys: their defaults)
+    does not make sense together, or None."""
+    parsed = {key: KEYS[key].parse(values.get(key) or KEYS[key].default)  # type: ignore[arg-type]
+              for key in ("min_workers", "max_workers")}
+    if parsed["min_workers"] > parsed["max_workers"]:  # type: ignore[operator]
+        return (f"min_workers {parsed['min_workers']} is more than max_workers "
+                f"{parsed['max_workers']}")
+    return None
+
+
 def heartbeat_timeout(state: State) -> float:
     return float(get(state, "heartbeat_timeout"))  # type: ignore[arg-type]
 
@@ -86,7 +142,22 @@ def on_context_set(state: State, event: ContextSet, seq: int, out: list) -> None
         state.reject(seq, "context", problem)
         return
     state.context[event.key] = event.value
+    if event.key == "heartbeat_timeout":
+        _rearm_heartbeats(state)
 
 
 def on_context_dropped(state: State, event: ContextDropped, seq: int, out: list) -> None:
     state.context.pop(event.key, None)
+    if event.key == "heartbeat_timeout":
+        _rearm_heartbeats(state)
+
+
+def _rearm_heartbeats(state: State) -> None:
+    """A shorter heartbeat timeout makes the armed timers late: arm each live
+    worker's at its new deadline (a snapshot rebuilds them from the new
+    timeout, so a fold through one must see the same deadlines)."""
+    timeout = heartbeat_timeout(state)
+    for wid in sorted(state.workers):
+        worker = state.workers[wid]
+        if worker.status in LIVE:
+            state.arm(worker.last_seen + timeout, T_HEARTBEAT, wid, worker.incarnation)

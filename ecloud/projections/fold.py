@@ -22,7 +22,11 @@ from ecloud.events.types import Recorded
 from ecloud.projections import context, tasks, timers, vms, workers
 from ecloud.projections.state import State
 
-REDUCER_VERSION = "1"
+#: 2: autoscaling - idle workers' ``idle_since``, VMs that know their worker
+#: and their failure, workers draining on a VM being killed or failed, refused
+#: kills, the spawn backoff; and a changed ``heartbeat_timeout`` re-arms every
+#: live worker's deadline (a snapshot taken before the change disagreed).
+REDUCER_VERSION = "2"
 
 Handler = Callable[[State, Any, int, list], None]
 
@@ -46,7 +50,7 @@ HANDLERS: dict[type, Handler] = {
     ev.WorkerHeartbeat: workers.on_heartbeat,
     ev.WorkerLeft: workers.on_left,
     ev.WorkerLost: workers.on_lost,
-    ev.BossStarted: _nothing,  # its work happens before the clock moves: see step
+    ev.BossStarted: workers.on_boss_started,  # deadlines were extended first: see step
     ev.VMRequested: vms.on_requested,
     ev.VMAllocated: vms.on_allocated,
     ev.VMStateObserved: vms.on_state_observed,

@@ -1,7 +1,7 @@
 """Snapshots: the folded state as plain data, and back.
 
 Only the records are saved; the indexes (ready queue, backoff heap, free
-workers, timers, children, counts) are rebuilt from them on load, so a
+workers, timers, children, counts, VM lookups) are rebuilt from them on load, so a
 snapshot can never disagree with itself. A snapshot is valid only for the
 reducer version that wrote it (:data:`ecloud.projections.fold.REDUCER_VERSION`):
 the stores never hand an older one back, so a reducer change makes old
@@ -87,6 +87,9 @@ def state_to_data(state: State) -> dict[str, Any]:
         "context": dict(sorted(state.context.items())),
         "rejected": [converter.unstructure(r) for r in state.rejected],
         "recent_failures": [converter.unstructure(f) for f in state.recent_failures],
+        "spawn_failures": state.spawn_failures,
+        "spawn_failed_at": state.spawn_failed_at,
+        "boss_started_at": state.boss_started_at,
     }
 
 
@@ -94,7 +97,8 @@ def state_from_data(data: dict[str, Any]) -> State:
     """Rebuild a state (records and every index) from :func:`state_to_data`."""
     from ecloud.projections import context
 
-    state = State(seq=data["seq"], clock=data["clock"])
+    state = State(seq=data["seq"], clock=data["clock"], spawn_failures=data["spawn_failures"],
+                  spawn_failed_at=data["spawn_failed_at"], boss_started_at=data["boss_started_at"])
     for item in data["tasks"]:
         fields = dict(item)
         spec = _spec_in(fields.pop("spec"))
@@ -107,6 +111,9 @@ def state_from_data(data: dict[str, Any]) -> State:
     for item in data["vms"]:
         vm = converter.structure(item, VMRecord)
         state.vms[vm.vm_name] = vm
+        if vm.vm_id is not None:
+            state.vm_ids[vm.vm_id] = vm.vm_name
+        state.track_vm(vm)
     state.context.update(data["context"])
     state.rejected.extend(converter.structure(r, Rejection) for r in data["rejected"])
     state.recent_failures.extend(converter.structure(f, Failure) for f in data["recent_failures"])
@@ -125,6 +132,8 @@ def state_from_data(data: dict[str, Any]) -> State:
                                  worker.incarnation))
         if state.is_listed_free(worker):
             state.free.add((worker.rank, worker.worker_id))
+        if worker.vm_id is not None:
+            state.vm_workers.setdefault(worker.vm_id, []).append(worker.worker_id)
     state.delayed.sort()
     state.timers.sort()
     return state

@@ -8,8 +8,9 @@ inside are plain slotted classes; their fields change only in the reducer
 modules (:mod:`.tasks`, :mod:`.workers`, :mod:`.vms`, :mod:`.context`,
 :mod:`.timers`). Use :meth:`State.clone` when a copy is needed.
 
-Indexes (``ready``, ``delayed``, ``free``, ``timers``, ``children``, ``counts``)
-are derived from the records and rebuilt on snapshot load; :meth:`canonical`
+Indexes (``ready``, ``delayed``, ``free``, ``timers``, ``children``, ``counts``,
+``vm_ids``, ``vm_workers``, ``open_vms``) are derived from the records and
+rebuilt on snapshot load; :meth:`canonical`
 leaves out their internal layout so two states that mean the same compare equal.
 """
 
@@ -47,6 +48,15 @@ LOST = "lost"
 GONE = "gone"
 WORKER_STATUSES = (IDLE, BUSY, DRAINING, LOST, GONE)
 LIVE = frozenset({IDLE, BUSY, DRAINING})
+
+# VM statuses (``VMRecord.status``). ``killing`` and ``failed`` stick until the
+# cloud reports the VM gone; ``gone`` is left only if the VM is seen running again.
+VM_REQUESTED = "requested"
+VM_ALLOCATED = "allocated"
+VM_OBSERVED = "observed"
+VM_FAILED = "failed"
+VM_KILLING = "killing"
+VM_GONE = "gone"
 
 # Timer kinds in ``State.timers``.
 T_HEARTBEAT = "heartbeat"
@@ -99,6 +109,8 @@ class WorkerRecord:
     #: (task id, attempt) -> slots held, for every attempt this worker holds
     running: dict[tuple[str, int], int] = field(factory=dict)
     reason: str = ""
+    #: since when the worker holds no attempt (None while it holds one)
+    idle_since: float | None = None
 
     @property
     def free(self) -> int:
@@ -109,12 +121,16 @@ class WorkerRecord:
 class VMRecord:
     vm_name: str
     requested_at: float
-    status: str = "requested"
+    status: str = VM_REQUESTED
     vm_id: int | None = None
     state: int | None = None
     lcm_state: int | None = None
     ip: str | None = None
     reason: str = ""
+    #: when a worker first announced itself with this VM's id
+    announced_at: float | None = None
+    #: when the VM was reported failed (``vm.failed`` or a *_FAILURE LCM state)
+    failed_at: float | None = None
 
 
 @define(slots=True)
@@ -157,6 +173,13 @@ class State:
     context: dict[str, str] = field(factory=dict)
     rejected: list[Rejection] = field(factory=list)
     recent_failures: list[Failure] = field(factory=list)
+    #: VM requests the cloud refused in a row (kinds that call for a backoff),
+    #: and when the last one was refused; an allocation resets the count
+    spawn_failures: int = 0
+    spawn_failed_at: float | None = None
+    #: the clock at the last ``boss.started``: no deadline of the autoscaler
+    #: counts the time no boss was running
+    boss_started_at: float | None = None
     # ---- indexes, derived from the records above
     children: dict[str, list[str]] = field(factory=dict)
     counts: dict[str, int] = field(factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
@@ -164,6 +187,14 @@ class State:
     delayed: list[tuple[float, int, int, str]] = field(factory=list)
     free: SortedList = field(factory=SortedList)
     timers: list[tuple[float, str, str, Any]] = field(factory=list)
+    #: VM id -> VM name (ids are unique: an allocation of a taken id is refused)
+    vm_ids: dict[int, str] = field(factory=dict)
+    #: VM id -> ids of the workers that announced with it (filter on
+    #: ``worker.vm_id``: a worker that re-announced elsewhere may linger)
+    vm_workers: dict[int, list[str]] = field(factory=dict)
+    #: names of the VMs the autoscaler must still consider: not gone, not
+    #: being killed, and not a failed request that never got an id
+    open_vms: dict[str, None] = field(factory=dict)
 
     # ------------------------------------------------------------ index upkeep
 
@@ -204,6 +235,29 @@ class State:
 
     def is_listed_free(self, worker: WorkerRecord) -> bool:
         return worker.status in (IDLE, BUSY) and worker.used < worker.slots
+
+    def track_vm(self, vm: VMRecord) -> None:
+        """Keep ``open_vms`` in step with a VM's status."""
+        if vm.status in (VM_GONE, VM_KILLING) or (vm.status == VM_FAILED and vm.vm_id is None):
+            self.open_vms.pop(vm.vm_name, None)
+        else:
+            self.open_vms[vm.vm_name] = None
+
+    def vm_with_id(self, vm_id: int | None) -> VMRecord | None:
+        name = self.vm_ids.get(vm_id) if vm_id is not None else None  # type: ignore[arg-type]
+        return self.vms[name] if name is not None else None
+
+    def workers_on(self, vm_id: int | None, live: bool = True) -> list[WorkerRecord]:
+        """The (live) workers that announced with ``vm_id``, by worker id."""
+        if vm_id is None:
+            return []
+        workers = self.workers
+        found = []
+        for wid in sorted(set(self.vm_workers.get(vm_id, ()))):
+            worker = workers[wid]
+            if worker.vm_id == vm_id and (not live or worker.status in LIVE):
+                found.append(worker)
+        return found
 
     def arm(self, when: float, kind: str, key: str, token: Any) -> None:
         """Schedule a deadline. Timers are checked lazily: when one fires, its

@@ -194,6 +194,7 @@ def on_dispatched(state: State, event: TaskDispatched, seq: int, out: list) -> N
     worker.running[(task.spec.id, event.attempt)] = task.spec.slots
     worker.used += task.spec.slots
     worker.status = BUSY
+    worker.idle_since = None
     state.refresh_free(worker, was_free=True)
     out.append(Dispatch(seq, task.spec.id, event.attempt, worker.worker_id, task.spec))
 
@@ -276,8 +277,10 @@ def release_slot(state: State, worker_id: str, task_id: str, attempt: int) -> No
         return
     was_free = state.is_listed_free(worker)
     worker.used -= slots
-    if worker.status == BUSY and worker.used == 0:
-        worker.status = IDLE
+    if worker.used == 0:
+        worker.idle_since = state.clock
+        if worker.status == BUSY:
+            worker.status = IDLE
     state.refresh_free(worker, was_free)
 
 

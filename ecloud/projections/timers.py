@@ -5,13 +5,14 @@ event's ts (never backward: appenders' clocks may disagree a little) and fires
 everything that fell due: retry backoffs end, workers silent past their
 heartbeat deadline are lost, attempts past their timeout fail. The boss
 appends a ``tick`` event while anything waits on time, so deadlines fire even
-when nothing else happens.
+when nothing else happens - the autoscaler's too (:mod:`.autoscale`).
 """
 
 from __future__ import annotations
 
 from heapq import heappop
 
+from ecloud.projections import autoscale
 from ecloud.projections.state import READY, T_HEARTBEAT, T_TIMEOUT, State
 from ecloud.projections.tasks import on_timeout
 from ecloud.projections.workers import on_heartbeat_deadline
@@ -48,4 +49,7 @@ def next_deadline(state: State) -> float | None:
         candidates.append(state.delayed[0][0])
     if state.timers:
         candidates.append(state.timers[0][0])
+    scaling = autoscale.next_deadline(state)
+    if scaling is not None:
+        candidates.append(scaling)
     return min(candidates) if candidates else None

@@ -4,6 +4,7 @@
 
     (announce) --> idle <--> busy --goodbye--> gone
     idle/busy --silence past heartbeat deadline, or last will--> lost
+    idle/busy --its VM is being killed or failed--> draining (no new work)
 
 A worker that is lost or gone gives back every attempt it held: those tasks
 return to ready and their next dispatch is a new attempt, so a late report
@@ -25,11 +26,15 @@ from ecloud.projections import context
 from ecloud.projections.effects import Ack, RefuseWorker
 from ecloud.projections.state import (
     ACTIVE,
+    BUSY,
+    DRAINING,
     GONE,
     IDLE,
     LIVE,
     LOST,
     T_HEARTBEAT,
+    VM_FAILED,
+    VM_KILLING,
     State,
     WorkerRecord,
 )
@@ -69,11 +74,45 @@ def on_announced(state: State, event: WorkerAnnounced, seq: int, out: list) -> N
         last_seen=state.clock,
         announced_at=state.clock,
         vm_id=event.vm_id,
+        idle_since=state.clock,
     )
     state.workers[event.worker_id] = worker
+    if event.vm_id is not None:
+        _link_vm(state, worker, event.vm_id)
     state.refresh_free(worker, was_free=False)
     state.arm(state.clock + context.heartbeat_timeout(state), T_HEARTBEAT, worker.worker_id,
               worker.incarnation)
+
+
+def _link_vm(state: State, worker: WorkerRecord, vm_id: int) -> None:
+    """Note that ``worker`` runs on VM ``vm_id``; a worker on a VM that is
+    being killed or has failed takes no work."""
+    on_vm = state.vm_workers.setdefault(vm_id, [])
+    if worker.worker_id not in on_vm:
+        on_vm.append(worker.worker_id)
+    vm = state.vm_with_id(vm_id)
+    if vm is None:
+        return
+    if vm.announced_at is None:
+        vm.announced_at = state.clock
+    if vm.status in (VM_KILLING, VM_FAILED):
+        worker.status = DRAINING
+        worker.reason = f"its VM {vm.vm_name} is {vm.status}"
+
+
+def drain_vm(state: State, vm_id: int, reason: str) -> None:
+    """Give no more work to the live workers on VM ``vm_id`` (it is being
+    killed or has failed); what they hold runs on."""
+    for worker in state.workers_on(vm_id):
+        if worker.status in (IDLE, BUSY):
+            listed = state.is_listed_free(worker)
+            worker.status = DRAINING
+            worker.reason = reason
+            state.refresh_free(worker, listed)
+
+
+def on_boss_started(state: State, event: BossStarted, seq: int, out: list) -> None:
+    state.boss_started_at = state.clock
 
 
 def on_heartbeat(state: State, event: WorkerHeartbeat, seq: int, out: list) -> None:

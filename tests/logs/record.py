@@ -1,6 +1,7 @@
 """Write the recorded histories under tests/logs/ (run by hand, on purpose).
 
-    python -m tests.logs.record                    # the hand-written history
+    python -m tests.logs.record                    # the hand-written history, and what
+                                                   # the real runs fold to now
     ECLOUD_RECORD_LOGS=DIR pytest tests/chaos      # real runs, to copy from DIR
 
 The hand-written history walks through rare transitions on purpose; the real
@@ -113,12 +114,36 @@ def state_digest(state) -> str:
 
 def record_run(stem: Path, log: list[Recorded]) -> None:
     """Keep a real run's log with what it folds to now."""
-    state, effects = fold_with_effects(log)
     write_log(stem, log)
+    write_expected(stem, log)
+
+
+def write_expected(stem: Path, log: list[Recorded]) -> None:
+    """``NAME.expected.json`` for a real run: what its log folds to now."""
+    state, effects = fold_with_effects(log)
     expected = {"effects": len(effects), "counts": dict(sorted(state.counts.items())),
                 "state_sha256": state_digest(state)}
     stem.with_name(stem.name + ".expected.json").write_text(json.dumps(expected, indent=1))
 
 
+def refresh_expected() -> list[str]:
+    """Recompute the ``.expected.json`` of every recorded real run (the
+    ``chaos-*`` logs) from its ``.jsonl``, which stays exactly as it was.
+
+    Only for a deliberate reducer change - one that comes with a new
+    REDUCER_VERSION and that you mean to make old logs fold differently (say
+    new fields in the state). Never run it to make a failing
+    ``tests/test_recorded_logs.py`` pass without knowing why it fails."""
+    from tests.test_recorded_logs import read_jsonl
+
+    names = []
+    for path in sorted(HERE.glob("chaos-*.jsonl")):
+        stem = path.with_suffix("")
+        write_expected(stem, read_jsonl(path))
+        names.append(stem.name)
+    return names
+
+
 if __name__ == "__main__":
     write("eventful-run", eventful_run())
+    refresh_expected()
