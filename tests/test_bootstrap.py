@@ -51,3 +51,9 @@ def test_without_a_boss_address_it_says_so_and_fails(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "BOSS_ADDRESS is not in the VM's context" in result.stderr
     assert not (tmp_path / "etc" / "systemd").exists()
+
+
+def test_it_decodes_the_base64_address_the_boss_passes(tmp_path: Path) -> None:
+    result = run_script(tmp_path, BOSS_ADDRESS_B64="MTAuMC4wLjE6MTg4Mw==", ECLOUD_WORKER_ID="w")
+    assert result.returncode == 0, result.stderr
+    assert "BOSS_ADDRESS='10.0.0.1:1883'" in (tmp_path / "etc" / "ecloud" / "context.sh").read_text()

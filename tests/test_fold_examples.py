@@ -268,6 +268,6 @@ def test_outstanding_effects_after_a_restart() -> None:
     effects = outstanding(d.state)
     assert effects == [
         CancelAttempt(d.state.seq, "a", 1, "w1", "no longer wanted"),
-        SpawnVM(d.state.seq, "vm-a"),
+        SpawnVM(d.state.seq, "vm-a", (("ECLOUD_SLOTS", "1"),)),
         KillVM(d.state.seq, 7, "idle"),
     ]

@@ -505,3 +505,16 @@ def test_a_running_vm_boots_a_real_worker_that_joins_and_dies_with_the_vm(fake_o
 
     assert fake_oned.worker_log(ids[0]).exists()
     assert "Traceback" not in fake_oned.worker_log(ids[1]).read_text()
+
+
+def test_a_spawn_carries_the_context_the_state_gives_it(fake_oned) -> None:
+    """The boss address, slots and datastore come with the effect (from the
+    state) and win over the provider's own defaults."""
+    prov = OpenNebulaProvider(fake_oned.url, fake_oned.session, fake_oned.template_id, "ecloud-t-",
+                              {"BOSS_ADDRESS": "fallback:1883", "ECLOUD_CLUSTER": "t"}, deadline=5)
+    (allocated,) = prov.spawn(SpawnVM(1, "ecloud-t-1", (("BOSS_ADDRESS", "10.9.9.9:1883"),
+                                                        ("ECLOUD_SLOTS", "4"))))
+    raw = fake_oned.vm(allocated.vm_id).context
+    context = {k[:-4]: base64.b64decode(v).decode() for k, v in raw.items() if k.endswith("_B64")}
+    assert (context["BOSS_ADDRESS"], context["ECLOUD_SLOTS"], context["ECLOUD_CLUSTER"]) == (
+        "10.9.9.9:1883", "4", "t")

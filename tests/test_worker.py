@@ -436,3 +436,18 @@ def test_context_file_fills_in_below_flags_and_environment(boss, start, tmp_path
     boss.dispatch("ctx-worker", "t", "pwd")
     done = boss.report("ctx-worker", "finished", "t").report
     assert done.stdout_tail == os.path.realpath(tmp_path / "ctx-work" / "t" / "1") + "\n"
+
+
+def test_the_context_file_may_carry_values_in_base64(tmp_path) -> None:
+    from ecloud.errors import UserError
+    from worker.settings import read_context
+
+    path = tmp_path / "context.sh"
+    path.write_text("BOSS_ADDRESS_B64='MTAuMC4wLjE6MTg4Mw=='\nECLOUD_CLUSTER='plain'\n"
+                    "ECLOUD_CLUSTER_B64='aWdub3JlZA=='\n")
+    values = read_context(str(path))
+    assert values["BOSS_ADDRESS"] == "10.0.0.1:1883"
+    assert values["ECLOUD_CLUSTER"] == "plain"  # a plain value beside its base64 wins
+    path.write_text("BOSS_ADDRESS_B64='not base64!'\n")
+    with pytest.raises(UserError, match="BOSS_ADDRESS_B64 is not valid base64"):
+        read_context(str(path))

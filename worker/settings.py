@@ -7,6 +7,7 @@ context file, then from the defaults, and checks the result.
 
 from __future__ import annotations
 
+import base64
 import os
 import shlex
 import socket
@@ -60,7 +61,21 @@ def read_context(path: str) -> dict[str, str]:
             values[key] = " ".join(shlex.split(raw))
         except ValueError:  # unbalanced quotes: take it as written
             values[key] = raw.strip().strip("'\"")
-    return values
+    return _decoded(values)
+
+
+def _decoded(values: dict[str, str]) -> dict[str, str]:
+    """``KEY_B64`` variables (how the boss passes values through OpenNebula's
+    context, where nothing escapes quotes) also give ``KEY``, decoded; a
+    plain ``KEY`` given beside it wins."""
+    out = dict(values)
+    for key, value in values.items():
+        if key.endswith("_B64") and key[:-4] not in values:
+            try:
+                out[key[:-4]] = base64.b64decode(value, validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise UserError(f"context variable {key} is not valid base64") from None
+    return out
 
 
 def _broker_from_boss_address(address: str) -> str:

@@ -162,9 +162,12 @@ class Boss:
             self.outbox.remember(worker_id, msg_id)  # their resends get an ack, not a new event
         self.conn.start()
         self._commit([ev.BossStarted(self.boss_id)])
-        self._perform(self._fold_new() + outstanding(self.state))
-        if self.on_start is not None:
-            self.submit(self.on_start(self.state))
+        effects = self._fold_new()
+        # on_start sees the state before any effect is re-issued (it may set
+        # up the provider), and its events are logged with the first batch
+        extra = self.on_start(self.state) if self.on_start is not None else []
+        self._perform(effects + outstanding(self.state))
+        self.submit(extra)
         self.ready.set()
 
     def _iteration(self, wait: bool = True) -> None:

@@ -20,6 +20,7 @@ from ecloud.boss.address import own_address
 from ecloud.boss.loop import Boss
 from ecloud.cli.common import common_options, config_for, err, handle_errors
 from ecloud.effects.local import LocalProvider
+from ecloud.effects.opennebula import OpenNebulaProvider
 from ecloud.errors import UserError
 from ecloud.events import types as ev
 from ecloud.events.store import open_store
@@ -34,6 +35,22 @@ def request_local_vms(state, provider: LocalProvider, workers: int, reason: str)
                if vm.vm_name in running and vm.status not in ("gone", "failed", "killing"))
     first = len(state.vms) + 1
     return [ev.VMRequested(f"local-{k}", reason) for k in range(first, first + max(0, workers - live))]
+
+
+def make_provider(kind: str | None, config, broker_url: str, slots: int):
+    if kind == "local":
+        return LocalProvider(broker_url, config.cluster, slots=slots)
+    if kind == "opennebula":
+        missing = [name for name in ("one_url", "one_session", "one_template")
+                   if getattr(config, name) is None]
+        if missing:
+            raise UserError(f"--provider opennebula needs the setting(s) {', '.join(missing)} "
+                            "(ECLOUD_ONE_URL, ECLOUD_ONE_SESSION, ECLOUD_ONE_TEMPLATE)")
+        return OpenNebulaProvider(config.one_url, config.one_session, config.one_template,
+                                  f"ecloud-{config.cluster}-",
+                                  {"BOSS_ADDRESS": broker_url, "ECLOUD_CLUSTER": config.cluster},
+                                  deadline=config.one_deadline)
+    return None
 
 
 def boss_address_events(state, configured: str | None, broker_url: str) -> list:
@@ -54,11 +71,15 @@ def boss_address_events(state, configured: str | None, broker_url: str) -> list:
                    "on restart).")
 @click.option("--slots", type=click.IntRange(min=1), default=1, show_default=True,
               help="Slots per local worker.")
+@click.option("--provider", "provider_kind", type=click.Choice(["local", "opennebula"]), default=None,
+              help="Where worker VMs come from: local processes (the default with --local), or "
+                   "OpenNebula (settings one_url, one_session, one_template). Without one, VMs "
+                   "asked for are only logged.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every batch and effect.")
 @common_options
 @handle_errors
-def boss(broker: str | None, workers: int, slots: int, verbose: bool, db: str | None,
-         config_path: str | None) -> None:
+def boss(broker: str | None, workers: int, slots: int, provider_kind: str | None, verbose: bool,
+         db: str | None, config_path: str | None) -> None:
     """Run the boss: turn every worker message into a logged event, perform
     the effects, schedule the ready tasks."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -67,12 +88,19 @@ def boss(broker: str | None, workers: int, slots: int, verbose: bool, db: str | 
     broker_url = broker or config.broker
     if not broker_url:
         raise UserError("no MQTT broker: give --broker mqtt://host:port (or set ECLOUD_BROKER)")
+    if provider_kind == "opennebula" and workers:
+        raise UserError("--local N runs local workers: it does not go with --provider opennebula")
+    provider = make_provider(provider_kind or ("local" if workers else None), config, broker_url,
+                             slots)
     store = open_store(config.db, create=True)
-    provider = LocalProvider(broker_url, config.cluster, slots=slots) if workers else None
 
     def on_start(state) -> list:
         events = boss_address_events(state, config.boss_address, broker_url)
-        if provider is not None:
+        if isinstance(provider, OpenNebulaProvider):
+            # new VMs are told where to connect: the context's address, or the one just found
+            address = state.context.get("boss_address") or events[0].value
+            provider.context["BOSS_ADDRESS"] = address
+        if isinstance(provider, LocalProvider) and workers:
             events += request_local_vms(state, provider, workers, "ecloud-boss --local")
         return events
 
@@ -86,7 +114,7 @@ def boss(broker: str | None, workers: int, slots: int, verbose: bool, db: str | 
         the_boss.run()
     finally:
         store.close()
-    if provider is not None and provider.running():
+    if isinstance(provider, LocalProvider) and provider.running():
         err.print(f"boss stopped; local workers keep running for the next boss: "
                   f"{', '.join(provider.running())}")
     else:

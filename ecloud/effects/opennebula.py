@@ -44,20 +44,16 @@ also given requests timeouts of ``deadline`` seconds (connect and each read).
 The worker template. ``instantiate`` passes ``ECLOUD_WORKER_ID="<VM name>"``
 and, for every ``context`` variable, ``<KEY>_B64="<base64 of the value>"``
 (nothing escapes quotes in those lines, and the values are configuration:
-base64 keeps them intact). The template's CONTEXT refers to them and decodes
-them before starting the worker, e.g.::
+base64 keeps them intact). The template's CONTEXT refers to them; the
+agent decodes ``X_B64`` context variables itself (``worker/settings.py``) and
+``worker/bootstrap/start.sh`` installs it as a service, e.g.::
 
     CONTEXT = [ NETWORK = "YES", TOKEN = "YES",
       ECLOUD_WORKER_ID = "$ECLOUD_WORKER_ID",
-      ECLOUD_BROKER_B64 = "$ECLOUD_BROKER_B64",
+      BOSS_ADDRESS_B64 = "$BOSS_ADDRESS_B64",
       ECLOUD_CLUSTER_B64 = "$ECLOUD_CLUSTER_B64",
-      START_SCRIPT_BASE64 = "<base64 of the script below>" ]
-
-    # START_SCRIPT: decode every X_B64 into X, then run the agent
-    for v in $(env | sed -n 's/^\([A-Z0-9_]*\)_B64=.*/\1/p'); do
-      eval "export $v=\"\$(printf %s \"\$${v}_B64\" | base64 -d)\""
-    done
-    exec ecloud-worker --context-file <the VM's context.sh>
+      ECLOUD_SLOTS_B64 = "$ECLOUD_SLOTS_B64",
+      START_SCRIPT_BASE64 = "<base64 of worker/bootstrap/start.sh>" ]
 
 (``tests/fake_oned.py`` boots its VMs the same way.) Context values are
 readable by anyone who may use the VM: give workers their own credentials.
@@ -251,11 +247,13 @@ class OpenNebulaProvider:
 
     # ------------------------------------------------------------- spawn
 
-    def extra_template(self, name: str) -> str:
-        """The ``KEY="value"`` lines instantiate passes for VM ``name``."""
+    def extra_template(self, name: str, context: Iterable[tuple[str, str]] = ()) -> str:
+        """The ``KEY="value"`` lines instantiate passes for VM ``name``: the
+        provider's own context, overridden by the spawn's (from the state)."""
+        values = {**self.context, **dict(context)}
         lines = [f'ECLOUD_WORKER_ID="{name}"']
         lines += [f'{key}_B64="{base64.b64encode(value.encode()).decode()}"'
-                  for key, value in sorted(self.context.items())]
+                  for key, value in sorted(values.items())]
         return "\n".join(lines) + "\n"
 
     def spawn(self, effect: SpawnVM) -> list:
@@ -276,9 +274,9 @@ class OpenNebulaProvider:
                     vm_id = found[0]
                     log.info("VM %s exists already as %d", name, vm_id)
                 else:
+                    extra = self.extra_template(name, effect.context)
                     vm_id = self._call("one.template.instantiate", self._one.template.instantiate,
-                                       self.template_id, name, False, self.extra_template(name),
-                                       False)
+                                       self.template_id, name, False, extra, False)
                     if type(vm_id) is not int:
                         raise TypeError(f"instantiate returned {vm_id!r}, not a VM id")
             except Exception as exc:  # noqa: BLE001 - every failure becomes an event

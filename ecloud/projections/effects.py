@@ -78,6 +78,10 @@ class SpawnVM:
 
     cause: int
     vm_name: str
+    #: what the new worker is told (boss address, slots, datastore): read from
+    #: the state when the spawn is decided or re-issued, so a provider never
+    #: needs the state
+    context: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:

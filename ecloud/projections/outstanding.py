@@ -13,6 +13,7 @@ for one that had not would lose it. The state says which are still open:
 
 from __future__ import annotations
 
+from ecloud.projections.vms import worker_context
 from ecloud.projections.effects import CancelAttempt, Dispatch, KillVM, SpawnVM
 from ecloud.projections.state import DISPATCHED, LIVE, RUNNING, State
 
@@ -40,7 +41,7 @@ def outstanding(state: State) -> list:
     for name in sorted(state.vms):
         vm = state.vms[name]
         if vm.status == "requested":
-            effects.append(SpawnVM(seq, name))
+            effects.append(SpawnVM(seq, name, worker_context(state)))
         elif vm.status == "killing" and vm.vm_id is not None:
             effects.append(KillVM(seq, vm.vm_id, vm.reason or "kill requested"))
     return effects

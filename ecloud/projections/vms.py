@@ -18,6 +18,7 @@ work meanwhile (an operator's kill always goes through).
 from __future__ import annotations
 
 from ecloud.events.types import VMAllocated, VMFailed, VMKillRequested, VMRequested, VMStateObserved
+from ecloud.projections import context
 from ecloud.projections.effects import KillVM, SpawnVM
 from ecloud.projections.state import (
     LOST,
@@ -66,7 +67,7 @@ def on_requested(state: State, event: VMRequested, seq: int, out: list) -> None:
     vm = VMRecord(event.vm_name, requested_at=state.clock)
     state.vms[event.vm_name] = vm
     state.track_vm(vm)
-    out.append(SpawnVM(seq, event.vm_name))
+    out.append(SpawnVM(seq, event.vm_name, worker_context(state)))
 
 
 def on_allocated(state: State, event: VMAllocated, seq: int, out: list) -> None:
@@ -171,3 +172,13 @@ def on_kill_requested(state: State, event: VMKillRequested, seq: int, out: list)
         state.track_vm(vm)
     drain_vm(state, event.vm_id, f"its VM {vm.vm_name if vm else event.vm_id} is being killed")
     out.append(KillVM(seq, event.vm_id, event.reason))
+
+
+def worker_context(state: State) -> tuple[tuple[str, str], ...]:
+    """The context variables a new worker VM gets from the cluster context:
+    where to connect, how many slots to offer, where the data lives."""
+    values = {"ECLOUD_SLOTS": str(context.get(state, "slots_per_worker"))}
+    for key, name in (("boss_address", "BOSS_ADDRESS"), ("datastore_address", "ECLOUD_DATASTORE")):
+        if key in state.context:
+            values[name] = state.context[key]
+    return tuple(sorted(values.items()))

@@ -4,7 +4,8 @@
 # Give it to the worker template as START_SCRIPT_BASE64 (see the README's
 # template example). OpenNebula's context package runs it at every boot as
 # root, with the context variables exported: BOSS_ADDRESS (host:port of the
-# boss's MQTT broker), ECLOUD_CLUSTER, ECLOUD_WORKER_ID (the VM's name), VMID,
+# boss's MQTT broker; or BOSS_ADDRESS_B64, base64, as the boss passes it),
+# ECLOUD_CLUSTER(_B64), ECLOUD_WORKER_ID (the VM's name), VMID,
 # and optionally ECLOUD_SLOTS and ECLOUD_PIP_SPEC (what pip installs; default
 # "ecloud", e.g. a wheel URL on the datastore).
 #
@@ -25,6 +26,13 @@ UNIT="$ROOT/etc/systemd/system/ecloud-worker.service"
 
 say() { echo "ecloud-bootstrap: $*" >&2; }
 
+# the boss passes its values base64-encoded (X_B64): decode what we use here
+if [ -z "${BOSS_ADDRESS:-}" ] && [ -n "${BOSS_ADDRESS_B64:-}" ]; then
+    BOSS_ADDRESS="$(printf %s "$BOSS_ADDRESS_B64" | base64 -d)"
+fi
+if [ -z "${ECLOUD_CLUSTER:-}" ] && [ -n "${ECLOUD_CLUSTER_B64:-}" ]; then
+    ECLOUD_CLUSTER="$(printf %s "$ECLOUD_CLUSTER_B64" | base64 -d)"
+fi
 if [ -z "${BOSS_ADDRESS:-}" ]; then
     say "BOSS_ADDRESS is not in the VM's context: the worker would not know where to connect"
     exit 1
