@@ -264,6 +264,8 @@ class FakeOned:
         self._calls: list[tuple[str, tuple]] = []
         self._fail_boots = 0
         self._hangs = 0
+        #: method -> seconds to wait before answering, after the call took effect
+        self.answer_delays: dict[str, float] = {}
         self._released = threading.Event()
         self._stop = threading.Event()
         self._server: _Server | None = None
@@ -416,9 +418,13 @@ class FakeOned:
             with self._lock:
                 self._advance_all()
                 try:
-                    return impl(name, *args)
+                    answer = impl(name, *args)
                 except Exception as exc:  # noqa: BLE001 - oned answers, never drops a call
-                    return [False, f"[{name}] Internal error: {exc}", INTERNAL]
+                    answer = [False, f"[{name}] Internal error: {exc}", INTERNAL]
+            late = self.answer_delays.get(name)
+            if late:  # the work is done, the answer is slow: a crash can fall in between
+                self._stop.wait(late)
+            return answer
         return handler
 
     def _instantiate(self, method: str, template_id: int, name: str, hold: bool = False,

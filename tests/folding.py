@@ -112,7 +112,7 @@ def check_invariants(state: State) -> None:
     assert len(ids) == sum(1 for vm in state.vms.values() if vm.vm_id is not None)
     assert state.vm_ids == ids
     open_vms = {name for name, vm in state.vms.items()
-                if vm.status not in (VM_GONE, VM_KILLING)
+                if vm.status != VM_GONE
                 and not (vm.status == VM_FAILED and vm.vm_id is None)}
     assert set(state.open_vms) == open_vms
     for vm in state.vms.values():

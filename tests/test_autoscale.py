@@ -147,6 +147,10 @@ def test_decisions_never_take_the_pool_past_max_workers_or_max_booting(d: Driver
         live, booting = pool(d.state)
         assert live + booting <= setting(d.state, "max_workers")
         assert booting <= setting(d.state, "max_booting")
+        # counting every VM the cloud has given an id and not yet taken back:
+        # failed, unbooted, being killed
+        in_cloud = [vm for vm in d.state.vms.values() if vm.vm_id is not None and vm.status != "gone"]
+        assert len(in_cloud) <= setting(d.state, "max_workers")
     check_invariants(d.state)
 
 
@@ -373,12 +377,17 @@ def test_a_vm_that_fails_to_boot_is_killed_and_replaced() -> None:
     d.apply(ev.VMStateObserved(7, 3, 36, None, "vm-1"), dt=5)  # BOOT_FAILURE
     assert d.state.vms["vm-1"].status == "failed" and d.state.vms["vm-1"].failed_at == d.now
     decisions = autoscale(d.state, "vm-")
-    assert [type(x).__name__ for x in decisions] == ["VMKillRequested", "VMRequested"]
-    assert (decisions[0].vm_id, decisions[0].source, decisions[1].vm_name) == (7, "autoscaler", "vm-2")
+    # the failed VM still counts against max_workers 1 until the cloud has let it go
+    assert [type(x).__name__ for x in decisions] == ["VMKillRequested"]
+    assert (decisions[0].vm_id, decisions[0].source) == (7, "autoscaler")
     assert "replace failed VM vm-1 (LCM state 36)" == decisions[0].reason
-    assert [type(e) for x in decisions for e in d.apply(x)] == [KillVM, SpawnVM]
+    assert [type(e) for x in decisions for e in d.apply(x)] == [KillVM]
     assert d.state.vms["vm-1"].status == "killing"
     assert autoscale(d.state, "vm-") == []
+    d.apply(ev.VMStateObserved(7, 6, 0, None, "vm-1"), dt=1)  # DONE
+    (replacement,) = autoscale(d.state, "vm-")
+    assert replacement.vm_name == "vm-2"
+    assert [type(e) for e in d.apply(replacement)] == [SpawnVM]
 
 
 def test_a_vm_whose_worker_does_not_announce_in_time_is_replaced() -> None:
@@ -393,7 +402,7 @@ def test_a_vm_whose_worker_does_not_announce_in_time_is_replaced() -> None:
     d.apply(ev.Tick(), dt=1)
     decisions = autoscale(d.state, "vm-")
     assert [(type(x).__name__, getattr(x, "vm_id", None) or x.vm_name) for x in decisions] == [
-        ("VMKillRequested", 1), ("VMRequested", "vm-3"), ("VMRequested", "vm-4")]
+        ("VMKillRequested", 1), ("VMRequested", "vm-3")]  # vm-1 counts until it is gone
     assert decisions[0].reason == "replace VM vm-1: no worker announced within 600s"
 
 
@@ -518,8 +527,7 @@ def test_a_vm_whose_worker_went_away_gets_boot_timeout_to_come_back() -> None:
     d.apply(ev.Tick(), dt=100)
     assert [(type(x).__name__, x.reason if isinstance(x, ev.VMKillRequested) else x.vm_name)
             for x in autoscale(d.state, "vm-")] == [
-        ("VMKillRequested", "replace VM vm-1: its worker went away and did not come back within 100s"),
-        ("VMRequested", "vm-2")]
+        ("VMKillRequested", "replace VM vm-1: its worker went away and did not come back within 100s")]
 
 
 def test_no_deadline_counts_the_time_no_boss_was_running() -> None:
@@ -636,3 +644,16 @@ def test_the_boss_names_its_vms_after_the_cluster() -> None:
 
     assert Boss("sqlite:///unused.db", "mqtt://127.0.0.1:1", cluster="c7").vm_prefix == "ecloud-c7-"
     assert Boss("sqlite:///unused.db", "mqtt://127.0.0.1:1", vm_prefix="w-").vm_prefix == "w-"
+
+
+def test_an_allocation_asked_for_before_a_refusal_does_not_end_the_backoff() -> None:
+    """Requests run at once: one is refused for quota, another, made at the
+    same time, is allocated after it. The backoff stands."""
+    d = Driver()
+    policy(d, max_workers=4, max_booting=2, spawn_backoff=30, slots_per_worker=1)
+    d.apply(tasks(4))
+    assert [x.vm_name for x in decide(d)] == ["vm-1", "vm-2"]
+    d.apply(ev.VMFailed("vm-2", "limit of 1 reached for VMS quota", "quota"), dt=1)
+    d.apply(ev.VMAllocated("vm-1", 1), dt=1)
+    assert d.state.spawn_failures == 1
+    assert autoscale(d.state, "vm-") == []  # still backing off

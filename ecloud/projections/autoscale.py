@@ -47,7 +47,7 @@ from attrs import frozen
 
 from ecloud.events.types import VMKillRequested, VMRequested
 from ecloud.projections import context
-from ecloud.projections.state import IDLE, VM_FAILED, State, VMRecord, WorkerRecord
+from ecloud.projections.state import IDLE, VM_FAILED, VM_KILLING, State, VMRecord, WorkerRecord
 from ecloud.projections.vms import AUTOSCALER, next_vm_names
 
 
@@ -79,6 +79,9 @@ class Survey:
     #: live VMs and their live workers
     live: list[tuple[VMRecord, list[WorkerRecord]]]
     booting: int
+    #: VMs that still exist in the cloud but serve nothing (failed, not
+    #: booted in time, being killed): they count against ``max_workers``
+    held: int
     #: when, with nothing else happening, a booting VM times out (later than now)
     boot_deadlines: list[float]
     #: when an idle live VM will have been idle for ``idle_timeout`` (later than now)
@@ -96,7 +99,7 @@ def autoscale(state: State, prefix: str) -> list:
                        for vm, why in survey.kills]
     live, booting = len(survey.live), survey.booting
     wanted = _wanted_for_demand(state, policy, booting)
-    room = min(policy.max_workers - live - booting, policy.max_booting - booting)
+    room = min(policy.max_workers - live - booting - survey.held, policy.max_booting - booting)
     count = min(room, max(wanted, policy.min_workers - live - booting))
     if count > 0 and backoff_until(state, policy) <= state.clock:
         reason = ("scale up: ready tasks want more slots" if wanted
@@ -148,14 +151,18 @@ def _survey(state: State, policy: Policy) -> Survey:
     failed: list[tuple[VMRecord, str]] = []
     dead: list[tuple[VMRecord, str]] = []
     live: list[tuple[VMRecord, list[WorkerRecord]]] = []
-    booting = 0
+    booting = held = 0
     boot_deadlines: list[float] = []
     idle_deadlines: list[float] = []
     for name in state.open_vms:
         vm = vms[name]
+        if vm.status == VM_KILLING:
+            held += 1
+            continue
         workers = state.workers_on(vm.vm_id)
         if vm.status == VM_FAILED:
-            if vm.vm_id is not None and not any(w.used for w in workers):
+            held += 1  # open only while the cloud has it (it has an id)
+            if not any(w.used for w in workers):
                 failed.append((vm, f"replace failed VM {name} ({vm.reason})"))
             continue
         if workers:
@@ -176,11 +183,12 @@ def _survey(state: State, policy: Policy) -> Survey:
             booting += 1
             boot_deadlines.append(deadline)
         elif vm.vm_id is not None:
+            held += 1
             dead.append((vm, why))
         # else: the cloud never gave it an id; nothing to kill, it is given up on
     failed.sort(key=lambda item: item[0].vm_name)
     dead.sort(key=lambda item: item[0].vm_name)
-    return Survey(failed + dead, live, booting, boot_deadlines, idle_deadlines)
+    return Survey(failed + dead, live, booting, held, boot_deadlines, idle_deadlines)
 
 
 def _idle_since(workers: list[WorkerRecord], started: float) -> float | None:

@@ -238,7 +238,8 @@ class State:
 
     def track_vm(self, vm: VMRecord) -> None:
         """Keep ``open_vms`` in step with a VM's status."""
-        if vm.status in (VM_GONE, VM_KILLING) or (vm.status == VM_FAILED and vm.vm_id is None):
+        # a VM being killed still exists in the cloud: it counts against max_workers
+        if vm.status == VM_GONE or (vm.status == VM_FAILED and vm.vm_id is None):
             self.open_vms.pop(vm.vm_name, None)
         else:
             self.open_vms[vm.vm_name] = None

@@ -86,7 +86,10 @@ def on_allocated(state: State, event: VMAllocated, seq: int, out: list) -> None:
     state.vm_ids[event.vm_id] = vm.vm_name
     if vm.status == VM_REQUESTED:
         vm.status = VM_ALLOCATED
-    state.spawn_failures = 0  # the cloud gives VMs again
+    if state.spawn_failed_at is None or vm.requested_at > state.spawn_failed_at:
+        # the cloud gives VMs again (an answer to a request made before the
+        # last refusal - several run at once - proves nothing)
+        state.spawn_failures = 0
     if vm.announced_at is None and state.workers_on(vm.vm_id, live=False):
         vm.announced_at = state.clock  # its worker was quicker than the allocation
     if vm.status in (VM_FAILED, VM_KILLING):
