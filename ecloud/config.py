@@ -149,6 +149,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("one_deadline", "ECLOUD_ONE_DEADLINE", 30.0, _seconds,
             "seconds any one OpenNebula call may take before it counts as failed",
             text=_float_text),
+    Setting("one_kill_orphans_after", "ECLOUD_ONE_KILL_ORPHANS_AFTER", None, _seconds,
+            "terminate a VM named like this cluster's but unknown to the log this many seconds "
+            "after it was first seen; none: only report it", text=_float_text),
     Setting("takeover_after", "ECLOUD_TAKEOVER_AFTER", 10.0, _seconds,
             "seconds of silence from the active boss before a standby takes over (MariaDB)",
             text=_float_text),
@@ -190,6 +193,7 @@ class Config:
     one_session: str | None = field(default=None, repr=lambda v: "None" if v is None else "'***'")
     one_template: int | None = None
     one_deadline: float = 30.0
+    one_kill_orphans_after: float | None = None
     takeover_after: float = 10.0
     file: str | None = None
     """The config file that was read, if any."""

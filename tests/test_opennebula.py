@@ -413,6 +413,28 @@ def test_orphans_are_ours_by_prefix_and_unknown_to_the_log(fake_oned):
     assert failure.value.kind == "authentication"
 
 
+def test_by_policy_an_orphan_that_stays_one_is_terminated(fake_oned):
+    orphan = fake_oned.add_vm(PREFIX + "7")
+    now = [100.0]
+    prov = OpenNebulaProvider(fake_oned.url, fake_oned.session, fake_oned.template_id, PREFIX,
+                              CONTEXT, deadline=3, kill_orphans_after=60, clock=lambda: now[0])
+    assert [e.reason[:20] for e in prov.observe([])] == [f"orphan VM {orphan} '{PREFIX}7"[:20]]
+    now[0] += 59
+    assert prov.observe([]) == [] and fake_oned.vm(orphan).state != 6  # not yet: it may be claimed
+    now[0] += 1
+    assert [e.reason for e in prov.observe([])] == [
+        f"orphan VM {orphan} terminated: still nobody's 60s after it was first seen"]
+    assert fake_oned.vm(orphan).state == 6
+    # an orphan the log claims in time (its id logged) is left alone
+    claimed = fake_oned.add_vm(PREFIX + "9")
+    prov.observe([])
+    now[0] += 30
+    prov.observe([(PREFIX + "9", claimed)])
+    now[0] += 60
+    prov.observe([(PREFIX + "9", claimed)])
+    assert fake_oned.vm(claimed).state != 6
+
+
 # ------------------------------------------------------------- configuration
 
 

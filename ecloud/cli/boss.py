@@ -49,7 +49,8 @@ def make_provider(kind: str | None, config, broker_url: str, slots: int):
         return OpenNebulaProvider(config.one_url, config.one_session, config.one_template,
                                   f"ecloud-{config.cluster}-",
                                   {"BOSS_ADDRESS": broker_url, "ECLOUD_CLUSTER": config.cluster},
-                                  deadline=config.one_deadline)
+                                  deadline=config.one_deadline,
+                                  kill_orphans_after=config.one_kill_orphans_after)
     return None
 
 

@@ -65,6 +65,7 @@ import base64
 import logging
 import re
 import threading
+import time
 import xmlrpc.client
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -180,7 +181,8 @@ class OpenNebulaProvider:
 
     def __init__(self, endpoint: str, session: str, template_id: int, name_prefix: str,
                  context: Mapping[str, str], *, deadline: float = 10.0,
-                 https_verify: bool | str = True) -> None:
+                 https_verify: bool | str = True, kill_orphans_after: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
             # pyone would silently switch to gRPC for anything else
             raise ConfigError(f"OpenNebula endpoint {endpoint!r} must be an http:// or https:// "
@@ -216,6 +218,11 @@ class OpenNebulaProvider:
         self._stamp = 0
         self._orphans_reported: set[int] = set()
         self._observe_error: str | None = None
+        # policy: an orphan still an orphan this long after it was first seen
+        # is terminated (long enough for a re-issued spawn to adopt its VM)
+        self.kill_orphans_after = kill_orphans_after
+        self._clock = clock
+        self._orphan_since: dict[int, float] = {}
 
     # ------------------------------------------------------------- calls
 
@@ -346,17 +353,46 @@ class OpenNebulaProvider:
             in_pool = {vm.ID for vm in pool}
             for vm in pool:
                 if vm.ID in alive:
+                    self._orphan_since.pop(vm.ID, None)  # claimed
                     ip = None if vm.STATE == DONE else ip_of(vm)
                     self._note(vm.ID, (vm.STATE, vm.LCM_STATE, ip), vm.NAME or alive[vm.ID],
                                started, events)
-                elif self._orphan(vm) and vm.ID not in self._orphans_reported:
-                    self._orphans_reported.add(vm.ID)
-                    events.append(ev.InputRejected(SOURCE, self._orphan_message(vm)))
+                elif self._orphan(vm):
+                    self._orphan_since.setdefault(vm.ID, self._clock())
+                    if vm.ID not in self._orphans_reported:
+                        self._orphans_reported.add(vm.ID)
+                        events.append(ev.InputRejected(SOURCE, self._orphan_message(vm)))
+                else:
+                    self._orphan_since.pop(vm.ID, None)  # done, or not ours
             for vm_id in sorted(set(alive) - in_pool):
                 self._note(vm_id, (DONE, LCM_INIT, None), alive[vm_id], started, events)
             self._last = {k: v for k, v in self._last.items() if k in alive}
             self._orphans_reported &= in_pool
+            self._orphan_since = {k: t for k, t in self._orphan_since.items() if k in in_pool}
+            doomed = self._doomed_orphans()
+        for vm_id in doomed:
+            events.append(self._kill_orphan(vm_id))
         return events
+
+    def _doomed_orphans(self) -> list[int]:
+        """Orphans past ``kill_orphans_after`` (caller holds the lock)."""
+        if self.kill_orphans_after is None:
+            return []
+        now = self._clock()
+        doomed = sorted(i for i, t in self._orphan_since.items() if now - t >= self.kill_orphans_after)
+        for vm_id in doomed:
+            del self._orphan_since[vm_id]
+        return doomed
+
+    def _kill_orphan(self, vm_id: int) -> Any:
+        try:
+            self._call("one.vm.action", self._one.vm.action, "terminate-hard", vm_id)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an event
+            kind, reason = classify(exc, self.endpoint)
+            return ev.InputRejected(SOURCE, f"orphan VM {vm_id}: terminate-hard failed ({kind}): "
+                                            f"{reason}")
+        return ev.InputRejected(SOURCE, f"orphan VM {vm_id} terminated: still nobody's "
+                                        f"{self.kill_orphans_after:g}s after it was first seen")
 
     def _note(self, vm_id: int, observation: tuple, name: str, started: int, out: list) -> None:
         """Report ``observation`` if it is news (caller holds the lock)."""
