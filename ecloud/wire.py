@@ -28,7 +28,7 @@ from attrs import field, frozen
 from cattrs.errors import BaseValidationError
 
 from ecloud.events.codec import converter, describe
-from ecloud.events.types import Command, InputSpec
+from ecloud.events.types import Command, InputSpec, StagedFile
 
 PROTOCOL = 1
 MAX_PAYLOAD = 256 * 1024
@@ -106,6 +106,7 @@ class Finished:
     reason: str = ""
     stdout_tail: str = ""
     stderr_tail: str = ""
+    staged: list[StagedFile] = field(factory=list)
     kind: str = "finished"
 
 
@@ -149,6 +150,8 @@ class DispatchMsg:
     slots: int = 1
     inputs: list[InputSpec] = field(factory=list)
     outputs: list[str] = field(factory=list)
+    #: where inputs come from and results go (the context's datastore_address)
+    datastore: str = ""
 
 
 @frozen

@@ -105,7 +105,8 @@ class Agent:
         self.inbox = Inbox()
         journal = Journal(settings.journal, settings.worker_id) if settings.journal else None
         self.outbox = Outbox(self.incarnation, journal)
-        self.runner = Runner(settings.work_dir, settings.slots, self.inbox.put, clock)
+        self.runner = Runner(settings.work_dir, settings.slots, self.inbox.put, clock,
+                             datastore_key=settings.datastore_key)
         self.seen: dict[str, int] = {}  # task id -> highest attempt dispatched to us
         self.from_topic = from_topic(settings.cluster, settings.worker_id)
         self.to_topic = to_topic(settings.cluster, settings.worker_id)
@@ -360,6 +361,9 @@ def _describe(report: Any) -> str:
 @click.option("--drain-timeout", metavar="SECONDS", type=click.FloatRange(min=0), default=30.0,
               show_default=True,
               help="On SIGTERM/SIGINT, how long to let running tasks finish before killing them.")
+@click.option("--datastore-key", metavar="PATH", envvar="ECLOUD_DATASTORE_KEY",
+              help="SSH private key for an ssh datastore (user@host:/path). Default: "
+              "$ECLOUD_DATASTORE_KEY, the context file, else ssh's own defaults.")
 @click.option("--journal", metavar="PATH", envvar="ECLOUD_WORKER_JOURNAL",
               help="Append every report made (started, finished, hello, bye) as a JSON line to "
               "PATH (a directory: PATH/<worker id>.jsonl), for audits. Default: "

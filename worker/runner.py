@@ -24,11 +24,13 @@ purpose is never reported as a success: its ``exit_code`` is None and
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -38,6 +40,7 @@ from pathlib import Path
 
 from attrs import define, frozen
 
+from ecloud.events.types import StagedFile
 from ecloud.wire import TAIL, DispatchMsg, Finished
 
 log = logging.getLogger(__name__)
@@ -97,8 +100,10 @@ class Runner:
         slots: int,
         notify: Callable[[tuple], None],
         clock: Callable[[], float] = time.monotonic,
+        datastore_key: str | None = None,
     ) -> None:
         self.work_dir = work_dir
+        self.datastore_key = datastore_key
         self.slots = slots
         self._notify = notify
         self._clock = clock
@@ -203,6 +208,12 @@ class Runner:
                           reason=f"cannot prepare the work directory: {exc}")
         cmd = msg.command
         argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        if msg.inputs or msg.outputs:
+            if not msg.datastore:
+                return _exited(msg.task_id, msg.attempt, NOT_STARTED, 0.0,
+                               reason="the task moves data but no datastore is set "
+                                      "(ecloud datastore set ADDRESS)")
+            argv = self._staging_argv(msg, cwd)
         env = {**os.environ, **msg.env,
                "ECLOUD_TASK_ID": msg.task_id, "ECLOUD_ATTEMPT": str(msg.attempt)}
         try:
@@ -220,6 +231,18 @@ class Runner:
         threading.Thread(target=self._wait, args=(attempt,), daemon=True,
                          name=f"wait-{proc.pid}").start()
         return Launched(msg.task_id, msg.attempt, proc.pid, str(cwd))
+
+    def _staging_argv(self, msg: DispatchMsg, cwd: Path) -> list[str]:
+        """The attempt runs inside the staging wrapper (worker/stage.py),
+        which moves the data around the command, in its process group."""
+        meta = cwd / ".ecloud"
+        meta.mkdir()
+        plan = {"task_id": msg.task_id, "command": msg.command, "datastore": msg.datastore,
+                "key_file": self.datastore_key, "outputs": list(msg.outputs),
+                "inputs": [{"path": i.path, "name": i.name, "sha256": i.sha256,
+                            "from_task": i.from_task} for i in msg.inputs]}
+        (meta / "plan.json").write_text(json.dumps(plan))
+        return [sys.executable, "-m", "worker.stage", str((meta / "plan.json").resolve())]
 
     def _wait(self, attempt: Attempt) -> None:
         """The waiter thread: block until the leader exits, then clear its
@@ -250,11 +273,30 @@ class Runner:
         exit_code, sig = (None, -code) if code < 0 else (code, None)
         if attempt.stop_reason and exit_code is not None:
             exit_code, sig = None, attempt.last_signal  # caught our SIGTERM: still no success
+        staged, failure = _staging_outcome(attempt.cwd)
         return _exited(
             attempt.msg.task_id, attempt.msg.attempt, exit_code, max(0.0, ended - attempt.started),
-            signal=sig, reason=attempt.stop_reason,
+            signal=sig, reason=attempt.stop_reason or failure,
             stdout_tail=_tail(attempt.cwd / "stdout"), stderr_tail=_tail(attempt.cwd / "stderr"),
+            staged=staged,
         )
+
+
+def _staging_outcome(cwd: Path) -> tuple[list[StagedFile], str]:
+    """What the staging wrapper moved and, if staging failed, why."""
+    meta = cwd / ".ecloud"
+    staged: list[StagedFile] = []
+    try:
+        for item in json.loads((meta / "staged.json").read_text()):
+            staged.append(StagedFile(item["direction"], item["name"], item["path"],
+                                     item["sha256"], item["bytes"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no staging, or it was killed before writing
+    try:
+        failure = (meta / "failure").read_text()[:1000]
+    except OSError:
+        failure = ""
+    return staged, failure
 
 
 def _killpg(pgid: int, sig: int) -> bool:

@@ -26,6 +26,7 @@ CONTEXT_KEYS = {
     "ECLOUD_WORKER_ID": "worker_id",
     "ECLOUD_SLOTS": "slots",
     "VMID": "vm_id",
+    "ECLOUD_DATASTORE_KEY": "datastore_key",
 }
 
 
@@ -40,6 +41,7 @@ class Settings:
     vm_id: int | None
     drain_timeout: float
     journal: str | None = None
+    datastore_key: str | None = None
 
 
 def read_context(path: str) -> dict[str, str]:
@@ -126,4 +128,5 @@ def resolve(options: dict[str, Any]) -> Settings:
         vm_id=None if vm_id is None else _int(vm_id, "VM id"),
         drain_timeout=float(given["drain_timeout"]),
         journal=given.get("journal") or None,
+        datastore_key=given.get("datastore_key") or None,
     )

@@ -285,6 +285,27 @@ def datastore_set(address: str, db: str | None, config_path: str | None) -> None
     out.print(f"datastore_address = {address}")
 
 
+@datastore_group.command("check")
+@click.option("--key", "key_file", metavar="PATH", envvar="ECLOUD_DATASTORE_KEY",
+              help="SSH private key for an ssh datastore. Default: $ECLOUD_DATASTORE_KEY.")
+@common_options
+@handle_errors
+def datastore_check(key_file: str | None, db: str | None, config_path: str | None) -> None:
+    """Test that the datastore is reachable and writable from here; say what is wrong."""
+    from ecloud.effects.movers import mover_for
+
+    with log_store(db, config_path, create=False) as store:
+        address = load_state(store).context.get("datastore_address")
+    if not address:
+        raise UserError("no datastore set: ecloud datastore set ADDRESS")
+    problems = mover_for(address, key_file=key_file).check()
+    if problems:
+        for problem in problems:
+            out.print(f"[red]problem[/] {problem}", highlight=False)
+        sys.exit(1)
+    out.print(f"datastore {address}: reachable and writable", highlight=False)
+
+
 # ---------------------------------------------------------------------- config
 
 

@@ -152,6 +152,9 @@ def summarise(event: Any) -> str:
             text += f" ({event.reason})"
         if event.exit_code != 0 and event.stderr_tail:
             text += f" stderr: {event.stderr_tail.strip().splitlines()[-1][:120]}"
+        for f in event.staged:  # provenance: what this attempt read and produced
+            arrow = f"{f.path} -> {f.name}" if f.direction == "in" else f"{f.name} -> {f.path}"
+            text += f"; {f.direction} {arrow} sha256:{f.sha256[:12]} {f.bytes} B"
         return text
     if isinstance(event, ev.WorkerAnnounced):
         return f"{event.worker_id} on {event.host}: {event.slots} slot(s), protocol {event.protocol}"

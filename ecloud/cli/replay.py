@@ -19,6 +19,7 @@ from ecloud.cli import render
 from ecloud.cli.common import common_options, handle_errors, log_store, out, progress_bar
 from ecloud.errors import UserError
 from ecloud.events.codec import converter
+from ecloud.lineage import lineage, lineage_lines
 from ecloud.rebuild import load_state, save_snapshot
 from ecloud.verify import verify
 
@@ -135,12 +136,18 @@ def _show_verify(store, until: int | None, as_json: bool) -> None:
 def _show_task(store, task_id: str, until: int | None, as_json: bool) -> None:
     with progress_bar("replaying", enabled=not as_json) as progress:
         entries, state = history.task_history(store, task_id, until, progress)
+    results = lineage(store, task_id, until)
     if as_json:
         task = state.tasks[task_id]
         _emit({"task": task_id, "seq": state.seq, "status": task.status, "attempt": task.attempt,
-               "history": [render.history_row(e, TASK_COLUMNS) for e in entries]})
+               "history": [render.history_row(e, TASK_COLUMNS) for e in entries],
+               "lineage": results})
     else:
         render.render_history(entries, out)
+        if results:
+            out.print(f"Results of {task_id} and where they came from:")
+            for line in lineage_lines(results):
+                out.print(line, markup=False, highlight=False)
 
 
 def _show_worker(store, worker_id: str, until: int | None, as_json: bool) -> None:

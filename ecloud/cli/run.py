@@ -27,7 +27,7 @@ from ecloud.cli.boss import request_local_vms
 from ecloud.cli import render
 from ecloud.cli.common import common_options, config_for, err, handle_errors, out
 from ecloud.effects.local import LocalProvider
-from ecloud.errors import EcloudError, ValidationError
+from ecloud.errors import EcloudError, UserError, ValidationError
 from ecloud.events import types as ev
 from ecloud.events.store import open_store
 from ecloud.projections.state import LIVE, SUCCEEDED, State
@@ -62,6 +62,19 @@ def push_or_continue(store, file: Path) -> tuple[list[str], str]:
     return ids, f"pushed {len(ids)} tasks from {file}"
 
 
+def set_datastore(store, address: str) -> None:
+    """A local datastore is given as an absolute path: workers run elsewhere."""
+    from ecloud.submit import append_checked
+
+    if "@" not in address and "://" not in address:
+        folder = Path(address).expanduser().resolve()
+        if not folder.is_dir():
+            raise UserError(f"--datastore {address}: no such directory")
+        address = str(folder)
+    append_checked(store, lambda state: [] if state.context.get("datastore_address") == address
+                   else [ev.ContextSet("datastore_address", address)])
+
+
 def all_finished(view: dict) -> bool:
     """Every task in the log is finished (the boss works on all of them)."""
     counts = view.get("counts", {})
@@ -91,17 +104,23 @@ def _summary(state: State, elapsed: float, ids: list[str]) -> Table:
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(".ecloud-workers"), show_default=True,
               help="Where the workers run tasks (one directory per attempt) and keep their logs.")
+@click.option("--datastore", metavar="ADDRESS",
+              help="Set the datastore tasks stage their inputs from and results to: a local "
+                   "directory (the embedded default) or user@host:/path. Default: the one the "
+                   "log's context has (ecloud datastore set).")
 @click.option("--debug", is_flag=True, help="Workers log every step (see --work-dir/*.log).")
 @common_options
 @handle_errors
-def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path, debug: bool,
-        db: str | None, config_path: str | None) -> None:
+def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path,
+        datastore: str | None, debug: bool, db: str | None, config_path: str | None) -> None:
     """Run the tasks of FILE to the end on local worker processes."""
     from ecloud.effects.broker import start_broker
 
     config = config_for(db, config_path)
     started = time.monotonic()
     with open_store(config.db, create=True) as store:
+        if datastore:
+            set_datastore(store, datastore)
         ids, what = push_or_continue(store, file)
     err.print(what)
     with ExitStack() as stack:

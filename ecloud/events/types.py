@@ -59,6 +59,20 @@ class Recorded:
 
 
 @frozen
+class StagedFile:
+    """A file (or directory) moved for an attempt: ``direction`` "in" (from
+    the datastore into the working directory, as ``name``) or "out" (from
+    ``name`` in the working directory to the datastore), with the sha256 and
+    size of what arrived."""
+
+    direction: str
+    name: str
+    path: str
+    sha256: str
+    bytes: int
+
+
+@frozen
 class InputSpec:
     """A file the task needs in its working directory before it runs.
 
@@ -162,6 +176,8 @@ class TaskFinished(Event):
     stdout_tail: str = ""
     stderr_tail: str = ""
     msg_id: str = ""
+    #: what the attempt staged in and out (checksums and sizes: provenance)
+    staged: tuple[StagedFile, ...] = ()
 
 
 # ------------------------------------------------------------------------- workers

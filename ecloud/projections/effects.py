@@ -23,6 +23,8 @@ class Dispatch:
     attempt: int
     worker_id: str
     spec: TaskSpec
+    #: the context's datastore_address when the attempt was dispatched
+    datastore: str = ""
 
     @property
     def key(self) -> str:

@@ -23,7 +23,8 @@ def outstanding(state: State) -> list:
     effects: list = []
     for task in state.tasks.values():
         if task.status == DISPATCHED and task.worker is not None:
-            effects.append(Dispatch(seq, task.spec.id, task.attempt, task.worker, task.spec))
+            effects.append(Dispatch(seq, task.spec.id, task.attempt, task.worker, task.spec,
+                                    state.context.get("datastore_address", "")))
     for wid in sorted(state.workers):
         worker = state.workers[wid]
         if worker.status not in LIVE:

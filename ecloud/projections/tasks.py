@@ -196,7 +196,8 @@ def on_dispatched(state: State, event: TaskDispatched, seq: int, out: list) -> N
     worker.status = BUSY
     worker.idle_since = None
     state.refresh_free(worker, was_free=True)
-    out.append(Dispatch(seq, task.spec.id, event.attempt, worker.worker_id, task.spec))
+    out.append(Dispatch(seq, task.spec.id, event.attempt, worker.worker_id, task.spec,
+                        state.context.get("datastore_address", "")))
 
 
 # ------------------------------------------------------------------- reports
