@@ -246,16 +246,19 @@ def test_unreachable_datastore(sshd, tmp_path: Path) -> None:  # noqa: F811
 
 def _fetch_in_child(sshd, dest: Path) -> tuple[dict, float, float]:  # noqa: F811
     """Fetch ``big`` in a fresh Python process: its result, its own peak RSS
-    in MB (the worker's memory: what the mover holds), and the largest peak
-    RSS among it and the rsync/ssh processes it ran (for information: rsync's
-    buffers are rsync's business)."""
+    in MB (VmHWM: the worker's memory, what the mover holds), and the largest
+    ru_maxrss among it and the rsync/ssh processes it ran (for information;
+    on Linux that figure keeps the forking pytest's high-water mark)."""
     code = textwrap.dedent(f"""
-        import json, resource, sys
+        import json, sys
         from pathlib import Path
         from ecloud.effects.movers import mover_for
         m = mover_for({sshd.address!r}, key_file={sshd.key_file!r}, timeout=10)
         t = m.fetch("big", Path({str(dest)!r}))
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # VmHWM belongs to this program's memory; ru_maxrss would keep the
+        # high-water mark of the forked pytest process across exec
+        status = Path("/proc/self/status").read_text().splitlines()
+        own = int(next(l for l in status if l.startswith("VmHWM:")).split()[1]) / 1024
         print(json.dumps({{"sha256": t.sha256, "bytes": t.bytes, "seconds": t.seconds,
                            "own_rss_mb": own}}))
     """)
