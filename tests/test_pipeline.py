@@ -63,16 +63,23 @@ def check_pipeline(cluster: Cluster, datastore: Path) -> int:
     return checked
 
 
-def test_the_pipeline_on_the_embedded_default_with_a_local_datastore(sqlite_url, broker,
-                                                                      tmp_path: Path) -> None:
+@pytest.fixture
+def local(sqlite_url, broker, tmp_path: Path):
+    """The embedded default: an SQLite log, a broker of the test's own and a
+    local-directory datastore seeded with examples/pipeline's data."""
     datastore = copy_datastore(tmp_path / "datastore")
     set_datastore(sqlite_url, str(datastore))
     cluster = Cluster(sqlite_url, broker.url, tmp_path, f"p{uuid.uuid4().hex[:6]}")
     try:
-        cluster.start_boss(workers=3, slots=2)
-        assert check_pipeline(cluster, datastore) == 50 * 2 + 50  # stdout, stderr, one output each
+        yield cluster, datastore
     finally:
         cluster.close()
+
+
+def test_the_pipeline_on_the_embedded_default_with_a_local_datastore(local) -> None:
+    cluster, datastore = local
+    cluster.start_boss(workers=3, slots=2)
+    assert check_pipeline(cluster, datastore) == 50 * 2 + 50  # stdout, stderr, one output each
 
 
 @pytest.mark.mysql
@@ -91,47 +98,36 @@ def test_the_pipeline_over_ssh_with_mariadb_and_mosquitto(mysql_url, mosquitto_b
         cluster.close()
 
 
-def test_a_corrupted_input_fails_the_attempt_with_that_reason(sqlite_url, broker,
-                                                              tmp_path: Path) -> None:
-    datastore = copy_datastore(tmp_path / "datastore")
-    set_datastore(sqlite_url, str(datastore))
-    cluster = Cluster(sqlite_url, broker.url, tmp_path, f"p{uuid.uuid4().hex[:6]}")
-    try:
-        cluster.push([{"id": "reader", "command": "cat seed.txt > copy.txt",
-                       "inputs": [{"path": "data/seed.txt", "sha256": "0" * 64}],
-                       "outputs": ["copy.txt"]}])
-        cluster.start_boss(workers=1)
-        state = cluster.wait_all("failed", timeout=60)
-        reason = state.tasks["reader"].reason
-        assert reason.startswith("staging (checksum):") and "0" * 16 in reason
-        assert not (tmp_path / ".ecloud-workers" / "local-1" / "reader" / "1" / "seed.txt").exists()
-        assert not (datastore / "results" / "reader").exists()  # nothing ran, nothing pushed
-    finally:
-        cluster.close()
+def test_a_corrupted_input_fails_the_attempt_with_that_reason(local) -> None:
+    cluster, datastore = local
+    cluster.push([{"id": "reader", "command": "cat seed.txt > copy.txt",
+                   "inputs": [{"path": "data/seed.txt", "sha256": "0" * 64}],
+                   "outputs": ["copy.txt"]}])
+    cluster.start_boss(workers=1)
+    state = cluster.wait_all("failed", timeout=60)
+    reason = state.tasks["reader"].reason
+    assert reason.startswith("staging (checksum):") and "0" * 16 in reason
+    assert not (cluster.workdir / ".ecloud-workers" / "local-1" / "reader" / "1" / "seed.txt").exists()
+    assert not (datastore / "results" / "reader").exists()  # nothing ran, nothing pushed
 
 
-def test_replay_shows_where_a_result_came_from(sqlite_url, broker, tmp_path: Path) -> None:
-    datastore = copy_datastore(tmp_path / "datastore")
-    set_datastore(sqlite_url, str(datastore))
-    cluster = Cluster(sqlite_url, broker.url, tmp_path, f"p{uuid.uuid4().hex[:6]}")
-    try:
-        cluster.push([
-            {"id": "a", "command": "head -3 seed.txt > a.txt",
-             "inputs": [{"path": "data/seed.txt"}], "outputs": ["a.txt"]},
-            {"id": "b", "command": "wc -l < in.txt > b.txt", "depends_on": ["a"],
-             "inputs": [{"from": "a", "path": "a.txt", "name": "in.txt"}], "outputs": ["b.txt"]},
-        ])
-        cluster.start_boss(workers=1)
-        cluster.wait_all(timeout=60)
-        result = subprocess.run([sys.executable, "-m", "ecloud.cli.replay", "--task", "b", "--json",
-                                 "--db", sqlite_url], capture_output=True, text=True, env=cluster.env,
-                                timeout=60)
-        assert result.returncode == 0, result.stderr
-        (b_txt,) = [n for n in json.loads(result.stdout)["lineage"] if n["name"] == "b.txt"]
-        (inp,) = b_txt["inputs"]
-        assert inp["path"] == "results/a/a.txt" and inp["matches"] is True
-        assert inp["produced_by"]["task"] == "a"
-        assert inp["produced_by"]["inputs"][0]["path"] == "data/seed.txt"
-        assert inp["produced_by"]["inputs"][0]["sha256"] == sha256(datastore / "data" / "seed.txt")
-    finally:
-        cluster.close()
+def test_replay_shows_where_a_result_came_from(local) -> None:
+    cluster, datastore = local
+    cluster.push([
+        {"id": "a", "command": "head -3 seed.txt > a.txt",
+         "inputs": [{"path": "data/seed.txt"}], "outputs": ["a.txt"]},
+        {"id": "b", "command": "wc -l < in.txt > b.txt", "depends_on": ["a"],
+         "inputs": [{"from": "a", "path": "a.txt", "name": "in.txt"}], "outputs": ["b.txt"]},
+    ])
+    cluster.start_boss(workers=1)
+    cluster.wait_all(timeout=60)
+    result = subprocess.run([sys.executable, "-m", "ecloud.cli.replay", "--task", "b", "--json",
+                             "--db", cluster.db], capture_output=True, text=True, env=cluster.env,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    (b_txt,) = [n for n in json.loads(result.stdout)["lineage"] if n["name"] == "b.txt"]
+    (inp,) = b_txt["inputs"]
+    assert inp["path"] == "results/a/a.txt" and inp["matches"] is True
+    assert inp["produced_by"]["task"] == "a"
+    assert inp["produced_by"]["inputs"][0]["path"] == "data/seed.txt"
+    assert inp["produced_by"]["inputs"][0]["sha256"] == sha256(datastore / "data" / "seed.txt")
