@@ -21,6 +21,13 @@ that a password need not sit in the file or the process list:
 file (a relative PATH is taken from the config file's folder when the value
 came from the file); both are stripped of surrounding whitespace.
 
+Settings that name a file (``datastore_key_file``) are paths, not indirect:
+``~`` is expanded, and a relative path in the config file is taken from the
+config file's folder, like ``file:PATH``. Whether the file can be read is
+checked by whoever uses it (``ecloud-boss --provider opennebula`` reads the
+datastore key at start), so that a command which does not need it does not
+fail for it. Its content is never part of the :class:`Config`.
+
 :func:`load_config` returns a frozen :class:`Config`; ``Config.describe()``
 tells where each value came from (``ecloud config show``).
 """
@@ -40,7 +47,7 @@ from attrs import field, frozen
 
 from ecloud.errors import ConfigError
 
-__all__ = ["Config", "SETTINGS", "load_config", "find_config_file"]
+__all__ = ["SETTINGS", "Config", "find_config_file", "load_config"]
 
 _CLUSTER_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -122,6 +129,7 @@ class Setting:
     text: Callable[[str], Any] = str
     indirect: bool = False  # may be given as env:NAME / file:PATH
     secret: bool = False  # never shown
+    path: bool = False  # a file's path: ~ expanded, relative to the config file's folder
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -155,6 +163,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("takeover_after", "ECLOUD_TAKEOVER_AFTER", 10.0, _seconds,
             "seconds of silence from the active boss before a standby takes over (MariaDB)",
             text=_float_text),
+    Setting("datastore_key_file", "ECLOUD_DATASTORE_KEY_FILE", None, _string,
+            "path of the ssh private key workers use for the datastore; the OpenNebula provider "
+            "reads it at boss start and hands its content to new VMs (never logged)", path=True),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -195,6 +206,8 @@ class Config:
     one_deadline: float = 30.0
     one_kill_orphans_after: float | None = None
     takeover_after: float = 10.0
+    datastore_key_file: str | None = None
+    """A path; the key itself is read by the OpenNebula provider, never kept here."""
     file: str | None = None
     """The config file that was read, if any."""
     origins: dict[str, str] = field(factory=dict, eq=False, hash=False)
@@ -277,11 +290,25 @@ def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] =
             if where is None and isinstance(raw, str):
                 raw = s.text(raw)
             values[s.name] = s.parse(raw)
+            if s.path:
+                values[s.name] = _path(values[s.name], where, env)
         except ValueError as exc:
             key = f"{path}: key {s.name!r}" if where else f"{origin} ({s.name})"
             raise ConfigError(f"{key}: {exc}") from None
         origins[s.name] = origin
     return Config(**values, file=str(path) if path else None, origins=origins)
+
+
+def _path(value: str, config_path: Path | None, env: Mapping[str, str]) -> str:
+    """A file's path: ``~`` expanded (``$HOME`` from ``env``); relative to the
+    config file's folder when it came from the config file (else to the
+    working directory)."""
+    if (value == "~" or value.startswith("~/")) and env.get("HOME"):
+        value = env["HOME"] + value[1:]
+    target = Path(value).expanduser()
+    if config_path is not None and not target.is_absolute():
+        target = config_path.parent / target
+    return str(target)
 
 
 def _read_file(path: Path) -> dict[str, Any]:

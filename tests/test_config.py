@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +69,7 @@ def test_flags_beat_env_beat_file_beat_defaults(tmp_path, home):
         ("one_deadline", "30.0", "default"),
         ("one_kill_orphans_after", "(none)", "default"),
         ("takeover_after", "10.0", "default"),
+        ("datastore_key_file", "(none)", "default"),
     ]
 
 
@@ -216,8 +220,60 @@ def test_the_opennebula_settings_are_checked_and_the_session_never_shown(tmp_pat
     config = load_config({}, env)
     assert (config.one_url, config.one_session, config.one_template) == (
         "http://one.example:2633/RPC2", "oneadmin:secret-pw", 0)
-    shown = dict((name, value) for name, value, _ in config.describe())
+    shown = {name: value for name, value, _ in config.describe()}
     assert shown["one_session"] == "*** (set)"
     assert "secret-pw" not in repr(config)
     with pytest.raises(ConfigError, match="expected http"):
         load_config({}, {"HOME": str(home), "ECLOUD_ONE_URL": "one.example:2633"})
+
+
+# ------------------------------------------------------------------ the datastore key
+
+
+def test_the_datastore_key_file_is_a_path_shown_as_such(tmp_path, home):
+    env = {"HOME": str(home), "ECLOUD_DATASTORE_KEY_FILE": "~/keys/id_datastore"}
+    config = load_config({}, env)
+    assert config.datastore_key_file == str(home / "keys" / "id_datastore")  # never read here
+    shown = {name: (value, origin) for name, value, origin in config.describe()}
+    assert shown["datastore_key_file"] == (str(home / "keys" / "id_datastore"),
+                                           "env ECLOUD_DATASTORE_KEY_FILE")
+    # in the config file, relative to the file's folder (like file:PATH)
+    path = write(tmp_path / "conf" / "ecloud.toml", 'datastore_key_file = "keys/ds"\n')
+    config = load_config({"config": str(path)}, {"HOME": str(home)})
+    assert config.datastore_key_file == str(tmp_path / "conf" / "keys" / "ds")
+
+
+def boss_start(tmp_path: Path, home: Path, **env: str) -> subprocess.CompletedProcess:
+    """``ecloud-boss --provider opennebula``, as an operator starts it."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ECLOUD_")}
+    base.update(HOME=str(home), ECLOUD_DB=f"sqlite:///{tmp_path / 'events.db'}",
+                ECLOUD_ONE_URL="http://127.0.0.1:9/RPC2", ECLOUD_ONE_SESSION="u:p",
+                ECLOUD_ONE_TEMPLATE="0", COLUMNS="300")
+    return subprocess.run([sys.executable, "-m", "ecloud.cli.boss", "--provider", "opennebula",
+                           "--broker", "mqtt://127.0.0.1:9"], env={**base, **env},
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_an_unusable_datastore_key_file_stops_the_boss_at_start_with_one_clear_line(
+        tmp_path, home):
+    missing = tmp_path / "no-such-key"
+    result = boss_start(tmp_path, home, ECLOUD_DATASTORE_KEY_FILE=str(missing))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: setting datastore_key_file (env ECLOUD_DATASTORE_KEY_FILE): cannot read the "
+        f"datastore key file {missing}: No such file or directory")
+    assert not (tmp_path / "events.db").exists()  # it stopped before touching the log
+
+    folder = tmp_path / "keys"
+    folder.mkdir()  # a folder cannot be read as a file, even by root
+    result = boss_start(tmp_path, home, ECLOUD_DATASTORE_KEY_FILE=str(folder))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot read the datastore key file {folder}: Is a directory" in result.stderr
+
+    empty = write(tmp_path / "conf" / "empty_key", "\n")
+    path = write(tmp_path / "conf" / "ecloud.toml", 'datastore_key_file = "empty_key"\n')
+    result = boss_start(tmp_path, home, ECLOUD_CONFIG=str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: setting datastore_key_file (file {path}): the datastore key file {empty} is empty")

@@ -12,16 +12,23 @@ import base64
 import os
 import signal
 import socket
+import stat
 import threading
 import time
 import uuid
+from pathlib import Path
+from types import SimpleNamespace
 
 import pyone
 import pytest
 import requests
 
 from ecloud import wire
+from ecloud.boss.loop import Boss
+from ecloud.cli.boss import make_provider
+from ecloud.config import load_config
 from ecloud.effects.opennebula import (
+    DatastoreKeyError,
     OpenNebulaError,
     OpenNebulaProvider,
     Orphan,
@@ -29,8 +36,11 @@ from ecloud.effects.opennebula import (
     ip_of,
 )
 from ecloud.errors import ConfigError
+from ecloud.events import types as ev
+from ecloud.events.store import open_store
 from ecloud.events.types import InputRejected, VMAllocated, VMFailed, VMStateObserved
 from ecloud.projections.effects import KillVM, SpawnVM
+from ecloud.taskfile import parse_tasks
 from tests import fake_oned as oned
 from tests.brokers import Client, wait_for
 from tests.fake_oned import FakeOned, ecloud_worker_command
@@ -540,3 +550,139 @@ def test_a_spawn_carries_the_context_the_state_gives_it(fake_oned) -> None:
     context = {k[:-4]: base64.b64decode(v).decode() for k, v in raw.items() if k.endswith("_B64")}
     assert (context["BOSS_ADDRESS"], context["ECLOUD_SLOTS"], context["ECLOUD_CLUSTER"]) == (
         "10.9.9.9:1883", "4", "t")
+
+
+# ------------------------------------------------------------- the datastore key
+
+KEY_VAR = "ECLOUD_DATASTORE_SSH_KEY_B64"
+
+
+def key_pieces(key: bytes) -> list[bytes]:
+    """What of a key must not show up anywhere: the key, its base64, each
+    line of its body, and the name of the variable that carries it."""
+    lines = [line for line in key.splitlines() if line and not line.startswith(b"-----")]
+    return [key, base64.b64encode(key), *lines, KEY_VAR[:-4].encode()]
+
+
+def test_only_the_provider_puts_the_datastore_key_in_a_vm_context(fake_oned, tmp_path) -> None:
+    key = b"-----BEGIN OPENSSH PRIVATE KEY-----\n" + base64.encodebytes(os.urandom(120)) + \
+        b"-----END OPENSSH PRIVATE KEY-----\n"
+    key_file = tmp_path / "id_datastore"
+    key_file.write_bytes(key)
+    prov = OpenNebulaProvider(fake_oned.url, fake_oned.session, fake_oned.template_id, PREFIX,
+                              CONTEXT, deadline=5, datastore_key_file=key_file)
+    # a spawn's context (from the logged state) cannot set or replace it
+    forged = base64.b64encode(b"forged").decode()
+    (allocated,) = prov.spawn(SpawnVM(1, PREFIX + "1", (("ECLOUD_DATASTORE_SSH_KEY", "forged"),
+                                                        ("ECLOUD_SLOTS", "2"))))
+    raw = fake_oned.vm(allocated.vm_id).context
+    assert base64.b64decode(raw[KEY_VAR], validate=True) == key
+    assert forged not in raw.values()
+    assert "ECLOUD_DATASTORE_KEY_B64" not in raw  # that one is a path on the VM: not ours
+    assert base64.b64decode(raw["ECLOUD_SLOTS_B64"]) == b"2"
+    # nor can the provider's own
+    with pytest.raises(ConfigError, match="context variable 'ECLOUD_DATASTORE_SSH_KEY'"):
+        provider(fake_oned, context={"ECLOUD_DATASTORE_SSH_KEY": "x"})
+    # without the setting, no key
+    (other,) = spawn(provider(fake_oned), PREFIX + "2")
+    assert KEY_VAR not in fake_oned.vm(other.vm_id).context
+
+    # read once, at construction: an unusable file fails there, naming the file only
+    for bad, why in ((tmp_path / "missing", "No such file or directory"), (tmp_path, "Is a directory")):
+        with pytest.raises(DatastoreKeyError) as info:
+            OpenNebulaProvider(fake_oned.url, fake_oned.session, 7, PREFIX, CONTEXT,
+                               datastore_key_file=bad)
+        assert str(info.value) == f"cannot read the datastore key file {bad}: {why}"
+    (tmp_path / "empty").write_bytes(b" \n")
+    with pytest.raises(ConfigError, match="is empty"):
+        OpenNebulaProvider(fake_oned.url, fake_oned.session, 7, PREFIX, CONTEXT,
+                           datastore_key_file=tmp_path / "empty")
+
+
+def test_an_oned_error_quoting_the_template_is_logged_without_the_key(fake_oned, tmp_path) -> None:
+    key = base64.encodebytes(os.urandom(200))
+    (tmp_path / "key").write_bytes(key)
+    prov = OpenNebulaProvider(fake_oned.url, fake_oned.session, 7, PREFIX, CONTEXT,
+                              datastore_key_file=tmp_path / "key")
+
+    def instantiate(template_id, name, hold, extra, persistent):
+        line = next(x for x in extra.splitlines() if x.startswith(KEY_VAR))
+        # all of it, and a piece of it as a parser would quote it
+        raise pyone.OneInternalException(f"Error parsing user template: {extra} near "
+                                         f"'{line[40:90]}'")
+
+    prov._one = SimpleNamespace(vmpool=SimpleNamespace(info=lambda *a: SimpleNamespace(VM=[])),
+                                template=SimpleNamespace(instantiate=instantiate))
+    (failed,) = spawn(prov, PREFIX + "1")
+    assert type(failed) is VMFailed and "Error parsing user template" in failed.reason
+    assert "ECLOUD_CLUSTER_B64" in failed.reason  # the rest is kept
+    b64 = base64.b64encode(key).decode()
+    assert b64 not in failed.reason and b64[40:80] not in failed.reason
+    assert not any(piece in failed.reason for piece in (b64[i:i + 12] for i in range(0, 200, 7)))
+
+
+def test_the_datastore_key_reaches_the_worker_through_the_context_and_never_the_log(
+        fake_oned, broker, sshd, tmp_path, monkeypatch) -> None:
+    """``ecloud-boss --provider opennebula`` with ``datastore_key_file``, in
+    process: the VM's worker fetches a task's input over ssh with the key it
+    got from the context, and nothing of the key is in the log."""
+    home = tmp_path / "home"
+    monkeypatch.chdir(tmp_path)  # no ./ecloud.toml of anyone's
+    monkeypatch.setenv("HOME", str(home))  # the guest's ~/.ecloud/known_hosts
+    key = Path(sshd.key_file).read_bytes()
+    (sshd.datastore / "seed.txt").write_text("seed from the datastore\n")
+    cluster = f"dk{uuid.uuid4().hex[:8]}"
+    db = tmp_path / "events.db"
+    config = load_config({}, {
+        "HOME": str(home), "ECLOUD_DB": f"sqlite:///{db}", "ECLOUD_CLUSTER": cluster,
+        "ECLOUD_ONE_URL": fake_oned.url, "ECLOUD_ONE_SESSION": fake_oned.session,
+        "ECLOUD_ONE_TEMPLATE": str(fake_oned.template_id), "ECLOUD_ONE_DEADLINE": "5",
+        "ECLOUD_DATASTORE_KEY_FILE": sshd.key_file})
+    prov = make_provider("opennebula", config, broker.url, 1)
+    fake_oned.worker_command = ecloud_worker_command(heartbeat=0.5)
+    boss = Boss(config.db, broker.url, provider=prov, cluster=cluster, poll=0.05,
+                observe_every=0.2)
+    thread = threading.Thread(target=boss.run, daemon=True)
+    thread.start()
+
+    def logged(tag: str) -> list:
+        with open_store(config.db, create=False) as store:
+            return [r.event for r in store.read(1) if r.event.TYPE == tag]
+
+    try:
+        wait_for(boss.ready.is_set, 20, "the boss to start")
+        # `env`: the task shows what it inherited, and its output tail is logged
+        (task,) = parse_tasks([{"id": "t", "command": "cat seed.txt && env",
+                                "inputs": [{"path": "seed.txt"}]}])
+        boss.submit([ev.ContextSet("datastore_address", sshd.address),
+                     ev.TasksSubmitted("b1", (task,), "test"),
+                     ev.VMRequested(f"ecloud-{cluster}-1", "test")])
+        (done,) = wait_for(lambda: logged("task.finished"), 60,
+                           "the task to finish on the VM's worker")
+        assert done.exit_code == 0, (done.reason, done.stderr_tail)
+        assert done.stdout_tail.startswith("seed from the datastore\n")
+    finally:
+        boss.stop()
+        thread.join(30)
+    assert not thread.is_alive() and boss.error is None
+
+    (allocated,) = logged("vm.allocated")
+    context = fake_oned.vm(allocated.vm_id).context
+    assert base64.b64decode(context[KEY_VAR], validate=True) == key
+    on_the_vm = fake_oned.dir / f"vm-{allocated.vm_id}" / "work" / ".ecloud" / "datastore_key"
+    assert on_the_vm.read_bytes() == key
+    assert stat.S_IMODE(on_the_vm.stat().st_mode) == 0o600
+
+    # nothing of the key anywhere in the log (nor in the database's files),
+    # the task's full output on the datastore, or the worker's log
+    with open_store(config.db, create=False) as store:
+        rows = list(store.read_raw(1))
+    assert len(rows) > 5
+    places = {f"event {seq} {tag}": body for seq, _, tag, _, body in rows}
+    places.update({str(f): f.read_bytes() for f in tmp_path.glob("events.db*")})
+    places["the task's stdout"] = (sshd.datastore / "results" / "t" / "stdout").read_bytes()
+    places["the worker's log"] = fake_oned.worker_log(allocated.vm_id).read_bytes()
+    assert b"seed from the datastore" in places["the task's stdout"]
+    leaks = [(where, piece[:20]) for where, data in places.items() for piece in key_pieces(key)
+             if piece in data]
+    assert leaks == []

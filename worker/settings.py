@@ -3,14 +3,33 @@
 Click already merges a flag with its environment variable (an option left
 unset arrives as None); :func:`resolve` fills what is still missing from the
 context file, then from the defaults, and checks the result.
+
+The datastore key (``datastore_key``, a path) follows the same rule, with
+one more source at the end::
+
+    --datastore-key PATH  >  $ECLOUD_DATASTORE_KEY  >  ECLOUD_DATASTORE_KEY (a path)
+    in the context file  >  ECLOUD_DATASTORE_SSH_KEY_B64 (the key itself) in the
+    context file  >  none (ssh's own defaults)
+
+``ECLOUD_DATASTORE_SSH_KEY_B64`` is how the boss's OpenNebula provider hands
+out its ``datastore_key_file``: the key's bytes, base64-encoded. When it is
+the source, :func:`resolve` writes the bytes to
+``<work dir>/.ecloud/datastore_key`` (mode 0600, in a folder of mode 0700;
+written anew at every start, so a rotated key takes over) and uses that
+path; given a path by any earlier source it writes nothing. It also removes
+the key from the agent's environment (where OpenNebula's start script may
+have put it), so that tasks - which inherit that environment and whose
+output tails are logged - never see it.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import secrets
 import shlex
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +47,11 @@ CONTEXT_KEYS = {
     "VMID": "vm_id",
     "ECLOUD_DATASTORE_KEY": "datastore_key",
 }
+#: the context variable holding the datastore's ssh private key (not a path):
+#: ``<it>_B64`` in the context, bytes, never decoded to text
+DATASTORE_SSH_KEY = "ECLOUD_DATASTORE_SSH_KEY"
+#: where the agent keeps that key, under its work dir
+KEY_DIR, KEY_NAME = ".ecloud", "datastore_key"
 
 
 @frozen
@@ -72,12 +96,73 @@ def _decoded(values: dict[str, str]) -> dict[str, str]:
     plain ``KEY`` given beside it wins."""
     out = dict(values)
     for key, value in values.items():
+        if key == f"{DATASTORE_SSH_KEY}_B64":
+            continue  # bytes, not text: see datastore_key_material
         if key.endswith("_B64") and key[:-4] not in values:
             try:
                 out[key[:-4]] = base64.b64decode(value, validate=True).decode()
             except (ValueError, UnicodeDecodeError):
                 raise UserError(f"context variable {key} is not valid base64") from None
     return out
+
+
+def datastore_key_material(context: dict[str, str]) -> bytes | None:
+    """The datastore key's bytes from ``ECLOUD_DATASTORE_SSH_KEY_B64`` in
+    the context, or None. The error never quotes the value."""
+    value = context.get(f"{DATASTORE_SSH_KEY}_B64", "")
+    if not value:
+        return None
+    try:
+        material = base64.b64decode(value, validate=True)
+    except ValueError:
+        raise UserError(f"context variable {DATASTORE_SSH_KEY}_B64 is not valid base64") from None
+    return material or None
+
+
+def write_datastore_key(work_dir: Path, material: bytes) -> Path:
+    """Write the key to ``<work_dir>/.ecloud/datastore_key``, mode 0600, and
+    return that path.
+
+    The folder is made 0700 and must be ours (not a symlink, not another
+    user's: ``/tmp`` is shared). The key goes to a new temporary file,
+    created 0600 with ``O_EXCL`` (so it is never readable by others, not even
+    for an instant, and no planted file or link is followed), which then
+    replaces the old key in one rename.
+    """
+    folder = work_dir / KEY_DIR
+    target = folder / KEY_NAME
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise UserError(f"cannot keep the datastore key in {folder}: it is not a folder of "
+                            "this user's (remove it, or give another --work-dir)")
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.chmod(folder, 0o700)
+        temp = folder / f".{KEY_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(temp, flags, 0o600)
+        try:
+            try:
+                os.fchmod(fd, 0o600)  # exactly: a strict umask must not make it unreadable
+                view = memoryview(material)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise UserError(f"cannot write the datastore key to {target}: "
+                        f"{exc.strerror or exc}") from None
+    return target
 
 
 def _broker_from_boss_address(address: str) -> str:
@@ -104,12 +189,17 @@ def resolve(options: dict[str, Any]) -> Settings:
     """Settings from the click options (flag or environment, else None)."""
     given = dict(options)
     context_file = given.pop("context_file", None)
+    key_material = None
+    # not for tasks to inherit (OpenNebula's start script exports the context)
+    for name in (DATASTORE_SSH_KEY, f"{DATASTORE_SSH_KEY}_B64"):
+        os.environ.pop(name, None)
     if context_file:
         context = read_context(context_file)
         for key, name in CONTEXT_KEYS.items():
             if given.get(name) is None and context.get(key):
                 value = context[key]
                 given[name] = _broker_from_boss_address(value) if name == "broker" else value
+        key_material = datastore_key_material(context)
     if not given.get("broker"):
         raise UserError(
             "no broker address: give --broker mqtt://host:port, set ECLOUD_BROKER, "
@@ -118,15 +208,21 @@ def resolve(options: dict[str, Any]) -> Settings:
     parse_broker_url(given["broker"])  # a bad URL is the operator's error, now
     worker_id = _name(given.get("worker_id") or socket.gethostname(), "worker id")
     vm_id = given.get("vm_id")
+    cluster = _name(given.get("cluster") or "ecloud", "cluster name")
+    slots = _int(given.get("slots") or os.cpu_count() or 1, "slots", minimum=1)
+    work_dir = Path(given.get("work_dir") or f"/tmp/ecloud-worker-{worker_id}")
+    datastore_key = given.get("datastore_key") or None
+    if datastore_key is None and key_material is not None:  # the last source, after a path
+        datastore_key = str(write_datastore_key(work_dir, key_material))
     return Settings(
         broker=given["broker"],
-        cluster=_name(given.get("cluster") or "ecloud", "cluster name"),
+        cluster=cluster,
         worker_id=worker_id,
-        slots=_int(given.get("slots") or os.cpu_count() or 1, "slots", minimum=1),
-        work_dir=Path(given.get("work_dir") or f"/tmp/ecloud-worker-{worker_id}"),
+        slots=slots,
+        work_dir=work_dir,
         heartbeat=float(given["heartbeat"]),
         vm_id=None if vm_id is None else _int(vm_id, "VM id"),
         drain_timeout=float(given["drain_timeout"]),
         journal=given.get("journal") or None,
-        datastore_key=given.get("datastore_key") or None,
+        datastore_key=datastore_key,
     )

@@ -20,8 +20,8 @@ from ecloud.boss.address import own_address
 from ecloud.boss.loop import Boss
 from ecloud.cli.common import common_options, config_for, err, handle_errors
 from ecloud.effects.local import LocalProvider
-from ecloud.effects.opennebula import OpenNebulaProvider
-from ecloud.errors import UserError
+from ecloud.effects.opennebula import DatastoreKeyError, OpenNebulaProvider
+from ecloud.errors import ConfigError, UserError
 from ecloud.events import types as ev
 from ecloud.events.store import open_store
 
@@ -46,11 +46,18 @@ def make_provider(kind: str | None, config, broker_url: str, slots: int):
         if missing:
             raise UserError(f"--provider opennebula needs the setting(s) {', '.join(missing)} "
                             "(ECLOUD_ONE_URL, ECLOUD_ONE_SESSION, ECLOUD_ONE_TEMPLATE)")
-        return OpenNebulaProvider(config.one_url, config.one_session, config.one_template,
-                                  f"ecloud-{config.cluster}-",
-                                  {"BOSS_ADDRESS": broker_url, "ECLOUD_CLUSTER": config.cluster},
-                                  deadline=config.one_deadline,
-                                  kill_orphans_after=config.one_kill_orphans_after)
+        try:
+            # reads the datastore key file now: a bad one stops the boss at start
+            return OpenNebulaProvider(config.one_url, config.one_session, config.one_template,
+                                      f"ecloud-{config.cluster}-",
+                                      {"BOSS_ADDRESS": broker_url,
+                                       "ECLOUD_CLUSTER": config.cluster},
+                                      deadline=config.one_deadline,
+                                      kill_orphans_after=config.one_kill_orphans_after,
+                                      datastore_key_file=config.datastore_key_file)
+        except DatastoreKeyError as exc:
+            origin = config.origins.get("datastore_key_file", "default")
+            raise ConfigError(f"setting datastore_key_file ({origin}): {exc}") from None
     return None
 
 
@@ -74,8 +81,9 @@ def boss_address_events(state, configured: str | None, broker_url: str) -> list:
               help="Slots per local worker.")
 @click.option("--provider", "provider_kind", type=click.Choice(["local", "opennebula"]), default=None,
               help="Where worker VMs come from: local processes (the default with --local), or "
-                   "OpenNebula (settings one_url, one_session, one_template). Without one, VMs "
-                   "asked for are only logged.")
+                   "OpenNebula (settings one_url, one_session, one_template; datastore_key_file "
+                   "gives new VMs the datastore's ssh key). Without one, VMs asked for are only "
+                   "logged.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every batch and effect.")
 @common_options
 @handle_errors
@@ -93,6 +101,9 @@ def boss(broker: str | None, workers: int, slots: int, provider_kind: str | None
         raise UserError("--local N runs local workers: it does not go with --provider opennebula")
     provider = make_provider(provider_kind or ("local" if workers else None), config, broker_url,
                              slots)
+    if config.datastore_key_file is not None and not isinstance(provider, OpenNebulaProvider):
+        logging.getLogger("ecloud.boss").warning(
+            "datastore_key_file is set but only --provider opennebula hands it to workers")
     store = open_store(config.db, create=True)
 
     def on_start(state) -> list:

@@ -57,12 +57,27 @@ agent decodes ``X_B64`` context variables itself (``worker/settings.py``) and
 
 (``tests/fake_oned.py`` boots its VMs the same way.) Context values are
 readable by anyone who may use the VM: give workers their own credentials.
+
+The datastore key. With ``datastore_key_file`` (the boss's setting of that
+name), every instantiate also passes ``ECLOUD_DATASTORE_SSH_KEY_B64``: the
+base64 of that file's bytes, an ssh private key the workers use for the
+datastore. The template's CONTEXT must refer to it too
+(``ECLOUD_DATASTORE_SSH_KEY_B64 = "$ECLOUD_DATASTORE_SSH_KEY_B64"``); the
+agent writes it to a file of mode 0600 and uses it, unless it was given a
+key path (``worker/settings.py``). The name differs from
+``ECLOUD_DATASTORE_KEY``, which gives the worker a *path*. The key material
+never passes through the log: the provider reads the file itself and adds
+the line when it instantiates, outside the ``SpawnVM`` effect's context
+(which comes from the logged state); the name is reserved, so neither the
+provider's nor a spawn's context can set it, and an error message from oned
+is stripped of any piece of it before it becomes a ``vm.failed``.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
 import threading
 import time
@@ -87,7 +102,10 @@ SOURCE = "opennebula"  # input.rejected source
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _KEY = re.compile(r"[A-Z][A-Z0-9_]*")
-RESERVED_KEYS = frozenset({"ECLOUD_WORKER_ID"})
+#: the context variable (``<it>_B64``) that carries the datastore's ssh private key
+DATASTORE_SSH_KEY = "ECLOUD_DATASTORE_SSH_KEY"
+RESERVED_KEYS = frozenset({"ECLOUD_WORKER_ID", DATASTORE_SSH_KEY})
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{8,}")  # what may be a piece of base64
 
 
 class OpenNebulaError(EcloudError):
@@ -97,6 +115,10 @@ class OpenNebulaError(EcloudError):
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+
+
+class DatastoreKeyError(ConfigError):
+    """The datastore key file cannot be used (names the file, never its content)."""
 
 
 class _NoAnswer(Exception):
@@ -154,6 +176,21 @@ def classify(exc: BaseException, endpoint: str = "oned") -> tuple[str, str]:
     return "error", f"{type(exc).__name__}: {exc}"
 
 
+def read_datastore_key(path: str | os.PathLike) -> bytes:
+    """The bytes of the datastore key file; :class:`DatastoreKeyError` (one
+    clear line, naming the file but nothing of its content) when it cannot be
+    read or is empty."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise DatastoreKeyError(f"cannot read the datastore key file {os.fspath(path)}: "
+                                f"{exc.strerror or exc}") from None
+    if not data.strip():
+        raise DatastoreKeyError(f"the datastore key file {os.fspath(path)} is empty")
+    return data
+
+
 def ip_of(vm: Any) -> str | None:
     """The VM's address: its first NIC's IP, else the context's ETH0_IP
     (``TEMPLATE['NIC']`` is a dict for one NIC, a list for several)."""
@@ -177,11 +214,28 @@ class OpenNebulaProvider:
     ``ecloud-<cluster>-``), ``context`` the variables every worker gets
     (e.g. ``{"ECLOUD_BROKER": url, "ECLOUD_CLUSTER": cluster}``), and
     ``deadline`` the seconds any one call may take.
+
+    ``datastore_key_file``, when given, is the ssh private key every new VM
+    gets as ``ECLOUD_DATASTORE_SSH_KEY_B64``. It is read here, once, when the
+    provider is made - not at each spawn - because:
+
+    - a missing or unreadable key is the operator's mistake and shows at
+      ``ecloud-boss`` start as one clear :class:`ConfigError`, not as a
+      ``vm.failed`` per spawn hours later (or as VMs whose workers cannot
+      reach the data);
+    - every VM of one boss run gets the same key, whatever happens to the
+      file meanwhile (a half-written file is never sent);
+    - a spawn does no file I/O on the provider's threads.
+
+    The price: a rotated key reaches new VMs after the boss restarts (which
+    loses nothing: the log holds the state). The key is held in memory only,
+    base64-encoded, apart from ``context``, and is never put in an event.
     """
 
     def __init__(self, endpoint: str, session: str, template_id: int, name_prefix: str,
                  context: Mapping[str, str], *, deadline: float = 10.0,
                  https_verify: bool | str = True, kill_orphans_after: float | None = None,
+                 datastore_key_file: str | os.PathLike | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
             # pyone would silently switch to gRPC for anything else
@@ -200,6 +254,10 @@ class OpenNebulaProvider:
                                   f"{', '.join(sorted(RESERVED_KEYS))}) with a string value")
         if not deadline > 0:
             raise ConfigError(f"OpenNebula deadline must be positive, got {deadline!r}")
+        self._datastore_key_b64: str | None = None
+        if datastore_key_file is not None:
+            key = read_datastore_key(datastore_key_file)
+            self._datastore_key_b64 = base64.b64encode(key).decode()
         self.endpoint = endpoint
         self.template_id = template_id
         self.name_prefix = name_prefix
@@ -256,12 +314,28 @@ class OpenNebulaProvider:
 
     def extra_template(self, name: str, context: Iterable[tuple[str, str]] = ()) -> str:
         """The ``KEY="value"`` lines instantiate passes for VM ``name``: the
-        provider's own context, overridden by the spawn's (from the state)."""
+        provider's own context, overridden by the spawn's (from the state),
+        then the datastore key, if any (only the provider may set it).
+
+        The result may hold the key: it goes to oned and nowhere else."""
         values = {**self.context, **dict(context)}
+        values.pop(DATASTORE_SSH_KEY, None)
         lines = [f'ECLOUD_WORKER_ID="{name}"']
         lines += [f'{key}_B64="{base64.b64encode(value.encode()).decode()}"'
                   for key, value in sorted(values.items())]
+        if self._datastore_key_b64 is not None:
+            lines.append(f'{DATASTORE_SSH_KEY}_B64="{self._datastore_key_b64}"')
         return "\n".join(lines) + "\n"
+
+    def _scrub(self, reason: str) -> str:
+        """``reason`` without any piece of the datastore key (oned may quote
+        the template it could not parse); it is about to be logged."""
+        secret = self._datastore_key_b64
+        if not secret:
+            return reason
+        reason = reason.replace(secret, "<datastore key>")
+        return _BASE64_RUN.sub(lambda m: "<datastore key>" if m.group() in secret else m.group(),
+                               reason)
 
     def spawn(self, effect: SpawnVM) -> list:
         """``[vm.allocated]`` for the VM of that name (found, else created),
@@ -290,7 +364,7 @@ class OpenNebulaProvider:
                 kind, reason = classify(exc, self.endpoint)
                 with self._lock:
                     self._spawning.discard(name)
-                return [ev.VMFailed(name, reason, kind)]
+                return [ev.VMFailed(name, self._scrub(reason), kind)]
             with self._lock:
                 self._names[vm_id] = name
                 self._unlogged.add(vm_id)

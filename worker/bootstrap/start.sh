@@ -9,6 +9,14 @@
 # and optionally ECLOUD_SLOTS and ECLOUD_PIP_SPEC (what pip installs; default
 # "ecloud", e.g. a wheel URL on the datastore).
 #
+# ECLOUD_DATASTORE_SSH_KEY_B64, if the boss has a datastore_key_file, is the
+# datastore's ssh private key. This script never decodes, prints or logs it:
+# the agent reads it from the context file and keeps it in a file of mode
+# 0600 under its work dir (worker/settings.py). Only without the context
+# package does this script copy it (still base64) into the context file it
+# writes, which is 0600. It is removed from the environment before the agent
+# starts, so that nothing the agent runs inherits it.
+#
 # It installs ecloud into a virtual environment (once), then runs
 # `ecloud-worker --context-file <the context file>` as a systemd service that
 # restarts on failure, so a crashed or killed agent comes back by itself and
@@ -54,8 +62,15 @@ if [ -z "$CONTEXT_FILE" ]; then
         echo "ECLOUD_WORKER_ID='${ECLOUD_WORKER_ID:-$(hostname)}'"
         [ -n "${VMID:-}" ] && echo "VMID='$VMID'"
         [ -n "${ECLOUD_SLOTS:-}" ] && echo "ECLOUD_SLOTS='$ECLOUD_SLOTS'"
+        # into the file only (0600: umask 077 above); echo is a builtin, so the
+        # key is in no process's arguments either
+        if [ -n "${ECLOUD_DATASTORE_SSH_KEY_B64:-}" ]; then
+            echo "ECLOUD_DATASTORE_SSH_KEY_B64='$ECLOUD_DATASTORE_SSH_KEY_B64'"
+        fi
     } > "$CONTEXT_FILE"
 fi
+# the agent takes the key from the context file: nothing it starts inherits it
+unset ECLOUD_DATASTORE_SSH_KEY_B64 ECLOUD_DATASTORE_SSH_KEY
 
 if [ ! -x "$ROOT$ECLOUD_HOME/bin/ecloud-worker" ]; then
     say "installing $PIP_SPEC into $ECLOUD_HOME"
