@@ -19,6 +19,10 @@ Decisions that the schema cannot express:
   The path must equal one of that task's ``outputs`` or match one of them as
   an :func:`fnmatch.fnmatchcase` glob. For a task already in the log only the
   dependency is checked; its outputs are not at hand here.
+* **Results folders** (``"results": "campaign/run-17"``, default
+  ``results/<id>``) are datastore paths, so relative and never climbing out
+  with ``..``; two tasks of one file may not share one (their outputs would
+  overwrite each other and the lineage of a file would be ambiguous).
 * **Cycles** are reported once per strongly connected group of tasks, as one
   concrete cycle through that group's earliest task, ``a -> b -> a`` meaning
   "a depends on b, which depends on a". A task naming itself is reported as a
@@ -60,7 +64,7 @@ __all__ = ["parse_task_file", "parse_tasks", "validate_against", "MAX_ID_LENGTH"
 
 TASK_KEYS = frozenset(
     ["id", "command", "depends_on", "inputs", "outputs", "retries", "retry_backoff",
-     "timeout", "priority", "env", "slots"]
+     "timeout", "priority", "env", "slots", "results"]
 )
 _SIMPLE_KEYS = frozenset(["id", "command", "depends_on"])
 _STORE_INPUT_KEYS = frozenset(["path", "name", "sha256"])
@@ -113,6 +117,7 @@ def _parse(data: Any, source: str, known: Known) -> list[TaskSpec]:
     graph = Graph(len(items))
     specs = [_parse_task(i, raw, graph, problems) for i, raw in enumerate(items)]
     graph.check(known, problems)
+    _check_results_folders(specs, problems)
     if problems:
         problems.sort(key=lambda p: p[0])  # stable: by task, then in the order found
         raise ValidationError([p for _, p in problems], source=source)
@@ -151,6 +156,7 @@ def validate_against(specs: Sequence[TaskSpec], known: Known, *, source: str = "
                 if froms:
                     graph.froms[i] = froms
         graph.check(known, problems)
+    _check_results_folders(specs, problems)
     if problems:
         problems.sort(key=lambda p: p[0])
         raise ValidationError([p for _, p in problems], source=source)
@@ -333,12 +339,38 @@ def _parse_task(i: int, raw: Any, graph: Graph, problems: list[tuple[int, str]])
     else:
         bad.append(f"env: expected an object of string values, got {_kind(env)}")
 
+    results = get("results")
+    if results is not None:
+        problem = _rel_path_problem(results, "the datastore's root")
+        if problem:
+            bad.append(f"results: {problem}")
+        elif results.strip("/") != results or "//" in results:
+            bad.append(f"results: {quote(results)} must not have empty parts "
+                       "(a leading, trailing or doubled '/')")
+
     if bad:
         where = locate(i, tid)
         problems += [(i, f"{where}: {p}") for p in bad]
         return None
     # Positional: noticeably faster than keywords for a million tasks.
-    return TaskSpec(tid, command, deps, inputs, outputs, retries, backoff, timeout, priority, env, slots)
+    return TaskSpec(tid, command, deps, inputs, outputs, retries, backoff, timeout, priority, env,
+                    slots, results)
+
+
+def _check_results_folders(specs: list[TaskSpec | None], problems: list[tuple[int, str]]) -> None:
+    """Two tasks of a file must not push to one folder. Only a file that sets
+    some ``results`` can collide (default folders are distinct by id)."""
+    if not any(s is not None and s.results is not None for s in specs):
+        return
+    owner: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        if spec is None:
+            continue
+        folder = spec.results_folder
+        first = owner.setdefault(folder, i)
+        if first != i:
+            problems.append((i, f"{locate(i, spec.id)}: results: folder {quote(folder)} is "
+                                f"already task {quote(specs[first].id)}'s"))  # type: ignore[union-attr]
 
 
 def _parse_inputs(i: int, inputs: list, graph: Graph, bad: list[str]) -> list[InputSpec]:
@@ -425,13 +457,13 @@ def _id_problem(tid: Any) -> str | None:
             "(no empty, leading or trailing parts)")
 
 
-def _rel_path_problem(path: Any) -> str | None:
+def _rel_path_problem(path: Any, root: str = "the task's working directory") -> str | None:
     if type(path) is not str:
         return f"expected a relative path (string), got {_kind(path)}"
     if not path:
         return "must not be empty"
     if path.startswith("/"):
-        return f"{quote(path)} is absolute; paths are relative to the task's working directory"
+        return f"{quote(path)} is absolute; paths are relative to {root}"
     if ".." in path.split("/"):
         return f"{quote(path)} must not contain '..'"
     if "\0" in path:

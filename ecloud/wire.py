@@ -152,6 +152,10 @@ class DispatchMsg:
     outputs: list[str] = field(factory=list)
     #: where inputs come from and results go (the context's datastore_address)
     datastore: str = ""
+    #: the datastore folder this task's outputs go to ("": results/<task id>)
+    results: str = ""
+    #: upstream task -> its results folder, for the inputs ``from`` a task
+    sources: dict[str, str] = field(factory=dict)
 
 
 @frozen

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from ecloud.events import types as ev
-from ecloud.events.types import Recorded, TaskSpec
+from ecloud.events.types import InputSpec, Recorded, TaskSpec
 from ecloud.projections.autoscale import autoscale
 from ecloud.projections.fold import step
 from ecloud.projections.scheduler import schedule
@@ -150,6 +150,8 @@ def task_batch(draw, first: int, existing: list[str], max_tasks: int = 8) -> lis
                 timeout=draw(st.sampled_from([None, None, 50.0])),
                 priority=draw(st.integers(0, 2)),
                 slots=draw(st.sampled_from([1, 1, 1, 2])),
+                inputs=tuple(InputSpec("o", from_task=d) for d in deps if draw(st.booleans())),
+                results=draw(st.sampled_from([None, None, f"out/{first + i}"])),
             )
         )
     if draw(st.booleans()):

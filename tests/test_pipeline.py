@@ -44,14 +44,19 @@ def check_pipeline(cluster: Cluster, datastore: Path) -> int:
     state = cluster.wait_all(timeout=240)
     assert len(state.tasks) == 50
     checked = 0
+    folders = {t["id"]: t.get("results", f"results/{t['id']}") for t in tasks}
+    assert "simulations/7" in folders.values()  # the example uses a task's own folder
     for rec in cluster.log():
         e = rec.event
         if e.TYPE != "task.finished" or e.exit_code != 0:
             continue
         outs = {f.name: f for f in e.staged if f.direction == "out"}
         assert {"stdout", "stderr"} <= set(outs), e
+        for f in e.staged:
+            if f.direction == "in" and f.path.startswith("simulations/"):
+                assert e.task_id.startswith("summarize-")  # read from the custom folder
         for f in outs.values():
-            assert f.path == f"results/{e.task_id}/{f.name}"
+            assert f.path == f"{folders[e.task_id]}/{f.name}"
             assert sha256(datastore / f.path) == f.sha256
             assert (datastore / f.path).stat().st_size == f.bytes
             checked += 1

@@ -290,6 +290,36 @@ def test_bad_outputs():
     ]
 
 
+def test_results_folder_is_the_tasks_own_or_the_default():
+    a, b = parse_tasks([t("a", outputs=["o"], results="campaign/run-a"),
+                        t("b", depends_on=["a"], inputs=[{"from": "a", "path": "o"}])])
+    assert (a.results, a.results_folder) == ("campaign/run-a", "campaign/run-a")
+    assert (b.results, b.results_folder) == (None, "results/b")
+
+
+def test_bad_results_folders():
+    assert problems([t("a", results="/srv/out"), t("b", results="x/../../y"), t("c", results=""),
+                     t("d", results=3), t("e", results="out/"), t("f", results="a//b")]) == [
+        'tasks[0] (id "a"): results: "/srv/out" is absolute; '
+        "paths are relative to the datastore's root",
+        "tasks[1] (id \"b\"): results: \"x/../../y\" must not contain '..'",
+        'tasks[2] (id "c"): results: must not be empty',
+        'tasks[3] (id "d"): results: expected a relative path (string), got integer 3',
+        'tasks[4] (id "e"): results: "out/" must not have empty parts '
+        "(a leading, trailing or doubled '/')",
+        'tasks[5] (id "f"): results: "a//b" must not have empty parts '
+        "(a leading, trailing or doubled '/')",
+    ]
+
+
+def test_two_tasks_may_not_share_a_results_folder():
+    assert problems([t("a", results="out"), t("b", results="out"), t("c"),
+                     t("d", results="results/c")]) == [
+        'tasks[1] (id "b"): results: folder "out" is already task "a"\'s',
+        'tasks[3] (id "d"): results: folder "results/c" is already task "c"\'s',
+    ]
+
+
 def test_bad_inputs():
     assert problems([t("a", outputs=["o"]), t("b", depends_on=["a"], inputs=[
         "",

@@ -239,8 +239,9 @@ class Runner:
         meta.mkdir()
         plan = {"task_id": msg.task_id, "command": msg.command, "datastore": msg.datastore,
                 "key_file": self.datastore_key, "outputs": list(msg.outputs),
-                "inputs": [{"path": i.path, "name": i.name, "sha256": i.sha256,
-                            "from_task": i.from_task} for i in msg.inputs]}
+                "results": msg.results or f"results/{msg.task_id}",
+                "inputs": [{"source": _source(msg, i), "path": i.path, "name": i.name,
+                            "sha256": i.sha256} for i in msg.inputs]}
         (meta / "plan.json").write_text(json.dumps(plan))
         return [sys.executable, "-m", "worker.stage", str((meta / "plan.json").resolve())]
 
@@ -327,3 +328,12 @@ def _tail(path: Path) -> str:
             return f.read(TAIL).decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def _source(msg: DispatchMsg, item) -> str:
+    """The datastore path of an input: as given, or for one ``from`` an
+    upstream task, under that task's results folder."""
+    if not item.from_task:
+        return item.path
+    folder = msg.sources.get(item.from_task) or f"results/{item.from_task}"
+    return f"{folder}/{item.path}"

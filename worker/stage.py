@@ -4,12 +4,13 @@ The runner starts ``python -m worker.stage PLAN`` as the attempt's process
 instead of the bare command. In the attempt's own process group it
 
 1. fetches every input from the datastore into the working directory,
-   checking sha256 when the task gives one (an input ``from`` an upstream
-   task is that task's result, ``results/<task>/<path>``);
+   checking sha256 when the task gives one (the runner has already resolved
+   an input ``from`` an upstream task to that task's results folder);
 2. runs the command there, with stdout and stderr already redirected by the
    runner, and passes its exit status through;
 3. after a success, pushes the declared outputs (paths or globs) and the
-   attempt's stdout and stderr to ``results/<task id>/`` on the datastore.
+   attempt's stdout and stderr to the task's results folder on the datastore
+   (``results/<task id>/`` unless the task file says otherwise).
 
 Being the attempt's process is the point: a cancel or a timeout kills the
 whole group, staging included, and the agent's loop never blocks on a
@@ -37,11 +38,6 @@ STAGING_FAILED = 97  # exit status: the reason is in .ecloud/failure
 META = ".ecloud"
 
 
-def result_path(task_id: str, path: str) -> str:
-    """Where a task's output lands on the datastore."""
-    return f"results/{task_id}/{path}"
-
-
 def _record(transfer: Transfer, direction: str, name: str) -> dict[str, Any]:
     return {"direction": direction, "name": name, "path": transfer.path,
             "sha256": transfer.sha256, "bytes": transfer.bytes,
@@ -51,10 +47,8 @@ def _record(transfer: Transfer, direction: str, name: str) -> dict[str, Any]:
 def stage_in(plan: dict, cwd: Path, mover) -> list[dict]:
     staged = []
     for item in plan["inputs"]:
-        source = (result_path(item["from_task"], item["path"]) if item.get("from_task")
-                  else item["path"])
         name = item.get("name") or Path(item["path"]).name
-        transfer = mover.fetch(source, cwd / name, item.get("sha256"))
+        transfer = mover.fetch(item["source"], cwd / name, item.get("sha256"))
         staged.append(_record(transfer, "in", name))
     return staged
 
@@ -75,7 +69,7 @@ def outputs_of(patterns: list[str], cwd: Path) -> list[str]:
 def stage_out(plan: dict, cwd: Path, mover) -> list[dict]:
     staged = []
     for rel in outputs_of(plan["outputs"], cwd) + ["stdout", "stderr"]:
-        transfer = mover.push(cwd / rel, result_path(plan["task_id"], rel))
+        transfer = mover.push(cwd / rel, f"{plan['results']}/{rel}")
         staged.append(_record(transfer, "out", rel))
     return staged
 
@@ -89,19 +83,19 @@ def run(plan: dict, cwd: Path) -> int:
         (meta / "staged.json").write_text(json.dumps(staged))
 
     try:
-        mover = mover_for(plan["datastore"], key_file=plan.get("key_file"))
-        staged += stage_in(plan, cwd, mover)
-        save()
-        command = plan["command"]
-        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-        status = subprocess.call(argv, cwd=cwd)
-        if status != 0:
-            return status if status > 0 else 128 - status
-        sys.stdout.flush()
-        sys.stderr.flush()
-        staged += stage_out(plan, cwd, mover)
-        save()
-        return 0
+        with mover_for(plan["datastore"], key_file=plan.get("key_file")) as mover:
+            staged += stage_in(plan, cwd, mover)
+            save()
+            command = plan["command"]
+            argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+            status = subprocess.call(argv, cwd=cwd)
+            if status != 0:
+                return status if status > 0 else 128 - status
+            sys.stdout.flush()
+            sys.stderr.flush()
+            staged += stage_out(plan, cwd, mover)
+            save()
+            return 0
     except StagingError as exc:
         save()
         (meta / "failure").write_text(f"staging ({exc.kind}): {exc.reason}")

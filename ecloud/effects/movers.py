@@ -181,6 +181,15 @@ class LocalDirMover:
             return [f"no write access to {self.root}: {e.strerror or e}"]
         return []
 
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 # ---------------------------------------------------------------- rsync over ssh
 
@@ -378,6 +387,15 @@ class RsyncMover:
         except StagingError as e:
             return [e.reason.removeprefix(f"{self.root}: ")]
         return []
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------- addresses

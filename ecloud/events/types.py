@@ -102,6 +102,13 @@ class TaskSpec:
     priority: int = 0
     env: dict[str, str] = field(factory=dict)
     slots: int = 1
+    #: the datastore folder its outputs go to; None: ``results/<id>``
+    results: str | None = None
+
+    @property
+    def results_folder(self) -> str:
+        """Where this task's outputs, stdout and stderr land on the datastore."""
+        return self.results if self.results is not None else f"results/{self.id}"
 
 
 @event("tasks.submitted")

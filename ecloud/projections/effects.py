@@ -25,6 +25,8 @@ class Dispatch:
     spec: TaskSpec
     #: the context's datastore_address when the attempt was dispatched
     datastore: str = ""
+    #: (upstream task, its results folder) for every input ``from`` a task
+    sources: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:

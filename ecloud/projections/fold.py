@@ -26,7 +26,9 @@ from ecloud.projections.state import State
 #: and their failure, workers draining on a VM being killed or failed, refused
 #: kills, the spawn backoff; and a changed ``heartbeat_timeout`` re-arms every
 #: live worker's deadline (a snapshot taken before the change disagreed).
-REDUCER_VERSION = "2"
+#: 3: a task's ``results`` folder in its spec, and a dispatch carries the
+#: results folders of the upstream tasks its inputs come from.
+REDUCER_VERSION = "3"
 
 Handler = Callable[[State, Any, int, list], None]
 

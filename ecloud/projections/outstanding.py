@@ -13,9 +13,10 @@ for one that had not would lose it. The state says which are still open:
 
 from __future__ import annotations
 
-from ecloud.projections.vms import worker_context
-from ecloud.projections.effects import CancelAttempt, Dispatch, KillVM, SpawnVM
+from ecloud.projections.effects import CancelAttempt, KillVM, SpawnVM
 from ecloud.projections.state import DISPATCHED, LIVE, RUNNING, State
+from ecloud.projections.tasks import dispatch_effect
+from ecloud.projections.vms import worker_context
 
 
 def outstanding(state: State) -> list:
@@ -23,8 +24,7 @@ def outstanding(state: State) -> list:
     effects: list = []
     for task in state.tasks.values():
         if task.status == DISPATCHED and task.worker is not None:
-            effects.append(Dispatch(seq, task.spec.id, task.attempt, task.worker, task.spec,
-                                    state.context.get("datastore_address", "")))
+            effects.append(dispatch_effect(state, seq, task, task.worker))
     for wid in sorted(state.workers):
         worker = state.workers[wid]
         if worker.status not in LIVE:

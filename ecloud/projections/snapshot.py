@@ -44,6 +44,7 @@ def _spec_out(spec: TaskSpec) -> dict[str, Any]:
         "inputs": [_input_out(i) for i in spec.inputs] if spec.inputs else [],
         "outputs": spec.outputs, "retries": spec.retries, "retry_backoff": spec.retry_backoff,
         "timeout": spec.timeout, "priority": spec.priority, "env": spec.env, "slots": spec.slots,
+        "results": spec.results,
     }
 
 
@@ -58,6 +59,7 @@ def _spec_in(data: dict[str, Any]) -> TaskSpec:
         outputs=tuple(data["outputs"]), retries=data["retries"],
         retry_backoff=data["retry_backoff"], timeout=data["timeout"],
         priority=data["priority"], env=data["env"], slots=data["slots"],
+        results=data.get("results"),  # absent from snapshots written before it existed
     )
 
 _TASK_FIELDS = [a for a in TaskRecord.__attrs_attrs__ if a.name != "spec"]  # type: ignore[attr-defined]

@@ -196,8 +196,24 @@ def on_dispatched(state: State, event: TaskDispatched, seq: int, out: list) -> N
     worker.status = BUSY
     worker.idle_since = None
     state.refresh_free(worker, was_free=True)
-    out.append(Dispatch(seq, task.spec.id, event.attempt, worker.worker_id, task.spec,
-                        state.context.get("datastore_address", "")))
+    out.append(dispatch_effect(state, seq, task, worker.worker_id))
+
+
+def dispatch_effect(state: State, seq: int, task: TaskRecord, worker_id: str) -> Dispatch:
+    """The effect that sends the task's current attempt to ``worker_id``, with
+    the datastore address and the results folders its inputs are read from."""
+    spec = task.spec
+    sources = ()
+    if spec.inputs:
+        upstream = {i.from_task for i in spec.inputs if i.from_task}
+        sources = tuple(sorted((u, _results_folder(state, u)) for u in upstream))
+    return Dispatch(seq, spec.id, task.attempt, worker_id, spec,
+                    state.context.get("datastore_address", ""), sources)
+
+
+def _results_folder(state: State, task_id: str) -> str:
+    upstream = state.tasks.get(task_id)
+    return upstream.spec.results_folder if upstream is not None else f"results/{task_id}"
 
 
 # ------------------------------------------------------------------- reports

@@ -6,7 +6,9 @@ prepare-i (10) cut a slice of data/seed.txt (checked by sha256);
 simulate-j (30) each take one slice from prepare-(j % 10) and compute on it;
 summarize-k (10) each combine three simulations. Every stage reads the
 outputs of the one before by reference ({"from": task, "path": file}), so the
-boss's datastore carries the data from stage to stage.
+boss's datastore carries the data from stage to stage. Results land in
+results/<task id>/, except the simulations', which go to simulations/<j>/
+(a task's "results" folder), and the summaries still find them.
 """
 
 import hashlib
@@ -35,6 +37,7 @@ def tasks() -> list[dict]:
             "depends_on": [src],
             "inputs": [{"from": src, "path": "part.txt"}],
             "outputs": ["result.txt"],
+            "results": f"simulations/{j}",
             "retries": 1,
         })
     for k in range(10):
