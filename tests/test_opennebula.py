@@ -365,7 +365,9 @@ def test_a_hanging_oned_is_kind_connection_at_the_deadline_not_a_hang(fake_oned)
     start = time.monotonic()
     (failed,) = spawn(prov, PREFIX + "1")
     took = time.monotonic() - start
-    assert 0.5 <= took < 1.5
+    # not before the deadline; and it came back although oned never answers
+    # (the upper bound only tells a return from a hang: a loaded machine is slow)
+    assert 0.5 <= took < 20
     assert failed == VMFailed(PREFIX + "1", f"no answer from {fake_oned.url} to one.vmpool.info "
                               "within 0.5s", "connection")
     # the abandoned call ends by itself (requests' timeout), no thread piles up

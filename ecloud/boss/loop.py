@@ -40,6 +40,7 @@ from ecloud.boss.lease import Lease, lease_for
 from ecloud.errors import FencedError, StoreError
 from ecloud.events import types as ev
 from ecloud.events.store import LogStore, open_store
+from ecloud.events.types import Recorded
 from ecloud.projections.autoscale import autoscale
 from ecloud.projections.effects import KillVM, SpawnVM
 from ecloud.projections.fold import step
@@ -97,6 +98,8 @@ class Boss:
         self.state = State()
         self.view: dict[str, Any] = {}  # a copy of a few numbers for other threads
         self._pending: list = []  # events not yet committed (the database was down)
+        #: (first seq, ts, events) of the batch this boss appended last, not yet folded
+        self._appended: tuple[int, float, list] | None = None
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self.fenced = False
@@ -171,10 +174,16 @@ class Boss:
         self.ready.set()
 
     def _iteration(self, wait: bool = True) -> None:
+        """One turn of the loop: one transaction, one fold, one round of
+        effects. The scheduler's decisions are not committed on their own:
+        they lead the next turn's batch (which then does not wait for the
+        inbox), so a busy boss pays one commit per turn, not two. They were
+        made on the state as it is after this turn's fold, and nothing is
+        appended by this boss before them, so they are judged as made."""
         self._check_lease()
         events = self._pending
         self._pending = []
-        events += self._drain(self._timeout() if wait else 0.0)
+        events += self._drain(self._timeout() if wait and not events else 0.0)
         deadline = next_deadline(self.state)
         if deadline is not None and time.time() >= deadline:
             events.append(ev.Tick())
@@ -184,8 +193,7 @@ class Boss:
         self._perform(effects)
         decisions = schedule(self.state)
         decisions += autoscale(self.state, self.vm_prefix)  # after: a kill of a worker just given work is refused
-        if decisions and self._commit(decisions):
-            self._perform(self._fold_new())
+        self._pending = decisions + self._pending
         self._publish_view()  # before anything goes out: whoever sees an ack sees its state
         assert self.outbox is not None
         self.outbox.resend_due(self.state)
@@ -248,7 +256,10 @@ class Boss:
         """Append in one transaction; on failure keep them for the next try.
         A boss that lost the right to append (another took over) stops."""
         try:
-            self.store.append(events)
+            ts = time.time()
+            seqs = self.store.append(events, ts=ts)
+            if seqs:
+                self._appended = (seqs[0], ts, events)
             return True
         except FencedError:
             self.fenced = True
@@ -263,11 +274,21 @@ class Boss:
         """Fold every event committed since the state's seq (ours and other
         writers'), returning their effects in order."""
         effects: list = []
+        records: list[Recorded] = []
+        start = self.state.seq + 1
+        mine, self._appended = self._appended, None
+        if mine is not None and mine[0] == start:
+            # Our own batch follows the state directly: fold the events we
+            # hold (their seqs and ts are what the log has; decoding what we
+            # just encoded would give them back equal) and read only what
+            # other writers appended after them.
+            first, ts, events = mine
+            records = [Recorded(first + i, ts, e) for i, e in enumerate(events)]
+            start = first + len(events)
         try:
-            records = list(self.store.read(self.state.seq + 1))
+            records += self.store.read(start)
         except StoreError as exc:
             log.error("cannot read the log: %s", exc)
-            return effects
         for rec in records:
             _, out = step(self.state, rec)
             effects.extend(out)

@@ -298,7 +298,8 @@ def datastore_check(key_file: str | None, db: str | None, config_path: str | Non
         address = load_state(store).context.get("datastore_address")
     if not address:
         raise UserError("no datastore set: ecloud datastore set ADDRESS")
-    problems = mover_for(address, key_file=key_file).check()
+    with mover_for(address, key_file=key_file) as mover:
+        problems = mover.check()
     if problems:
         for problem in problems:
             out.print(f"[red]problem[/] {problem}", highlight=False)
