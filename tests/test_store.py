@@ -248,6 +248,52 @@ def test_two_stores_race_with_expected_head(durable_url: str) -> None:
         assert b.append(heartbeats(1), expected_head=head + 2) == [head + 3]
 
 
+def test_append_built_appends_what_the_head_decides(store: LogStore) -> None:
+    store.append(heartbeats(2))
+    seen: list[int] = []
+
+    def build(head: int) -> list:
+        seen.append(head)
+        assert [r.seq for r in store.read()] == [1, 2]  # the log can be read meanwhile
+        return heartbeats(head)  # as many as there were
+
+    assert store.append_built(build, ts=5.0) == [3, 4]
+    assert seen == [2]
+    assert [r.ts for r in store.read(3)] == [5.0, 5.0]
+    assert store.append_built(lambda head: []) == []
+    with pytest.raises(ValueError, match="refused"):
+        store.append_built(lambda head: (_ for _ in ()).throw(ValueError("refused")))
+    assert store.head() == 4
+    assert store.append(heartbeats(1), expected_head=4) == [5]  # nothing left locked
+
+
+def test_append_built_holds_off_other_writers_until_it_commits(durable_url: str) -> None:
+    """A writer arriving while ``build`` runs lands after the built batch."""
+    with open_store_url(durable_url) as a:
+        a.append(heartbeats(1))
+        other: list[int] = []
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                with open_store_url(durable_url) as b:
+                    other.extend(b.append(heartbeats(1, worker="other")))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=write)
+
+        def build(head: int) -> list:
+            thread.start()
+            thread.join(0.5)  # give it every chance to slip in; it must not
+            return heartbeats(2, worker="built")
+
+        assert a.append_built(build) == [2, 3]
+        thread.join(30)
+        assert not errors, errors
+        assert other == [4]
+
+
 # ----------------------------------------------------------------------- follow
 
 

@@ -9,7 +9,7 @@ import hashlib
 import math
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ecloud.errors import CodecError, StoreError
@@ -159,7 +159,10 @@ class RowStore(LogStore):
     def _ready(self) -> None:
         raise NotImplementedError
 
-    def _append_rows(self, rows: Sequence[Row], expected_head: int | None) -> list[int]:
+    def _append_rows(self, rows: Sequence[Row] | Callable[[int], Sequence[Row]],
+                     expected_head: int | None) -> list[int]:
+        """``rows``, or a function of the head (read under the write lock)
+        returning them."""
         raise NotImplementedError
 
     def _pages(
@@ -177,6 +180,12 @@ class RowStore(LogStore):
         self._ready()
         check_expected_head(expected_head)
         return self._append_rows(encode_batch(events, stamp(ts)), expected_head)
+
+    def append_built(self, build: Callable[[int], Sequence[Any]], *, ts: float | None = None,
+                     ) -> list[int]:
+        self._ready()
+        stamped = stamp(ts)
+        return self._append_rows(lambda head: encode_batch(build(head), stamped), None)
 
     def read_raw(
         self, start: int = 1, end: int | None = None

@@ -13,7 +13,7 @@ The helpers every backend shares live in :mod:`ecloud.events.backend`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 from ecloud.errors import ConcurrencyError, StoreError
 from ecloud.events import backend
@@ -45,10 +45,12 @@ class MemoryStore(backend.RowStore):
 
     # ---------------------------------------------------------------- appending
 
-    def _append_rows(self, rows: Sequence[backend.Row], expected_head: int | None) -> list[int]:
+    def _append_rows(self, rows, expected_head: int | None) -> list[int]:
         last = self._head
         if expected_head is not None and last != expected_head:
             raise ConcurrencyError(expected_head, last)
+        if callable(rows):  # one thread at a time: nothing can append meanwhile
+            rows = rows(last)
         if not rows:
             return []
         seqs = list(range(last + 1, last + 1 + len(rows)))

@@ -306,17 +306,26 @@ class MySQLStore(WriterLock, backend.RowStore):
                     " nothing appended"
                 )
 
-    def _append_rows(self, rows: Sequence[backend.Row], expected_head: int | None) -> list[int]:
-        if not rows:
-            if expected_head is not None and (last := self.head()) != expected_head:
-                raise ConcurrencyError(expected_head, last)
-            return []
-        self._check_packets(rows)
+    def _append_rows(self, rows, expected_head: int | None) -> list[int]:
+        if not callable(rows):
+            if not rows:
+                if expected_head is not None and (last := self.head()) != expected_head:
+                    raise ConcurrencyError(expected_head, last)
+                return []
+            self._check_packets(rows)
         cur, last = self._begin_append()
         try:
             with cur:
                 if expected_head is not None and last != expected_head:
                     raise ConcurrencyError(expected_head, last)
+                if callable(rows):
+                    # the head row stays locked while the rows are built
+                    # (reads in this transaction see every commit up to it)
+                    rows = rows(last)
+                    if not rows:
+                        self._rollback_quietly()
+                        return []
+                    self._check_packets(rows)
                 first = last + 1
                 for i in range(0, len(rows), INSERT_BATCH):
                     cur.executemany(

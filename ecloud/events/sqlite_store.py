@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +193,8 @@ class SQLiteStore(backend.RowStore):
 
     # ----------------------------------------------------------------- appending
 
-    def _append_rows(self, rows: Sequence[backend.Row], expected_head: int | None) -> list[int]:
-        if not rows:
+    def _append_rows(self, rows, expected_head: int | None) -> list[int]:
+        if not callable(rows) and not rows:
             if expected_head is not None and (last := self.head()) != expected_head:
                 raise ConcurrencyError(expected_head, last)
             return []
@@ -203,6 +203,11 @@ class SQLiteStore(backend.RowStore):
             last = conn.execute("SELECT last_seq FROM head WHERE id = 1").fetchone()[0]
             if expected_head is not None and last != expected_head:
                 raise ConcurrencyError(expected_head, last)
+            if callable(rows):  # under BEGIN IMMEDIATE: reading is fine, no one else writes
+                rows = rows(last)
+                if not rows:
+                    conn.execute("ROLLBACK")
+                    return []
             first = last + 1
             conn.executemany(_INSERT, ((first + i, *row) for i, row in enumerate(rows)))
             conn.execute("UPDATE head SET last_seq = ? WHERE id = 1", (last + len(rows),))

@@ -64,6 +64,17 @@ class LogStore(abc.ABC):
         An empty batch appends nothing and returns ``[]``.
         """
 
+    def append_built(self, build: Callable[[int], Sequence[Any]], *, ts: float | None = None,
+                     ) -> list[int]:
+        """Append what ``build(head)`` returns, holding the log's write lock
+        from before ``build`` is called until the commit: no other writer
+        appends in between, so what ``build`` decided on the log up to
+        ``head`` (it may read it) still holds when its events land. For a
+        writer that keeps losing optimistic appends (``expected_head``) to a
+        busy boss; the boss waits meanwhile, so ``build`` should be quick.
+        ``build`` may raise to append nothing."""
+        raise NotImplementedError(f"{type(self).__name__} cannot append under its lock")
+
     # -------------------------------------------------------------------- reading
 
     @abc.abstractmethod
