@@ -5,14 +5,17 @@ refusals, failures that must leave nothing half-done, resumption, and a
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,7 +29,6 @@ from ecloud.effects.movers import (
     mover_for,
 )
 from tests.brokers import wait_for
-
 
 MB = 1 << 20
 
@@ -74,17 +76,19 @@ TREE = {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256)) * 300, "sub/deeper/c
 
 
 @pytest.fixture(params=["local", "ssh"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> SimpleNamespace:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimpleNamespace]:
     """A mover with its datastore directory (and the sshd, for "ssh")."""
     work = tmp_path / "work"
     work.mkdir()
     if request.param == "local":
         root = tmp_path / "store"
         root.mkdir()
-        return SimpleNamespace(mover=mover_for(f"file://{root}"), root=root, work=work, server=None)
+        with mover_for(f"file://{root}") as mover:
+            yield SimpleNamespace(mover=mover, root=root, work=work, server=None)
+        return
     server = request.getfixturevalue("sshd")
-    mover = mover_for(server.address, key_file=server.key_file, timeout=5, retries=1)
-    return SimpleNamespace(mover=mover, root=server.datastore, work=work, server=server)
+    with mover_for(server.address, key_file=server.key_file, timeout=5, retries=1) as mover:
+        yield SimpleNamespace(mover=mover, root=server.datastore, work=work, server=server)
 
 
 def test_addresses_pick_the_mover(tmp_path: Path) -> None:
@@ -209,7 +213,7 @@ def test_check_local(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- ssh only
 
 
-def test_check_ssh(sshd) -> None:  # noqa: F811
+def test_check_ssh(sshd) -> None:
     good = mover_for(sshd.address, key_file=sshd.key_file, timeout=5)
     assert good.check() == []
     assert listing(sshd.datastore) == []
@@ -227,7 +231,7 @@ def test_check_ssh(sshd) -> None:  # noqa: F811
     assert good.check() == [f"cannot reach root@127.0.0.1:{sshd.port}: Connection refused"]
 
 
-def test_unreachable_datastore(sshd, tmp_path: Path) -> None:  # noqa: F811
+def test_unreachable_datastore(sshd, tmp_path: Path) -> None:
     write_tree(sshd.datastore, {"f": b"x"})
     wrong_port = sshd.address.replace(f":{sshd.port}/", ":1/")
     sshd.stop()
@@ -244,7 +248,7 @@ def test_unreachable_datastore(sshd, tmp_path: Path) -> None:  # noqa: F811
     assert not (tmp_path / "f").exists()
 
 
-def _fetch_in_child(sshd, dest: Path) -> tuple[dict, float, float]:  # noqa: F811
+def _fetch_in_child(sshd, dest: Path) -> tuple[dict, float, float]:
     """Fetch ``big`` in a fresh Python process: its result, its own peak RSS
     in MB (VmHWM: the worker's memory, what the mover holds), and the largest
     ru_maxrss among it and the rsync/ssh processes it ran (for information;
@@ -272,7 +276,7 @@ def _fetch_in_child(sshd, dest: Path) -> tuple[dict, float, float]:  # noqa: F81
     return result, result.pop("own_rss_mb"), usage.ru_maxrss / 1024
 
 
-def test_200mb_fetch_bounded_memory_and_speed(sshd, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_200mb_fetch_bounded_memory_and_speed(sshd, tmp_path: Path, capsys) -> None:
     size = 200 * MB
     digest = big_file(sshd.datastore / "big", size)
     result, rss_mb, tree_mb = _fetch_in_child(sshd, tmp_path / "big")
@@ -297,7 +301,7 @@ def _partials(directory: Path) -> list[Path]:
             and any(part.startswith(".") for part in p.relative_to(directory).parts)]
 
 
-def test_broken_fetch_resumes(sshd, tmp_path: Path) -> None:  # noqa: F811
+def test_broken_fetch_resumes(sshd, tmp_path: Path) -> None:
     size = 120 * MB
     digest = big_file(sshd.datastore / "big", size)
     mover = mover_for(sshd.address, key_file=sshd.key_file, timeout=3, retries=0)
@@ -331,7 +335,7 @@ def test_broken_fetch_resumes(sshd, tmp_path: Path) -> None:  # noqa: F811
     assert listing(dest.parent) == ["big"]  # no stray partial, no staging directory
 
 
-def test_push_broken_midway_keeps_the_old_result_and_resumes(sshd, tmp_path: Path) -> None:  # noqa: F811
+def test_push_broken_midway_keeps_the_old_result_and_resumes(sshd, tmp_path: Path) -> None:
     old = b"the old result\n"
     write_tree(sshd.datastore, {"results/out.bin": old})
     digest = big_file(tmp_path / "out.bin", 120 * MB)
@@ -360,3 +364,181 @@ def test_push_broken_midway_keeps_the_old_result_and_resumes(sshd, tmp_path: Pat
     assert listing(results) == ["out.bin"]
     with open(results / "out.bin", "rb") as f:
         assert hashlib.file_digest(f, "sha256").hexdigest() == digest
+
+
+# ---------------------------------------------------------------- the shared connection
+
+
+def log_logins(sshd) -> None:
+    """Restart the test's sshd so that it logs every login (tests/sshd.py
+    runs it at LogLevel ERROR, which logs none)."""
+    sshd.stop()
+    sshd.config.write_text(sshd.config.read_text().replace("LogLevel ERROR", "LogLevel INFO"))
+    sshd.start()
+
+
+def logins(sshd) -> int:
+    """How many ssh connections the test's sshd has accepted (see log_logins)."""
+    return sshd.log.read_text().count("Accepted publickey for ")
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def ssh_masters(directory: str) -> list[int]:
+    """Pids of live ssh processes whose command line names ``directory``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[0] == b"ssh" and any(directory.encode() in a for a in argv) and alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+def test_local_mover_is_a_context_manager(tmp_path: Path) -> None:
+    with mover_for(str(tmp_path)) as mover:
+        assert isinstance(mover, LocalDirMover)
+        (tmp_path / "f").write_bytes(b"x")
+        mover.fetch("f", tmp_path / "g")
+    mover.close()  # again: nothing happens
+    assert (tmp_path / "g").read_bytes() == b"x"
+
+
+def test_one_connection_for_every_operation_of_a_mover(sshd, tmp_path: Path) -> None:
+    log_logins(sshd)
+    write_tree(sshd.datastore, {"in/a": b"a", **{f"in/t/{k}": v for k, v in TREE.items()}})
+    write_tree(tmp_path / "out", TREE)
+    (tmp_path / "result").write_bytes(b"result")
+    with mover_for(sshd.address, key_file=sshd.key_file, timeout=5) as mover:
+        assert mover.check() == []
+        for n in range(3):
+            mover.fetch("in/a", tmp_path / f"a{n}", sha(b"a"))
+            mover.fetch("in/t", tmp_path / f"t{n}", tree_sha(TREE))
+            mover.push(tmp_path / "result", f"results/{n}/result")
+            mover.push(tmp_path / "out", f"results/{n}/out")
+        pid = mover.master.pid
+        assert pid is not None and alive(pid)
+        assert os.getpgid(pid) == os.getpgid(0)  # killing the caller's group kills it
+        assert logins(sshd) == 1  # 1 check + 6 fetches + 6 pushes of 4 commands each
+    assert read_tree(sshd.datastore / "results") == {
+        **{f"{n}/result": b"result" for n in range(3)},
+        **{f"{n}/out/{k}": v for n in range(3) for k, v in TREE.items()}}
+    # without the shared connection each command logs in on its own
+    plain = logins(sshd)
+    mover = mover_for(sshd.address, key_file=sshd.key_file, timeout=5)
+    mover.master.close()
+    mover.master.options = list  # type: ignore[method-assign]  # never a master
+    mover.push(tmp_path / "result", "results/plain")
+    assert logins(sshd) - plain == 4
+
+
+def test_the_mover_survives_a_killed_master(sshd, tmp_path: Path) -> None:
+    write_tree(sshd.datastore, {"f": b"data"})
+    with mover_for(sshd.address, key_file=sshd.key_file, timeout=5, retries=0) as mover:
+        mover.fetch("f", tmp_path / "f1")
+        pid, socket = mover.master.pid, mover.master.socket
+        assert pid is not None and socket is not None and os.path.exists(socket)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not alive(pid), 5, "the master to die")
+        assert os.path.exists(socket)  # SIGKILL leaves the socket behind
+        t = mover.push(tmp_path / "f1", "copy")
+        assert t.sha256 == sha(b"data") and (sshd.datastore / "copy").read_bytes() == b"data"
+        # a new master took over, in the same directory, and answers there
+        assert mover.master.pid not in (None, pid) and mover.master.socket == socket
+        check = subprocess.run([*mover._ssh(), "-o", f"ControlPath={socket}", "-O", "check",
+                                mover.target], capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stderr
+        assert f"(pid={mover.master.pid})" in check.stderr
+        with pytest.raises(StagingError) as e:  # errors still say what they are
+            mover.fetch("nope", tmp_path / "nope")
+        assert e.value.kind == "missing"
+
+
+def test_ssh_falls_back_to_its_own_connection_without_the_master(sshd, tmp_path: Path) -> None:
+    """What the mover relies on in OpenSSH: with ``ControlMaster=no``, a
+    socket whose master was killed, or no socket at all, makes ssh connect on
+    its own (a stale one makes it complain on stderr; a missing one does not)."""
+    with mover_for(sshd.address, key_file=sshd.key_file, timeout=5) as mover:
+        shared = mover.master.options()
+        assert shared and mover.master.pid is not None
+        command = [*mover._ssh(), *shared, mover.target, "--", "echo ok"]
+        assert subprocess.run(command, capture_output=True, text=True, check=False).stdout == "ok\n"
+        os.kill(mover.master.pid, signal.SIGKILL)
+        wait_for(lambda: mover.master.pid is None, 5, "the master to die")
+        stale = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        assert (stale.returncode, stale.stdout) == (0, "ok\n")
+        assert "Control socket connect" in stale.stderr
+        os.unlink(mover.master.socket)
+        gone = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        assert (gone.returncode, gone.stdout, gone.stderr) == (0, "ok\n", "")
+
+
+def test_a_master_that_cannot_start_is_no_error(sshd, tmp_path: Path) -> None:
+    """While the datastore is down the master cannot start and commands fail
+    as before; once it is back the mover works, and shares a connection again."""
+    write_tree(sshd.datastore, {"f": b"data"})
+    sshd.stop()
+    with mover_for(sshd.address, key_file=sshd.key_file, timeout=3, retries=0) as mover:
+        with pytest.raises(StagingError) as e:
+            mover.fetch("f", tmp_path / "f")
+        assert e.value.kind == "unreachable" and "Connection refused" in e.value.reason
+        assert mover.master.pid is None
+        sshd.start()
+        mover.fetch("f", tmp_path / "f")  # on its own connection: the last start failed
+        assert (tmp_path / "f").read_bytes() == b"data"
+        mover.push(tmp_path / "f", "g")
+        assert mover.master.pid is not None  # a command got through, so it was tried again
+    # no key: the master's login is refused, and the command says so
+    with mover_for(sshd.address, timeout=5) as mover:
+        assert mover.check() == [
+            f"cannot log in to root@127.0.0.1:{sshd.port}: Permission denied (publickey)."]
+
+
+def test_close_leaves_no_master_and_no_directory(sshd, tmp_path: Path) -> None:
+    write_tree(sshd.datastore, {"f": b"data"})
+    with mover_for(sshd.address, key_file=sshd.key_file, timeout=5) as mover:
+        mover.fetch("f", tmp_path / "f")
+        pid, directory = mover.master.pid, str(Path(mover.master.socket).parent)
+        assert pid is not None and ssh_masters(directory) == [pid]
+        assert os.stat(directory).st_mode & 0o777 == 0o700
+        assert len(mover.master.socket) < 100
+    assert not alive(pid) and ssh_masters(directory) == []
+    assert not os.path.exists(directory)
+    mover.close()  # again: nothing to do
+    # a closed mover can still be used: it makes a new connection
+    mover.fetch("f", tmp_path / "again")
+    pid2 = mover.master.pid
+    assert pid2 is not None and pid2 != pid
+    directory = str(Path(mover.master.socket).parent)
+    # a forgotten mover's master goes with it
+    del mover
+    gc.collect()
+    assert not alive(pid2) and not os.path.exists(directory)
+
+
+def test_a_forgotten_master_stops_when_python_exits(sshd, tmp_path: Path) -> None:
+    write_tree(sshd.datastore, {"f": b"data"})
+    code = textwrap.dedent(f"""
+        import json, sys
+        from pathlib import Path
+        from ecloud.effects.movers import mover_for
+        MOVER = mover_for({sshd.address!r}, key_file={sshd.key_file!r}, timeout=5)
+        MOVER.fetch("f", Path({str(tmp_path / "f")!r}))
+        print(json.dumps([MOVER.master.pid, MOVER.master.socket]), flush=True)
+    """)  # MOVER is a global: alive until the interpreter exits
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    pid, socket = json.loads(out)
+    assert pid is not None
+    wait_for(lambda: not alive(pid), 5, "the master to stop")
+    assert not os.path.exists(Path(socket).parent)

@@ -29,6 +29,20 @@ deadline) are retried ``retries`` times with a short backoff; exit 23
 ("partial transfer due to error": a missing file, a permission) is not
 transient and is not retried. Every command is an argv list; remote scripts
 are constants and their arguments are quoted for the remote shell.
+
+All the commands of one :class:`RsyncMover` - the scripts that prepare,
+hash and commit a push, and rsync itself - share one ssh connection, an
+OpenSSH control master (:mod:`ecloud.effects.ssh_master`) started on the
+first remote operation, so that a push costs one login, not four. The master
+runs in the caller's process group (killing the group kills it) and its socket
+lives in a private directory. When it cannot start or has died, commands
+connect on their own, so its failures are reported as any other; one that died
+after having been up is started again for the next command.
+
+A mover is a context manager: :meth:`close` (or leaving the ``with``) stops
+the master and removes its directory; a forgotten mover's master is stopped
+when the mover is garbage-collected or the interpreter exits.
+:class:`LocalDirMover`'s ``close`` does nothing.
 """
 
 from __future__ import annotations
@@ -41,8 +55,10 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, Self
 from urllib.parse import unquote, urlsplit
 
 import attrs
@@ -55,12 +71,14 @@ from ecloud.effects.checksum import (
     replace_path,
     tree_digest,
 )
+from ecloud.effects.ssh_master import SshMaster
 from ecloud.errors import EcloudError
 
 __all__ = ["LocalDirMover", "Mover", "RsyncMover", "StagingError", "Transfer", "mover_for"]
 
 KINDS = frozenset({"missing", "checksum", "unreachable", "error"})
 PARTIAL_DIR = ".ecloud-partial"
+_MUX_NOISE = ("Control socket connect(", "mux_client_")  # ssh's words about its master
 _AUTH_DENIED = re.compile(r": Permission denied \([a-z,-]+\)\.?$")  # ssh's, not a file's (13)
 TRANSIENT_RSYNC = frozenset({10, 12, 30, 35, 255})  # socket, stream, timeouts, ssh
 
@@ -91,6 +109,27 @@ class Mover(Protocol):
     def push(self, src: Path, path: str) -> Transfer: ...
 
     def check(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+
+class _Closing:
+    """``with mover:`` closes it."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------- shared
@@ -131,8 +170,8 @@ def _finish_fetch(path: str, staged: Path, stage: Path, dest: Path, expected: st
 # ---------------------------------------------------------------- local
 
 
-class LocalDirMover:
-    """A datastore that is a directory of this machine."""
+class LocalDirMover(_Closing):
+    """A datastore that is a directory of this machine (``close`` does nothing)."""
 
     def __init__(self, root: str | Path, address: str | None = None) -> None:
         self.root = Path(root)
@@ -180,15 +219,6 @@ class LocalDirMover:
         except OSError as e:
             return [f"no write access to {self.root}: {e.strerror or e}"]
         return []
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------- rsync over ssh
@@ -248,7 +278,7 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-class RsyncMover:
+class RsyncMover(_Closing):
     """A datastore directory on another machine, reached with rsync over ssh.
 
     ``timeout`` bounds connecting and any stall of a transfer (ssh
@@ -256,7 +286,10 @@ class RsyncMover:
     command; ``attempt_deadline`` bounds the whole of one transfer attempt.
     Host keys are learnt on first contact (``accept-new``) into
     ``known_hosts`` (default ``$ECLOUD_SSH_KNOWN_HOSTS`` or
-    ``~/.ecloud/known_hosts``), never into the user's own file."""
+    ``~/.ecloud/known_hosts``), never into the user's own file. Every command
+    goes through one shared ssh connection, ``master``
+    (:class:`~ecloud.effects.ssh_master.SshMaster`), while it is up (see the
+    module doc); :meth:`close` ends it."""
 
     def __init__(self, address: str, host: str, root: str, *, user: str | None = None,
                  port: int | None = None, key_file: str | None = None, timeout: float = 30.0,
@@ -270,6 +303,12 @@ class RsyncMover:
             Path.home() / ".ecloud" / "known_hosts")
         self.target = f"{user}@{host}" if user else host
         self.where = f"{self.target}:{port}" if port else self.target
+        self.master = SshMaster(self._ssh(), self.target, timeout)
+
+    def close(self) -> None:
+        """Stop the shared ssh connection; the mover may still be used (a new
+        one is made then)."""
+        self.master.close()
 
     def _ssh(self) -> list[str]:
         seconds = max(1, math.ceil(self.timeout))
@@ -288,7 +327,8 @@ class RsyncMover:
 
     def _failure(self, rc: int | None, err: str, path: str) -> tuple[StagingError, bool]:
         """The error for a failed command, and whether trying again may help."""
-        lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in err.splitlines()
+                 if ln.strip() and not ln.lstrip().startswith(_MUX_NOISE)]
         if rc is None:
             return StagingError("unreachable", f"{self.where}: no progress within the deadline"), True
         for line in lines:
@@ -308,11 +348,17 @@ class RsyncMover:
             return StagingError("unreachable", f"transfer with {self.where} broke: {detail}"), True
         return StagingError("error", f"{path}: {detail}"), False
 
-    def _attempt(self, argv: list[str], path: str, deadline: float) -> str:
-        """Run ``argv``, retrying transient failures; its stdout, or raise."""
+    def _attempt(self, command: Callable[[list[str]], list[str]], path: str,
+                 deadline: float) -> str:
+        """Run ``command(ssh argv)``, retrying transient failures; its stdout,
+        or raise. Each attempt goes through the shared connection if it is up
+        (or can be started), else connects on its own."""
         for attempt in range(self.retries + 1):
-            rc, out, err = _run(argv, deadline)
+            shared = self.master.options()
+            rc, out, err = _run(command([*self._ssh(), *shared]), deadline)
             if rc == 0:
+                if not shared:
+                    self.master.direct_success()
                 return out
             error, transient = self._failure(rc, err or out, path)
             if not transient or attempt == self.retries:
@@ -322,14 +368,14 @@ class RsyncMover:
 
     def _script(self, script: str, *args: str, path: str, deadline: float | None = None) -> str:
         command = " ".join(["sh", "-c", shlex.quote(script), "sh", *map(shlex.quote, args)])
-        argv = [*self._ssh(), self.target, "--", command]
-        return self._attempt(argv, path, deadline or 2 * self.timeout + 5)
+        return self._attempt(lambda ssh: [*ssh, self.target, "--", command], path,
+                             deadline or 2 * self.timeout + 5)
 
     def _rsync(self, args: list[str], path: str) -> None:
-        argv = ["rsync", "-s", f"--partial-dir={PARTIAL_DIR}",
-                f"--timeout={max(1, math.ceil(self.timeout))}",
-                "-e", " ".join(map(shlex.quote, self._ssh())), *args]
-        self._attempt(argv, path, self.attempt_deadline)
+        self._attempt(lambda ssh: ["rsync", "-s", f"--partial-dir={PARTIAL_DIR}",
+                                   f"--timeout={max(1, math.ceil(self.timeout))}",
+                                   "-e", " ".join(map(shlex.quote, ssh)), *args],
+                      path, self.attempt_deadline)
 
     def fetch(self, path: str, dest: Path, expected_sha256: str | None = None) -> Transfer:
         started = time.monotonic()
@@ -387,15 +433,6 @@ class RsyncMover:
         except StagingError as e:
             return [e.reason.removeprefix(f"{self.root}: ")]
         return []
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------- addresses
