@@ -49,10 +49,10 @@ from rich.progress import (
 from rich.table import Table
 
 from bench.fold import synthetic_log
+from bench.logs import fresh_log
 from ecloud.boss.loop import Boss
 from ecloud.boss.recent_reports import committed_reports
 from ecloud.effects.broker import start_broker
-from ecloud.errors import UserError
 from ecloud.events.store import LogStore, open_store
 from ecloud.events.types import Recorded
 from ecloud.projections.fold import step
@@ -199,22 +199,6 @@ def sqlite_log() -> Iterator[str]:
         yield f"sqlite:///{tmp}/restart.db"
 
 
-@contextmanager
-def mysql_log(server: str) -> Iterator[str]:
-    """A database of this process's own on ``server``, dropped afterwards
-    whatever happens in between."""
-    url = f"{server.rstrip('/')}/ecloud_bench_{os.getpid()}"
-    try:
-        yield url
-    finally:
-        try:
-            store = open_store(url, create=False)
-        except UserError:
-            pass  # never created: nothing to drop
-        else:
-            store.drop()  # type: ignore[attr-defined]
-
-
 # ----------------------------------------------------------------- main
 
 
@@ -279,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = [args.only] if args.only else ["sqlite", "mysql"]
     rounds, result = generate(args.events, tasks)
     result.update(events=args.events, tasks=tasks, repeat=args.repeat)
-    with start_broker() as broker, sqlite_log() as sqlite_url, mysql_log(args.mysql) as mysql_url:
+    with start_broker() as broker, sqlite_log() as sqlite_url, fresh_log(args.mysql, f"ecloud_bench_{os.getpid()}") as mysql_url:
         urls = {"sqlite": sqlite_url, "mysql": mysql_url}
         built = {b: build_log(urls[b], rounds, args.events, b) for b in backends}
         del rounds  # the restarts should not pay for a heap they would not have

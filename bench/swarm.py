@@ -103,6 +103,7 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.logs import fresh_log
 from bench.tuned_broker import raise_fd_limit, tuned_mosquitto
 from ecloud import wire
 from ecloud.effects.mqtt import parse_broker_url
@@ -1012,28 +1013,6 @@ def measure_boss_with_swarm(db_url: str, n_workers: int, tasks: int, duration: f
 # --------------------------------------------------------------------- CLI
 
 
-def _mysql_db(server: str, name: str):
-    from contextlib import contextmanager
-
-    from ecloud.errors import UserError
-    from ecloud.events.store import open_store
-
-    @contextmanager
-    def database():
-        url = f"{server.rstrip('/')}/{name}"
-        try:
-            yield url
-        finally:
-            try:
-                store = open_store(url, create=False)
-            except UserError:
-                pass
-            else:
-                store.drop()  # type: ignore[attr-defined]
-
-    return database()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--broker", metavar="URL", help="swarm only: an MQTT broker to connect to")
@@ -1061,21 +1040,12 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     if args.measure:
-        if args.mysql:
-            with _mysql_db(args.mysql, "ecloud_bench_swarm") as url:
-                result = measure_boss_with_swarm(
-                    url, args.workers, args.tasks, args.seconds, processes=args.processes,
-                    slots=args.slots, heartbeat=args.heartbeat, idle_seconds=args.idle,
-                    cluster=args.cluster, profile=args.profile, push_chunk=args.push_chunk,
-                    progress=say)
-        else:
-            with tempfile.TemporaryDirectory(prefix="ecloud-bench-swarm-db-") as tmp:
-                url = args.db or f"sqlite:///{tmp}/swarm.db"
-                result = measure_boss_with_swarm(
-                    url, args.workers, args.tasks, args.seconds, processes=args.processes,
-                    slots=args.slots, heartbeat=args.heartbeat, idle_seconds=args.idle,
-                    cluster=args.cluster, profile=args.profile, push_chunk=args.push_chunk,
-                    progress=say)
+        with fresh_log(args.mysql or "sqlite", "ecloud_bench_swarm") as url:
+            result = measure_boss_with_swarm(
+                args.db or url, args.workers, args.tasks, args.seconds, processes=args.processes,
+                slots=args.slots, heartbeat=args.heartbeat, idle_seconds=args.idle,
+                cluster=args.cluster, profile=args.profile, push_chunk=args.push_chunk,
+                progress=say)
     else:
         if not args.broker:
             parser.error("give --broker URL (swarm only) or --measure")

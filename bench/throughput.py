@@ -33,37 +33,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
-from ecloud.errors import UserError
+from bench.logs import fresh_log
 from ecloud.events.store import LogStore, open_store
 from ecloud.events.types import TaskSpec
 from ecloud.rebuild import load_state
 from ecloud.submit import submit_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@contextmanager
-def fresh_log(db: str) -> Iterator[str]:
-    """A log of this run's own: a new SQLite file, or a new MariaDB database
-    on the server ``db`` names (``mysql://user@host:port``), dropped after."""
-    if db.startswith("sqlite"):
-        with tempfile.TemporaryDirectory(prefix="ecloud-bench-") as tmp:
-            yield f"sqlite:///{tmp}/bench.db"
-        return
-    url = f"{db.rstrip('/')}/ecloud_bench_{uuid.uuid4().hex[:8]}"
-    try:
-        yield url
-    finally:
-        try:
-            store = open_store(url, create=False)
-        except UserError:
-            pass
-        else:
-            store.drop()  # type: ignore[attr-defined]
 
 
 class BossRun:

@@ -33,14 +33,11 @@ is stopped (SIGTERM, then SIGKILL after a grace) when the context ends.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import resource
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -48,26 +45,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
-from ecloud.effects.broker import free_port, mqtt_ping
+from ecloud.effects.broker import die_with_parent, free_port, mqtt_ping
 
 HOST = "127.0.0.1"
 MOSQUITTO = "/usr/sbin/mosquitto"
 MAX_FDS = 65_536
 START_DEADLINE = 10.0  # seconds for the broker to answer an MQTT CONNECT
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
-
-
-def _load_prctl():  # in the parent: the child between fork and exec must not dlopen
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
 
 
 def raise_fd_limit(wanted: int = MAX_FDS) -> int:
@@ -88,8 +72,7 @@ def raise_fd_limit(wanted: int = MAX_FDS) -> int:
 
 def _child_setup(max_fds: int) -> None:  # runs in the child between fork and exec
     raise_fd_limit(max_fds)
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    die_with_parent()
 
 
 def tuned_config(port: int, data_dir: Path, *, persistence: bool = False,
