@@ -16,6 +16,8 @@ when the machine's absolute speed does not:
   own on first use, see ``bench/peers``);
 - ``latency``: ready -> started on the worker at moderate load;
 - ``replay``: decoding and folding a log from MariaDB and from SQLite;
+- ``dag``: push and first scheduling of 10,000 to 1,000,000-task DAGs, time
+  and peak memory (``bench/dag.py``);
 - ``swarm``: a boss holding thousands of simulated MQTT workers.
 
 Writes ``bench/results/harness.json`` and prints a table. A section that
@@ -37,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(stderr=True)
-SECTIONS = ("spawn", "throughput", "peers", "latency", "replay", "swarm")
+SECTIONS = ("spawn", "throughput", "peers", "latency", "replay", "dag", "swarm")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slots", type=int, default=4, help="task slots per ecloud worker")
     parser.add_argument("--tasks", type=int, default=10_000, help="no-op tasks per throughput run")
     parser.add_argument("--replay-events", type=int, default=300_000)
+    parser.add_argument("--dag-sizes", default="10000,100000,1000000")
     parser.add_argument("--swarm-workers", type=int, default=10_000)
     parser.add_argument("--swarm-tasks", type=int, default=20_000)
     parser.add_argument("--json-out", default="bench/results/harness.json")
@@ -109,6 +112,11 @@ def replay(args) -> dict:
     return out
 
 
+def dag(args) -> dict:
+    from bench.dag import measure
+    return measure([int(n) for n in args.dag_sizes.split(",")], args.mysql)
+
+
 def swarm(args) -> dict:
     from bench.swarm import measure_boss_with_swarm
     return measure_boss_with_swarm("sqlite:///" + str(Path(args.json_out).parent / "swarm.db"),
@@ -143,6 +151,11 @@ def table(results: dict) -> Table:
         if isinstance(r, dict) and "replay_events_per_s" in r:
             t.add_row(f"replay from {name} (events/s)", f"{r['replay_events_per_s']:,.0f}",
                       ">= 100,000" if name == "mysql" else "", "")
+    for n, r in results.get("dag", {}).items():
+        if isinstance(r, dict) and "push" in r:
+            t.add_row(f"DAG of {int(n):,} tasks: push s / fold s / boss peak RSS MB",
+                      f"{r['push']['push_s']} / {r['schedule']['fold_s']} / "
+                      f"{r['schedule']['peak_rss_mb']:,.0f}", "linear; RSS < 2,048 MB", "")
     sw = results.get("swarm", {})
     if "tasks_per_s" in sw:
         t.add_row(f"boss under {sw.get('workers_connected', '?')} workers: CPU share (heartbeats"
@@ -165,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         broker = stack.enter_context(tuned_mosquitto())
         steps = {"spawn": lambda: spawn(args), "throughput": lambda: throughput(args, broker),
                  "peers": lambda: peers(args), "latency": lambda: latency(args, broker),
-                 "replay": lambda: replay(args), "swarm": lambda: swarm(args)}
+                 "replay": lambda: replay(args), "dag": lambda: dag(args),
+                 "swarm": lambda: swarm(args)}
         for name in SECTIONS:
             if name in args.only:
                 run_section(name, results, steps[name])
