@@ -284,8 +284,10 @@ def test_append_built_holds_off_other_writers_until_it_commits(durable_url: str)
         thread = threading.Thread(target=write)
 
         def build(head: int) -> list:
+            assert [r.seq for r in a.read()] == [1]  # reading the log keeps the lock ...
             thread.start()
-            thread.join(0.5)  # give it every chance to slip in; it must not
+            thread.join(0.5)  # ... so the writer, given every chance to slip in, must not
+            assert a.head() == 1 and [r.seq for r in a.read()] == [1]
             return heartbeats(2, worker="built")
 
         assert a.append_built(build) == [2, 3]

@@ -145,6 +145,7 @@ class MySQLStore(WriterLock, backend.RowStore):
         self._writer_lock: str | None = None
         self._on_relock: Callable[[], None] | None = None
         self._max_packet = 16 * 1024 * 1024
+        self._building = False  # inside append_built: reads keep the transaction open
         try:
             conn = connect(params, params.database, **self._timeouts)
         except UserError:
@@ -276,6 +277,13 @@ class MySQLStore(WriterLock, backend.RowStore):
         """Run a read-only (or otherwise idempotent) ``fn`` in its own
         transaction, ended afterwards so the next read sees newer commits;
         retried once on a lost connection."""
+        if self._building:
+            # inside append_built's transaction: ending it would let go of
+            # the head row's lock (and a reconnect would lose it)
+            try:
+                return fn(self._db())
+            except pymysql.err.Error as exc:
+                raise StoreError(f"{self.url}: {what}: {describe_error(exc)}") from None
         conn = self._db()
         for attempt in (1, 2):
             try:
@@ -320,8 +328,13 @@ class MySQLStore(WriterLock, backend.RowStore):
                     raise ConcurrencyError(expected_head, last)
                 if callable(rows):
                     # the head row stays locked while the rows are built
-                    # (reads in this transaction see every commit up to it)
-                    rows = rows(last)
+                    # (reads in this transaction see every commit up to it,
+                    # and do not end it: see _idempotent_op)
+                    self._building = True
+                    try:
+                        rows = rows(last)
+                    finally:
+                        self._building = False
                     if not rows:
                         self._rollback_quietly()
                         return []
