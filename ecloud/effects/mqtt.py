@@ -82,7 +82,12 @@ class Connection:
         client.on_disconnect = self._disconnected
         client.on_message = self._message
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.max_inflight_messages_set(1000)
+        # No window on QoS 1 messages in flight: with one, paho rescans the
+        # whole window on every PUBACK (Client._update_inflight), which with
+        # thousands of workers kept a full window of 1,000 and cost the boss's
+        # network thread more than the messages themselves. Our own acks and
+        # resends bound what is outstanding; the broker PUBACKs in microseconds.
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         if will is not None:
             client.will_set(will[0], will[1], qos=1)
