@@ -118,10 +118,11 @@ def dag(args) -> dict:
 
 
 def swarm(args) -> dict:
+    from bench.logs import fresh_log
     from bench.swarm import measure_boss_with_swarm
-    return measure_boss_with_swarm("sqlite:///" + str(Path(args.json_out).parent / "swarm.db"),
-                                   args.swarm_workers, args.swarm_tasks, duration=300,
-                                   idle_seconds=20)
+    with fresh_log(args.mysql, "ecloud_bench_swarm") as url:
+        return measure_boss_with_swarm(url, args.swarm_workers, args.swarm_tasks, duration=300,
+                                       idle_seconds=20)
 
 
 def table(results: dict) -> Table:
