@@ -66,7 +66,7 @@ _TASK_FIELDS = [a for a in TaskRecord.__attrs_attrs__ if a.name != "spec"]  # ty
 _TASK_NAMES = [a.name for a in _TASK_FIELDS]
 #: ``format`` of a snapshot whose tasks are rows (absent: objects, as state_to_data)
 COMPACT = 2
-assert [a.name for a in TaskRecord.__attrs_attrs__][0] == "spec"  # type: ignore[attr-defined]
+assert TaskRecord.__attrs_attrs__[0].name == "spec"  # type: ignore[attr-defined]
 assert [a.name for a in TaskSpec.__attrs_attrs__] == [  # type: ignore[attr-defined]
     "id", "command", "depends_on", "inputs", "outputs", "retries", "retry_backoff", "timeout",
     "priority", "env", "slots", "results"], "update _spec_row and _spec_from_row"
