@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ecloud.errors import ConcurrencyError, StoreError, UserError, ValidationError
+from ecloud.errors import ConcurrencyError, UserError, ValidationError
 from ecloud.events.store import LogStore
-from ecloud.events.types import TasksSubmitted, TaskSpec
+from ecloud.events.types import TaskSpec, TasksSubmitted
 from ecloud.projections.state import State
 from ecloud.projections.tasks import dependency_order
 from ecloud.rebuild import fold_range, load_state
@@ -55,11 +55,7 @@ def append_checked(
         judged = fold_range(store, judged, until=head)
         return build(judged)
 
-    try:
-        seqs = store.append_built(under_lock)
-    except NotImplementedError:
-        raise StoreError(f"the log kept moving; gave up after {ATTEMPTS} attempts") from None
-    return judged, seqs
+    return judged, store.append_built(under_lock)
 
 
 def submit_tasks(

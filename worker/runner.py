@@ -40,7 +40,7 @@ from pathlib import Path
 
 from attrs import define, frozen
 
-from ecloud.events.types import StagedFile
+from ecloud.events.types import StagedFile, default_results_folder
 from ecloud.wire import TAIL, DispatchMsg, Finished
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ class Runner:
         meta.mkdir()
         plan = {"task_id": msg.task_id, "command": msg.command, "datastore": msg.datastore,
                 "key_file": self.datastore_key, "outputs": list(msg.outputs),
-                "results": msg.results or f"results/{msg.task_id}",
+                "results": msg.results or default_results_folder(msg.task_id),
                 "inputs": [{"source": _source(msg, i), "path": i.path, "name": i.name,
                             "sha256": i.sha256} for i in msg.inputs]}
         (meta / "plan.json").write_text(json.dumps(plan))
@@ -335,5 +335,5 @@ def _source(msg: DispatchMsg, item) -> str:
     upstream task, under that task's results folder."""
     if not item.from_task:
         return item.path
-    folder = msg.sources.get(item.from_task) or f"results/{item.from_task}"
+    folder = msg.sources.get(item.from_task) or default_results_folder(item.from_task)
     return f"{folder}/{item.path}"

@@ -33,10 +33,10 @@ from typing import Any
 
 from ecloud import wire
 from ecloud.boss.edge import to_events
+from ecloud.boss.lease import Lease, lease_for
 from ecloud.boss.recent_reports import committed_reports
 from ecloud.effects.messaging import Outbox
 from ecloud.effects.mqtt import Connection
-from ecloud.boss.lease import Lease, lease_for
 from ecloud.errors import FencedError, StoreError
 from ecloud.events import types as ev
 from ecloud.events.store import LogStore, open_store
@@ -54,7 +54,9 @@ log = logging.getLogger("ecloud.boss")
 
 MAX_BATCH = 5000  # inbox items per transaction
 ROSTER_EVERY = 0.25  # seconds: the view's workers and VMs are at most this old
-ROSTER_EVENTS = ("worker.", "vm.")
+#: the event types that change who is in the roster or their status
+ROSTER_EVENTS = frozenset(tag for tag in ev.EVENT_TYPES
+                          if tag.startswith(("worker.", "vm.")) and tag != "worker.heartbeat")
 
 
 class Boss:
@@ -296,7 +298,7 @@ class Boss:
         for rec in records:
             _, out = step(self.state, rec)
             effects.extend(out)
-            if rec.event.TYPE.startswith(ROSTER_EVENTS) and rec.event.TYPE != "worker.heartbeat":
+            if rec.event.TYPE in ROSTER_EVENTS:
                 self._roster_changed = True
         self._since_snapshot += len(records)
         return effects

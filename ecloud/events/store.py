@@ -64,6 +64,7 @@ class LogStore(abc.ABC):
         An empty batch appends nothing and returns ``[]``.
         """
 
+    @abc.abstractmethod
     def append_built(self, build: Callable[[int], Sequence[Any]], *, ts: float | None = None,
                      ) -> list[int]:
         """Append what ``build(head)`` returns, holding the log's write lock
@@ -73,7 +74,6 @@ class LogStore(abc.ABC):
         writer that keeps losing optimistic appends (``expected_head``) to a
         busy boss; the boss waits meanwhile, so ``build`` should be quick.
         ``build`` may raise to append nothing."""
-        raise NotImplementedError(f"{type(self).__name__} cannot append under its lock")
 
     # -------------------------------------------------------------------- reading
 

@@ -72,6 +72,11 @@ class StagedFile:
     bytes: int
 
 
+def default_results_folder(task_id: str) -> str:
+    """A task's results folder when its task file names none."""
+    return f"results/{task_id}"
+
+
 @frozen
 class InputSpec:
     """A file the task needs in its working directory before it runs.
@@ -108,7 +113,7 @@ class TaskSpec:
     @property
     def results_folder(self) -> str:
         """Where this task's outputs, stdout and stderr land on the datastore."""
-        return self.results if self.results is not None else f"results/{self.id}"
+        return self.results if self.results is not None else default_results_folder(self.id)
 
 
 @event("tasks.submitted")

@@ -35,41 +35,15 @@ _input_out = converter.get_unstructure_hook(InputSpec)
 _input_in = converter.get_structure_hook(InputSpec)
 
 
-def _spec_out(spec: TaskSpec) -> dict[str, Any]:
-    """A spec as plain data, by hand: a snapshot holds one per task (300,000
-    in a big run) and the generic converter costs seconds there. Same shape
-    as the converter's output (tests compare the two)."""
-    return {
-        "id": spec.id, "command": spec.command, "depends_on": spec.depends_on,
-        "inputs": [_input_out(i) for i in spec.inputs] if spec.inputs else [],
-        "outputs": spec.outputs, "retries": spec.retries, "retry_backoff": spec.retry_backoff,
-        "timeout": spec.timeout, "priority": spec.priority, "env": spec.env, "slots": spec.slots,
-        "results": spec.results,
-    }
-
-
-def _spec_in(data: dict[str, Any]) -> TaskSpec:
-    """The inverse of :func:`_spec_out`, without the converter's checks: a
-    snapshot is our own output, and its checksum was verified on load."""
-    command = data["command"]
-    return TaskSpec(
-        id=data["id"], command=command if isinstance(command, str) else tuple(command),
-        depends_on=tuple(data["depends_on"]),
-        inputs=tuple(_input_in(i, InputSpec) for i in data["inputs"]) if data["inputs"] else (),
-        outputs=tuple(data["outputs"]), retries=data["retries"],
-        retry_backoff=data["retry_backoff"], timeout=data["timeout"],
-        priority=data["priority"], env=data["env"], slots=data["slots"],
-        results=data.get("results"),  # absent from snapshots written before it existed
-    )
-
 _TASK_FIELDS = [a for a in TaskRecord.__attrs_attrs__ if a.name != "spec"]  # type: ignore[attr-defined]
 _TASK_NAMES = [a.name for a in _TASK_FIELDS]
 #: ``format`` of a snapshot whose tasks are rows (absent: objects, as state_to_data)
 COMPACT = 2
 assert TaskRecord.__attrs_attrs__[0].name == "spec"  # type: ignore[attr-defined]
-assert [a.name for a in TaskSpec.__attrs_attrs__] == [  # type: ignore[attr-defined]
-    "id", "command", "depends_on", "inputs", "outputs", "retries", "retry_backoff", "timeout",
-    "priority", "env", "slots", "results"], "update _spec_row and _spec_from_row"
+_SPEC_NAMES = ["id", "command", "depends_on", "inputs", "outputs", "retries", "retry_backoff",
+               "timeout", "priority", "env", "slots", "results"]
+assert [a.name for a in TaskSpec.__attrs_attrs__] == _SPEC_NAMES, (  # type: ignore[attr-defined]
+    "update _spec_row and _spec_from_row")
 
 
 def _spec_row(spec: TaskSpec) -> list[Any]:
@@ -84,6 +58,19 @@ def _spec_from_row(row: list[Any]) -> TaskSpec:
     return TaskSpec(row[0], command if isinstance(command, str) else tuple(command),
                     tuple(row[2]), tuple(_input_in(i, InputSpec) for i in row[3]) if row[3] else (),
                     tuple(row[4]), *row[5:])
+
+
+def _spec_out(spec: TaskSpec) -> dict[str, Any]:
+    """A spec as an object (canonical form and old snapshots): its row, named.
+    Same shape as the converter's output (tests compare the two)."""
+    return dict(zip(_SPEC_NAMES, _spec_row(spec), strict=True))
+
+
+def _spec_in(data: dict[str, Any]) -> TaskSpec:
+    """The inverse of :func:`_spec_out`, without the converter's checks: a
+    snapshot is our own output, and its checksum was verified on load.
+    ``results`` is absent from snapshots written before it existed."""
+    return _spec_from_row([data.get(name) for name in _SPEC_NAMES])
 
 
 def _task_row(task: TaskRecord) -> list[Any]:

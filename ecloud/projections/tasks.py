@@ -21,13 +21,14 @@ from collections import deque
 from collections.abc import Sequence
 
 from ecloud.events.types import (
-    TaskSpec,
     RetryRequested,
     TaskCancelled,
     TaskDispatched,
     TaskFinished,
+    TaskSpec,
     TasksSubmitted,
     TaskStarted,
+    default_results_folder,
 )
 from ecloud.projections import context
 from ecloud.projections.effects import Ack, CancelAttempt, Dispatch
@@ -51,7 +52,6 @@ from ecloud.projections.state import (
     State,
     TaskRecord,
 )
-
 
 # ------------------------------------------------------------------- submission
 
@@ -213,7 +213,8 @@ def dispatch_effect(state: State, seq: int, task: TaskRecord, worker_id: str) ->
 
 def _results_folder(state: State, task_id: str) -> str:
     upstream = state.tasks.get(task_id)
-    return upstream.spec.results_folder if upstream is not None else f"results/{task_id}"
+    return (upstream.spec.results_folder if upstream is not None
+            else default_results_folder(task_id))
 
 
 # ------------------------------------------------------------------- reports
