@@ -128,14 +128,9 @@ class Connection:
             return
         log.debug("connected to %s:%s (session present: %s)", self.host, self.port,
                   flags.session_present)
-        # Subscribe (on_connect) before telling waiters we are connected: one
-        # who publishes as soon as start(wait=...) returns must not beat our
-        # SUBSCRIBE to the broker and miss what it routes back.
-        try:
-            if self._on_connect is not None:
-                self._on_connect()
-        finally:
-            self.connected.set()
+        self.connected.set()
+        if self._on_connect is not None:
+            self._on_connect()
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
