@@ -110,10 +110,21 @@ class FakeBoss:
 
     def probe(self) -> None:
         """Publish a marker on a ``from`` topic and wait for it to come back:
-        the subscription is live, and what the broker routed before it is in."""
+        the subscription is live, and what the broker routed before it is in.
+
+        The marker is sent again until it comes back: ``Connection`` reports
+        "connected" before ``on_connect`` has subscribed, so the first one
+        can reach the broker ahead of the SUBSCRIBE and go nowhere."""
         marker = f"probe-{uuid.uuid4().hex[:8]}"
-        self.conn.publish(from_topic(self.cluster, marker), b"{}")
-        self.wait_for(lambda h: h.worker == marker)
+        deadline = time.monotonic() + WAIT
+        while True:
+            self.conn.publish(from_topic(self.cluster, marker), b"{}")
+            try:
+                self.wait_for(lambda h: h.worker == marker, timeout=0.5)
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
 
     def wait_for(self, pred: Callable[[Heard], bool], timeout: float = WAIT,
                  after: int = -1) -> Heard:

@@ -130,15 +130,23 @@ def test_sigkill_30_percent_of_the_workers(chaos: ChaosCluster, chaos_report) ->
     busy = sorted(w for w, rec in chaos.state().workers.items() if rec.running)
     idle = sorted(w for w in chaos.state().workers if w not in busy)
     victims = (busy + idle)[:3]  # busy ones first: their tasks must move
-    held = {t for w in victims for t, _ in chaos.state().workers[w].running}
+    held = {t: attempt for w in victims for t, attempt in chaos.state().workers[w].running}
     for name in victims:
         chaos_kill_worker(chaos, name)
     state = chaos.wait_all(timeout=180)
-    moved = {t for t in held if state.tasks[t].attempt > 1}
-    assert moved == held, f"tasks of killed workers not re-dispatched: {held - moved}"
+    moved = {t for t in held if state.tasks[t].attempt > held[t]}
+    # A victim may finish a task between the look at the state and its
+    # SIGKILL; its report, sent before it died, then lands late. Such a task
+    # is not lost, but it must carry the victim's own attempt.
+    reported = {t for t in held if state.tasks[t].attempt == held[t]
+                and state.tasks[t].worker in victims}
+    assert moved | reported == set(held), (
+        f"tasks of killed workers neither re-dispatched nor reported by them: "
+        f"{set(held) - moved - reported}")
+    assert moved, "no running task was moved: the kill came too late to test anything"
     checked = final_checks(chaos, len(tasks), killed=victims)
-    chaos_report(f"SIGKILL of 3/10 workers at {done}/120 done ({len(held)} running tasks "
-                 f"re-dispatched); {checked}")
+    chaos_report(f"SIGKILL of 3/10 workers at {done}/120 done ({len(moved)} of their {len(held)} running "
+                 f"tasks re-dispatched, {len(reported)} reported by them before they died); {checked}")
 
 
 def chaos_kill_worker(chaos: ChaosCluster, name: str) -> None:
