@@ -30,7 +30,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import ExitStack
@@ -39,23 +38,13 @@ from pathlib import Path
 import orjson
 
 from bench.logs import fresh_log
+from bench.workdir import work_dir
 from ecloud.events.store import LogStore, open_store
 from ecloud.events.types import TaskSpec
 from ecloud.rebuild import load_state
 from ecloud.submit import submit_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def work_dir() -> tempfile.TemporaryDirectory:
-    """Where the workers make their attempt directories: not /tmp, where on
-    these machines a directory and two files cost 1.7-1.8 ms against 60-90 us
-    on the same disk elsewhere (/work, /var/tmp, ~) - measured, cause
-    unknown - which alone would cap two workers near 1,000 tasks/s. A user's
-    workers run in their own work directory, not in /tmp."""
-    base = Path(os.environ.get("ECLOUD_BENCH_CACHE", Path.home() / ".cache" / "ecloud-bench"))
-    base.mkdir(parents=True, exist_ok=True)
-    return tempfile.TemporaryDirectory(prefix="work-", dir=base)
 
 
 class BossRun:
@@ -143,8 +132,8 @@ def push(store: LogStore, specs: list[TaskSpec]) -> float:
 
 def measure_throughput(db: str, broker: str, tasks: int = 5000, workers: int = 2,
                        slots: int = 1) -> dict:
-    with fresh_log(db) as url, work_dir() as tmp, \
-            ExitStack() as stack:
+    workdir, place = work_dir()
+    with fresh_log(db) as url, workdir as tmp, ExitStack() as stack:
         store = stack.enter_context(open_store(url))
         boss = BossRun(url, broker, workers, slots, Path(tmp))
         stack.callback(boss.stop)
@@ -156,13 +145,13 @@ def measure_throughput(db: str, broker: str, tasks: int = 5000, workers: int = 2
         return {"system": "ecloud", "log": url.split(":", 1)[0], "work": "subprocess",
                 "processes": workers, "slots": slots, "tasks": tasks,
                 "seconds": round(seconds, 3), "tasks_per_s": round(tasks / seconds, 1),
-                "events": events}
+                "events": events, **place}
 
 
 def measure_latency(db: str, broker: str, chains: int = 2, chain_length: int = 250,
                     workers: int = 2) -> dict:
-    with fresh_log(db) as url, work_dir() as tmp, \
-            ExitStack() as stack:
+    workdir, _ = work_dir()
+    with fresh_log(db) as url, workdir as tmp, ExitStack() as stack:
         store = stack.enter_context(open_store(url))
         journal = Path(tmp) / "journal"
         boss = BossRun(url, broker, workers, 1, Path(tmp), journal=journal)

@@ -1,9 +1,10 @@
 """The worker agent: its main loop and the ``ecloud-worker`` command.
 
 One thread owns all the agent's state. Everything that happens elsewhere -
-a boss message or a (re)connection on paho's network thread, an attempt's
-exit on its waiter thread, a signal - is posted to the :class:`Inbox`, and the
-main loop sleeps on the inbox until the next thing arrives or the next
+a boss message or a (re)connection on paho's network thread, a signal - is
+posted to the :class:`Inbox`; an attempt's exit is seen on its pidfd, which
+the inbox's selector watches too. The main loop sleeps on the inbox until
+the next thing arrives or the next
 deadline (heartbeat, resend, task timeout, SIGKILL escalation, the end of the
 drain) comes round. Reports produced in one turn of the loop are sent
 together in one payload.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import select
+import selectors
 import signal
 import socket
 import sys
@@ -55,11 +56,14 @@ SEEN_CAP = 200_000  # tasks whose highest dispatched attempt is remembered
 
 
 class Inbox:
-    """What other threads and signal handlers tell the main loop.
+    """What other threads and signal handlers tell the main loop, and the
+    attempts' pidfds.
 
-    A queue plus a self-pipe: :meth:`wait` sleeps in ``select`` on the pipe,
+    A queue plus a self-pipe: :meth:`wait` sleeps in a selector on the pipe,
     which :meth:`put` writes to, and which is also the signal wakeup fd - so a
-    signal delivered to any thread wakes the main loop at once.
+    signal delivered to any thread wakes the main loop at once. File
+    descriptors given to :meth:`watch` (the runner's pidfds) wake it too, and
+    come out of :meth:`wait` as ``("ready", data)``.
     """
 
     def __init__(self) -> None:
@@ -67,6 +71,14 @@ class Inbox:
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._r, selectors.EVENT_READ, None)
+
+    def watch(self, fd: int, data: object) -> None:
+        self._selector.register(fd, selectors.EVENT_READ, data)
+
+    def unwatch(self, fd: int) -> None:
+        self._selector.unregister(fd)
 
     @property
     def wakeup_fd(self) -> int:
@@ -80,18 +92,21 @@ class Inbox:
             pass
 
     def wait(self, timeout: float | None) -> list[tuple]:
-        """Items posted so far, waiting up to ``timeout`` seconds for one."""
-        if self._items.empty():
-            try:
-                select.select([self._r], [], [], timeout)
-            except InterruptedError:
-                pass
+        """Items posted so far and watched descriptors that are ready,
+        waiting up to ``timeout`` seconds for one."""
+        items = []
+        try:
+            ready = self._selector.select(0 if not self._items.empty() else timeout)
+        except InterruptedError:
+            ready = []
+        for key, _ in ready:
+            if key.data is not None:
+                items.append(("ready", key.data))
         try:
             while os.read(self._r, 4096):
                 pass
         except BlockingIOError:
             pass
-        items = []
         while not self._items.empty():
             items.append(self._items.get_nowait())
         return items
@@ -106,7 +121,7 @@ class Agent:
         journal = Journal(settings.journal, settings.worker_id) if settings.journal else None
         self.outbox = Outbox(self.incarnation, journal)
         self.runner = Runner(settings.work_dir, settings.slots, self.inbox.put, clock,
-                             datastore_key=settings.datastore_key)
+                             datastore_key=settings.datastore_key, watcher=self.inbox)
         self.seen: dict[str, int] = {}  # task id -> highest attempt dispatched to us
         self.from_topic = from_topic(settings.cluster, settings.worker_id)
         self.to_topic = to_topic(settings.cluster, settings.worker_id)
@@ -175,10 +190,13 @@ class Agent:
             self._on_boss(msg)
         elif what == "exit":
             attempt, ended = item[1], item[2]
-            code = attempt.proc.returncode
-            log.debug("exit %s/%s: pid %d status %s after %.3fs", *attempt.key, attempt.proc.pid,
-                      code, ended - attempt.started)
+            _log_exit(attempt, ended)
             self._outcomes(self.runner.exited(attempt, ended))
+        elif what == "ready":
+            outcomes = self.runner.reap(item[1])
+            if outcomes is not None:
+                _log_exit(item[1], self.clock())
+                self._outcomes(outcomes)
         elif what == "connected":
             log.debug("subscribed to %s", self.to_topic)
             self._hello()
@@ -207,9 +225,9 @@ class Agent:
         elif self.phase == "kill":
             if not self.runner.busy() or now >= self.phase_deadline:
                 self._bye(now)
-        elif self.phase == "bye":
-            if not self.outbox.unacked(self.bye_id) or now >= self.phase_deadline:
-                self.status = 0
+        elif self.phase == "bye" and (not self.outbox.unacked(self.bye_id)
+                                      or now >= self.phase_deadline):
+            self.status = 0
 
     def _online(self) -> bool:
         """Connected, and the hello for this connection goes first."""
@@ -316,6 +334,11 @@ class Agent:
         bye = self.outbox.add(lambda m: Bye(m, self.stop_reason), now)
         self.bye_id = bye.msg_id
         self.phase, self.phase_deadline = "bye", now + BYE_WAIT
+
+
+def _log_exit(attempt: Any, ended: float) -> None:
+    log.debug("exit %s/%s: pid %d status %s after %.3fs", *attempt.key, attempt.proc.pid,
+              attempt.proc.returncode, ended - attempt.started)
 
 
 def _describe(report: Any) -> str:

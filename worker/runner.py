@@ -1,10 +1,14 @@
 """Running attempts: directories, processes, slots, timeouts and kills.
 
 The :class:`Runner` belongs to the agent's main loop: every method is called
-from that one thread, so its tables need no lock. Each spawned attempt gets
-one daemon thread that only blocks in ``waitpid`` and then posts
-``("exit", attempt, when)`` to the agent's inbox; the main loop hands that back
-to :meth:`Runner.exited`. Deadlines (task timeouts, SIGKILL after a SIGTERM)
+from that one thread, so its tables need no lock. A spawned attempt is
+watched through a pidfd (Linux 5.3+) that the main loop's selector waits on
+next to its inbox (:class:`Watcher`); when it turns readable the loop calls
+:meth:`Runner.reap`. No thread per attempt: starting and joining one cost
+about as much as the spawn of a short task. Where there is no pidfd (another
+OS, an old kernel, no watcher given) a daemon thread blocks in ``waitpid``
+instead and posts ``("exit", attempt, when)``, which the loop hands to
+:meth:`Runner.exited`. Deadlines (task timeouts, SIGKILL after a SIGTERM)
 are not watched by anyone: the main loop asks :meth:`Runner.next_deadline`,
 sleeps on its inbox until then and calls :meth:`Runner.tick`.
 
@@ -37,6 +41,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from attrs import define, frozen
 
@@ -68,12 +73,23 @@ def _exited(task_id: str, attempt: int, exit_code: int | None, duration: float,
     return Finished("", task_id, attempt, exit_code, duration, **details)
 
 
+class Watcher(Protocol):
+    """Who waits on pidfds for the runner: the agent's inbox."""
+
+    def watch(self, fd: int, data: object) -> None: ...
+
+    def unwatch(self, fd: int) -> None: ...
+
+
 @define(eq=False)
 class Attempt:
     msg: DispatchMsg
     slots: int
-    cwd: Path | None = None
+    cwd: str | None = None
     proc: subprocess.Popen | None = None
+    pidfd: int | None = None
+    #: the attempt's stdout and stderr files, kept open to read their tails
+    out_fds: tuple[int, int] | None = None
     started: float = 0.0
     deadline: float | None = None
     stop_reason: str = ""  # why we are stopping it; "" while it runs its course
@@ -87,10 +103,14 @@ class Attempt:
 
 
 def attempt_dir(work_dir: Path, task_id: str, attempt: int) -> Path:
+    return Path(_attempt_path(str(work_dir), task_id, attempt))
+
+
+def _attempt_path(work_dir: str, task_id: str, attempt: int) -> str:
     name = task_id.replace("%", "%25").replace("/", "%2F")
     if name in ("", ".", ".."):
         name = "%" + name.replace(".", "%2E")
-    return work_dir / name / str(attempt)
+    return f"{work_dir}/{name}/{attempt}"
 
 
 class Runner:
@@ -101,8 +121,15 @@ class Runner:
         notify: Callable[[tuple], None],
         clock: Callable[[], float] = time.monotonic,
         datastore_key: str | None = None,
+        watcher: Watcher | None = None,
     ) -> None:
         self.work_dir = work_dir
+        self._work_dir = str(work_dir)
+        self._watcher = watcher
+        # The agent's environment is fixed once its settings are read (the
+        # datastore key is taken out of it then); decoding os.environ for
+        # every attempt showed in profiles.
+        self._base_env = dict(os.environ)
         self.datastore_key = datastore_key
         self.slots = slots
         self._notify = notify
@@ -137,9 +164,22 @@ class Runner:
         self._queue.append(Attempt(msg, need))
         return self._fill()
 
+    def reap(self, attempt: Attempt) -> list[Launched | Finished] | None:
+        """``attempt``'s pidfd turned readable: if its leader has exited,
+        clear its process group and report it (see :meth:`exited`); None
+        if it has not exited after all."""
+        assert attempt.proc is not None
+        if self._running.get(attempt.key) is not attempt or attempt.proc.poll() is None:
+            return None
+        ended = self._clock()
+        self._unwatch(attempt)
+        if _killpg(attempt.proc.pid, signal.SIGKILL):
+            log.debug("killed what %s/%s left running in its process group", *attempt.key)
+        return self.exited(attempt, ended)
+
     def exited(self, attempt: Attempt, ended: float) -> list[Launched | Finished]:
-        """The waiter saw ``attempt``'s leader exit at ``ended``: its report,
-        and whatever starts in the slots it freed."""
+        """``attempt``'s leader exited at ``ended``: its report, and whatever
+        starts in the slots it freed."""
         del self._running[attempt.key]
         self._used -= attempt.slots
         out: list[Launched | Finished] = []
@@ -202,7 +242,7 @@ class Runner:
         msg = attempt.msg
         began = self._clock()
         try:
-            cwd = _fresh_dir(attempt_dir(self.work_dir, msg.task_id, msg.attempt))
+            cwd = _fresh_dir(_attempt_path(self._work_dir, msg.task_id, msg.attempt))
         except (OSError, ValueError) as exc:
             return _exited(msg.task_id, msg.attempt, NOT_STARTED, 0.0,
                           reason=f"cannot prepare the work directory: {exc}")
@@ -213,24 +253,50 @@ class Runner:
                 return _exited(msg.task_id, msg.attempt, NOT_STARTED, 0.0,
                                reason="the task moves data but no datastore is set "
                                       "(ecloud datastore set ADDRESS)")
-            argv = self._staging_argv(msg, cwd)
-        env = {**os.environ, **msg.env,
+            argv = self._staging_argv(msg, Path(cwd))
+        env = {**self._base_env, **msg.env,
                "ECLOUD_TASK_ID": msg.task_id, "ECLOUD_ATTEMPT": str(msg.attempt)}
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC  # read back for the tails
+        out = err = -1
         try:
-            with open(cwd / "stdout", "wb") as out, open(cwd / "stderr", "wb") as err:
-                proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=err, start_new_session=True)
+            out = os.open(f"{cwd}/stdout", flags, 0o644)
+            err = os.open(f"{cwd}/stderr", flags, 0o644)
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, start_new_session=True)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            _close(out, err)
             return _exited(msg.task_id, msg.attempt, NOT_STARTED, self._clock() - began,
-                          reason=f"cannot start: {exc}", stderr_tail=_tail(cwd / "stderr"))
+                          reason=f"cannot start: {exc}", stderr_tail=_tail_of(f"{cwd}/stderr"))
         attempt.cwd, attempt.proc, attempt.started = cwd, proc, began
+        attempt.out_fds = (out, err)
         if msg.timeout is not None:
             attempt.deadline = began + msg.timeout
         self._running[attempt.key] = attempt
         self._used += attempt.slots
+        self._watch(attempt)
+        return Launched(msg.task_id, msg.attempt, proc.pid, cwd)
+
+    def _watch(self, attempt: Attempt) -> None:
+        """Have the main loop's selector wait on the leader's pidfd; else a
+        waiter thread."""
+        assert attempt.proc is not None
+        if self._watcher is not None and hasattr(os, "pidfd_open"):
+            try:
+                attempt.pidfd = os.pidfd_open(attempt.proc.pid)
+            except OSError:  # kernel without pidfds, or out of descriptors
+                attempt.pidfd = None
+            else:
+                self._watcher.watch(attempt.pidfd, attempt)
+                return
         threading.Thread(target=self._wait, args=(attempt,), daemon=True,
-                         name=f"wait-{proc.pid}").start()
-        return Launched(msg.task_id, msg.attempt, proc.pid, str(cwd))
+                         name=f"wait-{attempt.proc.pid}").start()
+
+    def _unwatch(self, attempt: Attempt) -> None:
+        if attempt.pidfd is not None:
+            assert self._watcher is not None
+            self._watcher.unwatch(attempt.pidfd)
+            os.close(attempt.pidfd)
+            attempt.pidfd = None
 
     def _staging_argv(self, msg: DispatchMsg, cwd: Path) -> list[str]:
         """The attempt runs inside the staging wrapper (worker/stage.py),
@@ -274,12 +340,19 @@ class Runner:
         exit_code, sig = (None, -code) if code < 0 else (code, None)
         if attempt.stop_reason and exit_code is not None:
             exit_code, sig = None, attempt.last_signal  # caught our SIGTERM: still no success
-        staged, failure = _staging_outcome(attempt.cwd)
+        staged, failure = ([], "")
+        if attempt.msg.inputs or attempt.msg.outputs:  # ran inside the staging wrapper
+            staged, failure = _staging_outcome(Path(attempt.cwd))
+        out_fd, err_fd = attempt.out_fds or (-1, -1)
+        try:
+            stdout_tail, stderr_tail = _tail(out_fd), _tail(err_fd)
+        finally:
+            _close(out_fd, err_fd)
+            attempt.out_fds = None
         return _exited(
             attempt.msg.task_id, attempt.msg.attempt, exit_code, max(0.0, ended - attempt.started),
             signal=sig, reason=attempt.stop_reason or failure,
-            stdout_tail=_tail(attempt.cwd / "stdout"), stderr_tail=_tail(attempt.cwd / "stderr"),
-            staged=staged,
+            stdout_tail=stdout_tail, stderr_tail=stderr_tail, staged=staged,
         )
 
 
@@ -309,25 +382,56 @@ def _killpg(pgid: int, sig: int) -> bool:
     return True
 
 
-def _fresh_dir(path: Path) -> Path:
-    if path.exists() or path.is_symlink():
-        aside = path.with_name(f"{path.name}.old-{uuid.uuid4().hex[:8]}")
-        path.rename(aside)
+def _fresh_dir(path: str) -> str:
+    """Make the attempt's directory (and its task's); a directory left there
+    by an earlier process is renamed aside and deleted in the background.
+    The common case costs two ``mkdir`` calls."""
+    parent = os.path.dirname(path)
+    try:
+        os.mkdir(parent)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:  # the first attempt in a new work directory
+        os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        aside = f"{path}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(path, aside)
         threading.Thread(target=shutil.rmtree, args=(aside,), kwargs={"ignore_errors": True},
                          daemon=True).start()
-    path.mkdir(parents=True)
+        os.mkdir(path)
     return path
 
 
-def _tail(path: Path) -> str:
-    """The last :data:`ecloud.wire.TAIL` bytes of a file, as text."""
+def _tail(fd: int) -> str:
+    """The last :data:`ecloud.wire.TAIL` bytes of an open file, as text."""
+    if fd < 0:
+        return ""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - TAIL))
-            return f.read(TAIL).decode("utf-8", errors="replace")
+        size = os.fstat(fd).st_size
+        return os.pread(fd, TAIL, max(0, size - TAIL)).decode("utf-8", errors="replace") \
+            if size else ""
     except OSError:
         return ""
+
+
+def _tail_of(path: str) -> str:
+    """The last :data:`ecloud.wire.TAIL` bytes of the file at ``path``, as text."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        return _tail(fd)
+    finally:
+        os.close(fd)
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _source(msg: DispatchMsg, item) -> str:
