@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from attrs import field, frozen
 from cattrs.errors import BaseValidationError
+from cattrs.gen import make_dict_unstructure_fn, override
 
 from ecloud.events.codec import converter, describe
 from ecloud.events.types import Command, InputSpec, StagedFile
@@ -107,7 +108,15 @@ class Finished:
     stdout_tail: str = ""
     stderr_tail: str = ""
     staged: list[StagedFile] = field(factory=list)
+    #: given back unstarted, see :attr:`ecloud.events.types.TaskFinished.returned`;
+    #: left out of the message when False, so that a boss older than this field
+    #: still reads every report (only it never queues ahead, so never gets one back)
+    returned: bool = False
     kind: str = "finished"
+
+
+converter.register_unstructure_hook(
+    Finished, make_dict_unstructure_fn(Finished, converter, returned=override(omit_if_default=True)))
 
 
 @frozen

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ecloud.events import types as ev
 from ecloud.events.types import InputSpec, Recorded, TaskSpec
+from ecloud.projections import context
 from ecloud.projections.autoscale import autoscale
 from ecloud.projections.fold import step
 from ecloud.projections.scheduler import schedule
@@ -96,10 +97,14 @@ def check_invariants(state: State) -> None:
     free = []
     for wid, worker in state.workers.items():
         assert worker.used == sum(worker.running.values()), wid
-        assert 0 <= worker.used <= worker.slots or worker.status not in LIVE, wid
+        # (a worker may hold more than slots + ahead: what it queued while it
+        # was quick stays when it stops being quick or queue_ahead shrinks)
+        assert worker.used >= 0, wid
+        # queueing ahead is for quick workers only, as many per slot as the context says
+        assert worker.ahead == (context.queue_ahead(state) * worker.slots if worker.quick else 0), wid
         if worker.status not in LIVE:
             assert not worker.running, wid
-        if worker.status in ("idle", "busy") and worker.used < worker.slots:
+        if worker.status in ("idle", "busy") and worker.used < worker.slots + worker.ahead:
             free.append((worker.rank, wid))
         if worker.status == "idle":
             assert worker.used == 0, wid

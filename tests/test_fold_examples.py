@@ -271,3 +271,86 @@ def test_outstanding_effects_after_a_restart() -> None:
         SpawnVM(d.state.seq, "vm-a", (("ECLOUD_SLOTS", "1"),)),
         KillVM(d.state.seq, 7, "idle"),
     ]
+
+
+# ------------------------------------------------------------ queueing ahead
+
+
+def many(n: int) -> tuple[TaskSpec, ...]:
+    return tuple(TaskSpec(f"t{i}", "true") for i in range(n))
+
+
+def test_a_quick_worker_queues_ahead_only_after_free_slots_everywhere_are_taken() -> None:
+    d = Driver()
+    d.apply(ev.TasksSubmitted("b1", many(12)))
+    d.apply(ev.WorkerAnnounced("w1", "h1", 2, 1, "i1"))
+    d.schedule()
+    assert d.state.workers["w1"].running.keys() == {("t0", 1), ("t1", 1)}  # not quick yet
+    d.apply(ev.TaskFinished("t0", 1, "w1", 0, 0.02), dt=1)  # quick: 2 per slot may queue
+    assert (d.state.workers["w1"].quick, d.state.workers["w1"].ahead) == (True, 4)
+    d.apply(ev.WorkerAnnounced("w2", "h2", 2, 1, "i2"))  # younger, both slots free
+    decisions = [e.worker_id for e in _scheduled(d)]
+    # w1 (oldest) fills its free slot, w2 its two, then w1 queues 4 ahead
+    assert decisions == ["w1", "w2", "w2", "w1", "w1", "w1", "w1"]
+    w1 = d.state.workers["w1"]
+    assert (w1.used, w1.free, w1.room) == (6, -4, 0)
+    assert d.state.counts["ready"] == 12 - 2 - 7  # t0 done, t1 running, 7 just dispatched
+    check_invariants(d.state)
+
+
+def _scheduled(d: Driver) -> list:
+    before = len(d.log)
+    d.schedule()
+    return [r.event for r in d.log[before:]]
+
+
+def test_a_long_task_ends_queueing_ahead_and_a_returned_dispatch_is_no_failure() -> None:
+    d = Driver()
+    d.apply(ev.TasksSubmitted("b1", many(6)))
+    d.apply(ev.WorkerAnnounced("w1", "h1", 1, 1, "i1"))
+    d.schedule()
+    d.apply(ev.TaskFinished("t0", 1, "w1", 0, 0.5), dt=1)
+    assert [e.task_id for e in _scheduled(d)] == ["t1", "t2", "t3"]  # 1 slot + 2 ahead
+    d.apply(ev.TaskStarted("t1", 1, "w1"))
+    # t1 runs long: the worker gives back t2 and t3, which waited too long
+    out = d.apply(ev.TaskFinished("t2", 1, "w1", None, 0.0, reason="waited 2 s",
+                                  returned=True, msg_id="m2"), dt=2)
+    assert out == [Ack(len(d.log), "w1", "m2")]
+    t2 = d.state.tasks["t2"]
+    assert (t2.status, t2.failures, t2.attempt, t2.reason) == ("ready", 0, 1, "waited 2 s")
+    assert not d.state.workers["w1"].quick and not d.state.recent_failures
+    assert _scheduled(d) == []  # w1's slot is taken and it may no longer queue ahead
+    d.apply(ev.TaskFinished("t3", 1, "w1", None, 0.0, returned=True), dt=0)
+    d.apply(ev.TaskFinished("t1", 1, "w1", 0, 120.0), dt=1)  # ran 120 s by its own clock
+    assert d.state.workers["w1"].ahead == 0
+    assert [(e.task_id, e.attempt) for e in _scheduled(d)] == [("t2", 2)]  # one, no queue
+    check_invariants(d.state)
+
+
+def test_queue_ahead_zero_turns_it_off_and_a_change_applies_at_once() -> None:
+    d = Driver()
+    d.apply(ev.TasksSubmitted("b1", many(8)))
+    d.apply(ev.WorkerAnnounced("w1", "h1", 1, 1, "i1"))
+    d.schedule()
+    d.apply(ev.TaskFinished("t0", 1, "w1", 0, 0.1), dt=1)
+    d.apply(ev.ContextSet("queue_ahead", "0"))
+    assert len(_scheduled(d)) == 1
+    d.apply(ev.ContextSet("queue_ahead", "3"))
+    assert d.state.workers["w1"].ahead == 3 and len(_scheduled(d)) == 3
+    d.apply(ev.ContextDropped("queue_ahead"))  # back to the default, 2: one too many queued
+    assert d.state.workers["w1"].room == -1 and _scheduled(d) == []
+    check_invariants(d.state)
+
+
+def test_a_retry_re_judges_tasks_blocked_behind_a_task_cancelled_since() -> None:
+    """t2 was blocked by t0's cancel; t1 (between them) was cancelled after.
+    Retrying t0 must leave t2 blocked - by t1 now, not by the ready t0."""
+    d = Driver()
+    d.apply(ev.TasksSubmitted("b1", (TaskSpec("t0", "true"), TaskSpec("t1", "true", ("t0",)),
+                                     TaskSpec("t2", "true", ("t1",)))))
+    d.apply(ev.TaskCancelled("t0"))
+    d.apply(ev.TaskCancelled("t1"))
+    d.apply(ev.RetryRequested("t0"))
+    assert d.statuses() == {"t0": "ready", "t1": "cancelled", "t2": "blocked"}
+    assert d.state.tasks["t2"].blocked_by == "t1"
+    check_invariants(d.state)

@@ -103,6 +103,19 @@ class FoldMachine(RuleBasedStateMachine):
             self.m.fate[x.task_id] = ON_WORKER
             self.m.holder[x.task_id] = (x.worker_id, x.attempt)
             self.m.held[x.worker_id].append((x.task_id, x.attempt))
+        # Queueing ahead never leaves a slot idle: after a round that queued
+        # a task ahead anywhere, no live worker has a free slot left.
+        workers = self.d.state.workers
+        if any(workers[r.event.worker_id].free < 0 for r in self.d.log[before:]):
+            assert all(w.free <= 0 for w in workers.values() if w.status in ("idle", "busy"))
+
+    @rule(key_value=st.sampled_from(["0", "1", "2", None]))
+    def queue_ahead(self, key_value: str | None) -> None:
+        """The operator changes (or drops) ``queue_ahead`` at any moment."""
+        if key_value is None:
+            self.d.apply(ev.ContextDropped("queue_ahead"))
+        else:
+            self.d.apply(ev.ContextSet("queue_ahead", key_value))
 
     def _on_worker(self) -> list[str]:
         return sorted(t for t, f in self.m.fate.items() if f == ON_WORKER)
@@ -116,11 +129,11 @@ class FoldMachine(RuleBasedStateMachine):
         self.m.started.add(tid)
 
     @precondition(lambda self: self._on_worker())
-    @rule(data=st.data(), ok=st.booleans())
-    def finish(self, data, ok: bool) -> None:
+    @rule(data=st.data(), ok=st.booleans(), duration=st.sampled_from([0.01, 0.99, 1.0, 60.0]))
+    def finish(self, data, ok: bool, duration: float) -> None:
         tid = data.draw(st.sampled_from(self._on_worker()))
         worker, attempt = self.m.holder[tid]
-        self.d.apply(ev.TaskFinished(tid, attempt, worker, 0 if ok else 3), dt=1)
+        self.d.apply(ev.TaskFinished(tid, attempt, worker, 0 if ok else 3, duration), dt=1)
         self.m.release(worker, tid, attempt)
         del self.m.holder[tid]
         self.m.started.discard(tid)
@@ -129,6 +142,22 @@ class FoldMachine(RuleBasedStateMachine):
         else:
             self.m.failures[tid] += 1
             self.m.fate[tid] = PENDING if self.m.failures[tid] <= self.m.retries[tid] else FAILED
+
+    def _queued(self) -> list[str]:
+        return [t for t in self._on_worker() if t not in self.m.started]
+
+    @precondition(lambda self: self._queued())
+    @rule(data=st.data())
+    def give_back(self, data) -> None:
+        """A worker gives back a dispatch it never started: ready again, no failure."""
+        tid = data.draw(st.sampled_from(self._queued()))
+        worker, attempt = self.m.holder[tid]
+        self.d.apply(ev.TaskFinished(tid, attempt, worker, None, 0.0,
+                                     reason="waited 2 s in the queue", returned=True), dt=1)
+        self.m.release(worker, tid, attempt)
+        del self.m.holder[tid]
+        self.m.fate[tid] = PENDING
+        assert not self.d.state.workers[worker].quick  # it gets nothing more queued for now
 
     @precondition(lambda self: self.m.fate)
     @rule(data=st.data())

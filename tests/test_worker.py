@@ -281,6 +281,28 @@ def test_cancel_kills_a_running_attempt_and_drops_a_queued_one(boss, start, tmp_
     assert [r.attempt for r in boss.reports("w1", "finished", "c")] == [1]
 
 
+def test_a_dispatch_queued_behind_a_long_task_is_given_back_unstarted(boss, start):
+    started(boss, start, slots=1)
+    boss.dispatch("w1", "long", "sleep 1000")
+    boss.dispatch("w1", "behind", "true")  # queued ahead: waits for the slot
+    boss.report("w1", "started", "long")
+    back = boss.report("w1", "finished", "behind")
+    report = back.report
+    assert report.returned and (report.exit_code, report.signal) == (None, None)
+    assert report.reason == "given back unstarted after 2 s in the worker's queue"
+    assert boss.reports("w1", "started", "behind") == []
+    # given back only after waiting RETURN_AFTER; the long task runs on
+    hello = boss.report("w1", "hello")
+    assert back.at - hello.at >= 2.0
+    assert boss.reports("w1", "finished", "long") == []
+    # a later attempt of the same task is taken as any new dispatch
+    boss.send("w1", cancel=[CancelMsg("long", 1)])
+    boss.report("w1", "finished", "long")
+    boss.dispatch("w1", "behind", "true", attempt=2)
+    again = boss.report("w1", "finished", "behind", after=back.index).report
+    assert (again.attempt, again.exit_code, again.returned) == (2, 0, False)
+
+
 def test_sigterm_ignored_means_sigkill_and_caught_means_no_success(boss, start, tmp_path):
     started(boss, start)
     boss.send("w1", dispatch=[

@@ -206,7 +206,7 @@ class Agent:
             self._stop(item[1])
 
     def _on_time(self, now: float) -> None:
-        self.runner.tick(now)
+        self._outcomes(self.runner.tick(now))
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.s.heartbeat
             if self._online():
@@ -349,6 +349,8 @@ def _describe(report: Any) -> str:
         text += f" exit={report.exit_code} signal={report.signal}"
         if report.reason:
             text += f" reason={report.reason!r}"
+        if report.returned:
+            text += " returned"
     return text
 
 

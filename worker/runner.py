@@ -51,6 +51,9 @@ from ecloud.wire import TAIL, DispatchMsg, Finished
 log = logging.getLogger(__name__)
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+#: seconds a dispatch may wait in the queue for a slot before it is given back
+#: to the boss unstarted (it was queued ahead behind a task that runs long)
+RETURN_AFTER = 2.0
 NOT_STARTED = 127  # exit code reported for a command that cannot start
 
 Key = tuple[str, int]
@@ -94,6 +97,7 @@ class Attempt:
     deadline: float | None = None
     stop_reason: str = ""  # why we are stopping it; "" while it runs its course
     last_signal: int | None = None
+    queued_at: float = 0.0
     kill_at: float | None = None  # when to escalate to SIGKILL
     report: bool = True  # False once given up at shutdown: the boss takes it back
 
@@ -154,6 +158,8 @@ class Runner:
         running = self._running.values()
         times = [a.deadline for a in running if a.deadline is not None and not a.stop_reason]
         times += [a.kill_at for a in running if a.kill_at is not None]
+        if self._queue:  # the oldest queued dispatch is given back first
+            times.append(self._queue[0].queued_at + RETURN_AFTER)
         return min(times, default=None)
 
     # --------------------------------------------------------------- changes
@@ -161,7 +167,7 @@ class Runner:
     def submit(self, msg: DispatchMsg) -> list[Launched | Finished]:
         """Queue a dispatch and start whatever fits in the free slots."""
         need = max(0, min(msg.slots, self.slots))  # more than we have: run it alone
-        self._queue.append(Attempt(msg, need))
+        self._queue.append(Attempt(msg, need, queued_at=self._clock()))
         return self._fill()
 
     def reap(self, attempt: Attempt) -> list[Launched | Finished] | None:
@@ -201,8 +207,15 @@ class Runner:
                 return [_exited(key[0], key[1], None, 0.0, reason="cancelled")]
         return None
 
-    def tick(self, now: float) -> None:
-        """Act on deadlines that have passed: timeouts, SIGKILL escalations."""
+    def tick(self, now: float) -> list[Finished]:
+        """Act on deadlines that have passed: timeouts, SIGKILL escalations,
+        and dispatches that waited too long in the queue (given back)."""
+        returned = []
+        while self._queue and now >= self._queue[0].queued_at + RETURN_AFTER:
+            msg = self._queue.popleft().msg
+            returned.append(_exited(msg.task_id, msg.attempt, None, 0.0, returned=True,
+                                    reason=f"given back unstarted after {RETURN_AFTER:g} s "
+                                           f"in the worker's queue"))
         for attempt in list(self._running.values()):
             if attempt.kill_at is not None and now >= attempt.kill_at:
                 attempt.kill_at = None
@@ -210,6 +223,7 @@ class Runner:
             elif (not attempt.stop_reason and attempt.deadline is not None
                   and now >= attempt.deadline):
                 self._stop(attempt, f"timeout after {attempt.msg.timeout:g}s")
+        return returned
 
     def close(self) -> int:
         """Start nothing more; forget the queued attempts (never started).

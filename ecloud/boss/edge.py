@@ -27,7 +27,7 @@ def report_event(worker_id: str, report) -> object | None:
         return ev.TaskFinished(
             report.task_id, report.attempt, worker_id, report.exit_code, report.duration,
             report.signal, report.reason, report.stdout_tail, report.stderr_tail, report.msg_id,
-            tuple(report.staged),
+            tuple(report.staged), report.returned,
         )
     if kind is wire.Heartbeat:
         return ev.WorkerHeartbeat(worker_id, report.msg_id)

@@ -16,10 +16,11 @@ from typing import Any, Callable
 
 import orjson
 from cattrs.errors import BaseValidationError
+from cattrs.gen import make_dict_unstructure_fn, override
 from cattrs.preconf.orjson import make_converter
 
 from ecloud.errors import CodecError
-from ecloud.events.types import EVENT_TYPES, Command
+from ecloud.events.types import EVENT_TYPES, Command, TaskFinished
 
 converter = make_converter(forbid_extra_keys=True)
 """The converter all of ecloud uses for events, effects and snapshots."""
@@ -70,6 +71,12 @@ def _strict_bool(value: Any, _type: Any) -> bool:
 
 
 converter.register_structure_hook(bool, _strict_bool)  # else bool (an int) takes the int hook
+
+# ``returned`` is stored only when true: bodies of ordinary results stay as
+# they were before the field existed, so older readers still read them.
+converter.register_unstructure_hook(
+    TaskFinished,
+    make_dict_unstructure_fn(TaskFinished, converter, returned=override(omit_if_default=True)))
 
 Upcaster = Callable[[dict], dict]
 _UPCASTERS: dict[tuple[str, int], Upcaster] = {}

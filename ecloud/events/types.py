@@ -190,6 +190,9 @@ class TaskFinished(Event):
     msg_id: str = ""
     #: what the attempt staged in and out (checksums and sizes: provenance)
     staged: tuple[StagedFile, ...] = ()
+    #: the worker gave the attempt back unstarted (it waited too long in the
+    #: worker's queue, see ``queue_ahead``): not a failure, the task is ready again
+    returned: bool = False
 
 
 # ------------------------------------------------------------------------- workers

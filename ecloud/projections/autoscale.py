@@ -208,7 +208,9 @@ def _wanted_for_demand(state: State, policy: Policy, booting: int) -> int:
         return 0
     per_vm = policy.slots_per_worker
     workers = state.workers
-    supply = booting * per_vm + sum(workers[wid].free for _, wid in state.free)
+    # free slots only: room to queue ahead is not a slot (and a worker queueing
+    # ahead has none free)
+    supply = booting * per_vm + sum(max(0, workers[wid].free) for _, wid in state.free)
     # Slots beyond what max_workers allows change nothing: stop counting there.
     enough = supply + max(policy.max_workers, 1) * per_vm
     need = 0

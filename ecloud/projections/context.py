@@ -75,6 +75,9 @@ KEYS: dict[str, Key] = {
     ),
     "max_backoff": Key("upper bound in seconds on a retry's or a VM request's backoff", _seconds,
                        "3600"),
+    "queue_ahead": Key("dispatches per slot a worker may hold queued while its tasks are short "
+                       "(its last one ended within 1 s); it gives back any that waits 2 s; "
+                       "0 turns queueing off", _count, "2"),
     # the autoscaling policy (ecloud/projections/autoscale.py; `ecloud scale`)
     "max_workers": Key("most worker VMs, live plus booting; 0 turns autoscaling off", _count, "0"),
     "min_workers": Key("worker VMs always kept, live plus booting", _count, "0"),
@@ -144,12 +147,30 @@ def on_context_set(state: State, event: ContextSet, seq: int, out: list) -> None
     state.context[event.key] = event.value
     if event.key == "heartbeat_timeout":
         _rearm_heartbeats(state)
+    elif event.key == "queue_ahead":
+        _resize_queues(state)
 
 
 def on_context_dropped(state: State, event: ContextDropped, seq: int, out: list) -> None:
     state.context.pop(event.key, None)
     if event.key == "heartbeat_timeout":
         _rearm_heartbeats(state)
+    elif event.key == "queue_ahead":
+        _resize_queues(state)
+
+
+def queue_ahead(state: State) -> int:
+    return int(get(state, "queue_ahead"))  # type: ignore[arg-type]
+
+
+def _resize_queues(state: State) -> None:
+    """Every quick worker's queue ahead follows a new ``queue_ahead``."""
+    per_slot = queue_ahead(state)
+    for wid in sorted(state.workers):
+        worker = state.workers[wid]
+        listed = state.is_listed_free(worker)
+        worker.ahead = per_slot * worker.slots if worker.quick else 0
+        state.refresh_free(worker, listed)
 
 
 def _rearm_heartbeats(state: State) -> None:

@@ -28,7 +28,11 @@ from ecloud.projections.state import State
 #: live worker's deadline (a snapshot taken before the change disagreed).
 #: 3: a task's ``results`` folder in its spec, and a dispatch carries the
 #: results folders of the upstream tasks its inputs come from.
-REDUCER_VERSION = "3"
+#: 4: quick workers queue ahead (``queue_ahead``), and a dispatch given back
+#: unstarted (``task.finished`` with ``returned``) makes the task ready again;
+#: a retry re-judges blocked tasks behind a cancelled or failed descendant
+#: too (they named the retried task as their cause).
+REDUCER_VERSION = "4"
 
 Handler = Callable[[State, Any, int, list], None]
 

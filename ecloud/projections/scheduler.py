@@ -7,7 +7,10 @@ change to this policy can never rewrite what happened.
 
 Policy: tasks in order of priority (high first), then submission order;
 workers in the order they joined (oldest first), each filled before the next
-(packing, so younger workers fall idle and can be scaled down). A task that
+(packing, so younger workers fall idle and can be scaled down). Free slots
+come first, on every worker; only then do quick workers get dispatches to
+queue ahead (``WorkerRecord.ahead``, see :mod:`.tasks`), so queueing never
+leaves a slot idle elsewhere. A task that
 needs more slots than any worker has free waits; smaller tasks behind it may
 go first (no head-of-line blocking). Cost: O(d log n) for d decisions, plus
 the large tasks skipped (a ready queue of only tasks too large for
@@ -26,12 +29,19 @@ def schedule(state: State, limit: int | None = None) -> list[TaskDispatched]:
         return []
     tasks = state.tasks
     workers = state.workers
-    # Free capacity of the candidate workers, in scheduling order; this round's
-    # own decisions are subtracted locally.
+    # Free capacity of the candidate workers, in scheduling order - free
+    # slots first, then room to queue ahead; this round's own decisions are
+    # subtracted locally.
     capacity: list[list] = []
+    ahead: list[list] = []
     for _, worker_id in state.free:
         worker = workers[worker_id]
-        capacity.append([worker_id, worker.slots - worker.used])
+        free = worker.slots - worker.used
+        if free > 0:
+            capacity.append([worker_id, free])
+        if worker.ahead:
+            ahead.append([worker_id, worker.room - max(0, free)])
+    capacity += ahead
     total = sum(c[1] for c in capacity)
     largest = max(c[1] for c in capacity)
     first = 0  # capacity[:first] is exhausted

@@ -111,10 +111,21 @@ class WorkerRecord:
     reason: str = ""
     #: since when the worker holds no attempt (None while it holds one)
     idle_since: float | None = None
+    #: its last attempt ended within QUICK_TASK seconds (its report's duration)
+    quick: bool = False
+    #: dispatches it may hold queued beyond its slots: ``queue_ahead`` x slots
+    #: while it is quick, else 0 (see :func:`ecloud.projections.tasks.set_quick`)
+    ahead: int = 0
 
     @property
     def free(self) -> int:
+        """Slots not running anything (negative while dispatches queue ahead)."""
         return self.slots - self.used
+
+    @property
+    def room(self) -> int:
+        """Dispatches it may still take: free slots plus what may queue ahead."""
+        return self.slots + self.ahead - self.used
 
 
 @define(slots=True)
@@ -224,9 +235,10 @@ class State:
             self.ready.add(task.ready_key)
 
     def refresh_free(self, worker: WorkerRecord, was_free: bool) -> None:
-        """Keep ``free`` listing exactly the live, non-draining workers with a
-        free slot. ``was_free`` is whether the worker was listed before."""
-        now_free = worker.status in (IDLE, BUSY) and worker.used < worker.slots
+        """Keep ``free`` listing exactly the live, non-draining workers with
+        room for a dispatch (a free slot, or a place in the queue ahead).
+        ``was_free`` is whether the worker was listed before."""
+        now_free = worker.status in (IDLE, BUSY) and worker.used < worker.slots + worker.ahead
         if now_free != was_free:
             if now_free:
                 self.free.add((worker.rank, worker.worker_id))
@@ -234,7 +246,7 @@ class State:
                 self.free.remove((worker.rank, worker.worker_id))
 
     def is_listed_free(self, worker: WorkerRecord) -> bool:
-        return worker.status in (IDLE, BUSY) and worker.used < worker.slots
+        return worker.status in (IDLE, BUSY) and worker.used < worker.slots + worker.ahead
 
     def track_vm(self, vm: VMRecord) -> None:
         """Keep ``open_vms`` in step with a VM's status."""

@@ -6,6 +6,7 @@
     running/dispatched --exit 0--> succeeded          (children: unmet -= 1)
     running/dispatched --failure, retries left--> ready (after backoff)
     running/dispatched --failure, none left--> failed  (descendants: blocked)
+    dispatched --given back unstarted--> ready         (not a failure)
     any unfinished --operator cancel--> cancelled      (descendants: blocked)
     failed/cancelled --operator retry--> ready|waiting (descendants re-checked)
 
@@ -13,6 +14,15 @@ Reports about an attempt that is not the task's current one (a worker that
 was declared lost and came back, a resend of an old report) are *stale*: they
 are acknowledged and otherwise ignored. Costs: finishing a task touches only
 its children; failing or cancelling one touches only its descendants.
+
+Queueing ahead: a worker whose last attempt ended within :data:`QUICK_TASK`
+seconds may be given ``queue_ahead`` dispatches per slot beyond its slots
+(``WorkerRecord.ahead``), which it queues and starts the moment a slot
+frees - for short tasks the round trip to the boss and its commit, not the
+tasks, would otherwise set the pace. A worker that ran a long task gets
+none, so long tasks are never stuck behind one another; a queued dispatch
+that still waits after 2 s is given back by the worker (``returned``) and is
+ready again without counting as a failure.
 """
 
 from __future__ import annotations
@@ -52,6 +62,9 @@ from ecloud.projections.state import (
     State,
     TaskRecord,
 )
+
+#: seconds: a worker whose last attempt ended within this may queue ahead
+QUICK_TASK = 1.0
 
 # ------------------------------------------------------------------- submission
 
@@ -171,8 +184,8 @@ def dispatch_problem(state: State, event: TaskDispatched) -> str | None:
     worker = state.workers.get(event.worker_id)
     if worker is None:
         return "unknown worker"
-    if not state.is_listed_free(worker) or worker.free < task.spec.slots:
-        return f"worker is {worker.status} with {worker.free} free slot(s)"
+    if not state.is_listed_free(worker) or worker.room < task.spec.slots:
+        return f"worker is {worker.status} with room for {max(0, worker.room)} slot(s)"
     return None
 
 
@@ -267,10 +280,16 @@ def on_finished(state: State, event: TaskFinished, seq: int, out: list) -> None:
     if event.msg_id:
         out.append(Ack(seq, event.worker_id, event.msg_id))
     _heard_from(state, event.worker_id)
-    release_slot(state, event.worker_id, event.task_id, event.attempt)
+    if release_slot(state, event.worker_id, event.task_id, event.attempt):
+        set_quick(state, event.worker_id, not event.returned and event.duration < QUICK_TASK)
     task = _current(state, event.task_id, event.attempt, event.worker_id)
     if task is None:
         return  # stale or repeated: the log keeps it, the state ignores it
+    if event.returned:
+        if task.status == DISPATCHED:  # given back unstarted: ready again
+            requeue(state, task, event.reason or "given back unstarted")
+            return
+        # a worker that started the attempt cannot give it back: a failure
     task.exit_code = event.exit_code
     task.finished_at = state.clock
     task.deadline = None
@@ -285,14 +304,15 @@ def on_finished(state: State, event: TaskFinished, seq: int, out: list) -> None:
         attempt_failed(state, task, reason, seq, out)
 
 
-def release_slot(state: State, worker_id: str, task_id: str, attempt: int) -> None:
-    """Free the slots a worker held for (task, attempt), if it held them."""
+def release_slot(state: State, worker_id: str, task_id: str, attempt: int) -> bool:
+    """Free the slots a worker held for (task, attempt), if it held them
+    (then True)."""
     worker = state.workers.get(worker_id)
     if worker is None:
-        return
+        return False
     slots = worker.running.pop((task_id, attempt), None)
     if slots is None:
-        return
+        return False
     was_free = state.is_listed_free(worker)
     worker.used -= slots
     if worker.used == 0:
@@ -300,6 +320,17 @@ def release_slot(state: State, worker_id: str, task_id: str, attempt: int) -> No
         if worker.status == BUSY:
             worker.status = IDLE
     state.refresh_free(worker, was_free)
+    return True
+
+
+def set_quick(state: State, worker_id: str, quick: bool) -> None:
+    """Whether a worker's last attempt was short, and so how many
+    dispatches it may hold queued ahead of its slots."""
+    worker = state.workers[worker_id]
+    listed = state.is_listed_free(worker)
+    worker.quick = quick
+    worker.ahead = context.queue_ahead(state) * worker.slots if quick else 0
+    state.refresh_free(worker, listed)
 
 
 def succeed(state: State, task: TaskRecord) -> None:
@@ -369,15 +400,24 @@ def recheck_descendants(state: State, root: str) -> None:
     tasks = state.tasks
     children = state.children
     # The blocked part of root's descendants: blocked tasks are never ready,
-    # so everything below root that matters is blocked or final.
+    # so everything below root that matters is blocked or final. The walk
+    # goes on through failed and cancelled tasks too: a task blocked by root
+    # may sit behind one that was cancelled after it was blocked, and must
+    # now name that one as its cause.
     region: list[str] = []
     seen = {root}
     queue = deque([root])
     while queue:
         for child_id in children.get(queue.popleft(), ()):
-            if child_id not in seen and tasks[child_id].status == BLOCKED:
+            if child_id in seen:
+                continue
+            status = tasks[child_id].status
+            if status == BLOCKED:
                 seen.add(child_id)
                 region.append(child_id)
+                queue.append(child_id)
+            elif status in BLOCKING:
+                seen.add(child_id)
                 queue.append(child_id)
     inside = set(region)
     pending = {tid: sum(1 for d in tasks[tid].spec.depends_on if d in inside) for tid in region}

@@ -34,8 +34,8 @@ HERE = Path(__file__).parent
 
 def eventful_run() -> Driver:
     """A diamond and a fan-out through a failure and retry after backoff, a
-    lost worker and its late result, a timeout, a cancel, an operator retry
-    and a boss restart."""
+    lost worker and its late result, a timeout, a cancel, an operator retry,
+    a boss restart and a dispatch queued ahead and given back."""
     d = Driver()
     st = d.statuses
     d.apply(ev.ContextSet("datastore_address", "data.example:/srv/data"))
@@ -85,6 +85,10 @@ def eventful_run() -> Driver:
     assert d.state.workers["w2"].status == "idle"
     d.apply(ev.InputRejected("mqtt", "payload too large", "{...}"))
     d.schedule()
+    # w2's last task was quick: fan1 queues ahead behind d, waits, is given back
+    assert (d.state.tasks["fan1"].worker, st()["fan1"]) == ("w2", "dispatched")
+    d.apply(ev.TaskFinished("fan1", 1, "w2", None, 0.0, reason="given back unstarted",
+                            returned=True, msg_id="n6"), dt=2)
     assert st() == {"a": "succeeded", "b": "succeeded", "c": "succeeded", "d": "dispatched",
                     "fan0": "succeeded", "fan1": "ready", "fan2": "cancelled"}
     return d
