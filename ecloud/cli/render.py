@@ -51,6 +51,7 @@ def status_data(state: State) -> dict[str, Any]:
         w = state.workers[wid]
         workers.append({
             "id": wid, "host": w.host, "status": w.status, "slots": w.slots, "used": w.used,
+            "queued_ahead": max(0, w.used - w.slots),
             "running": [{"task": t, "attempt": a} for (t, a) in sorted(w.running)],
             "last_seen": w.last_seen, "vm_id": w.vm_id, "reason": w.reason,
         })
@@ -93,6 +94,13 @@ def render_status(state: State, console: Console, title: str = "", now: float | 
                       "(see: ecloud log --type input.rejected, ecloud-replay)")
 
 
+def _slots_text(used: int, slots: int) -> str:
+    """``3/4``, or ``4/4 +8 queued`` for a worker holding dispatches queued ahead."""
+    if used <= slots:
+        return f"{used}/{slots}"
+    return f"{slots}/{slots} +{used - slots} queued"
+
+
 def render_workers(state: State, console: Console, now: float | None = None) -> None:
     live = [w for w in state.workers.values() if w.status in LIVE]
     table = Table(title=f"Workers ({len(live)} live, {len(state.workers)} known)", title_justify="left")
@@ -102,7 +110,7 @@ def render_workers(state: State, console: Console, now: float | None = None) -> 
         w = state.workers[wid]
         running = ", ".join(f"{t}#{a}" for t, a in sorted(w.running)) or "-"
         table.add_row(wid, w.host, f"[{STATUS_STYLE[w.status]}]{w.status}[/]",
-                      f"{w.used}/{w.slots}", running,
+                      _slots_text(w.used, w.slots), running,
                       ago(w.last_seen, state.clock if now is None else now))
     console.print(table)
 
