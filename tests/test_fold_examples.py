@@ -304,12 +304,18 @@ def _scheduled(d: Driver) -> list:
     return [r.event for r in d.log[before:]]
 
 
-def test_a_long_task_ends_queueing_ahead_and_a_returned_dispatch_is_no_failure() -> None:
+def after_a_quick_task(n: int) -> Driver:
+    """``n`` tasks and one 1-slot worker w1 that has just run t0 in 0.5 s."""
     d = Driver()
-    d.apply(ev.TasksSubmitted("b1", many(6)))
+    d.apply(ev.TasksSubmitted("b1", many(n)))
     d.apply(ev.WorkerAnnounced("w1", "h1", 1, 1, "i1"))
     d.schedule()
     d.apply(ev.TaskFinished("t0", 1, "w1", 0, 0.5), dt=1)
+    return d
+
+
+def test_a_long_task_ends_queueing_ahead_and_a_returned_dispatch_is_no_failure() -> None:
+    d = after_a_quick_task(6)
     assert [e.task_id for e in _scheduled(d)] == ["t1", "t2", "t3"]  # 1 slot + 2 ahead
     d.apply(ev.TaskStarted("t1", 1, "w1"))
     # t1 runs long: the worker gives back t2 and t3, which waited too long
@@ -328,11 +334,7 @@ def test_a_long_task_ends_queueing_ahead_and_a_returned_dispatch_is_no_failure()
 
 
 def test_queue_ahead_zero_turns_it_off_and_a_change_applies_at_once() -> None:
-    d = Driver()
-    d.apply(ev.TasksSubmitted("b1", many(8)))
-    d.apply(ev.WorkerAnnounced("w1", "h1", 1, 1, "i1"))
-    d.schedule()
-    d.apply(ev.TaskFinished("t0", 1, "w1", 0, 0.1), dt=1)
+    d = after_a_quick_task(8)
     d.apply(ev.ContextSet("queue_ahead", "0"))
     assert len(_scheduled(d)) == 1
     d.apply(ev.ContextSet("queue_ahead", "3"))
