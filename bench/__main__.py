@@ -16,6 +16,9 @@ when the machine's absolute speed does not:
   own on first use, see ``bench/peers``);
 - ``latency``: ready -> started on the worker at moderate load;
 - ``replay``: decoding and folding a log from MariaDB and from SQLite;
+- ``restart``: a boss restarting on a 1,000,000-event log, with and without
+  a snapshot, on MariaDB and SQLite (``bench/restart.py``, in a process of
+  its own so that the generated log's heap does not weigh on the restarts);
 - ``dag``: push and first scheduling of 10,000 to 1,000,000-task DAGs, time
   and peak memory (``bench/dag.py``);
 - ``swarm``: a boss holding thousands of simulated MQTT workers.
@@ -39,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console(stderr=True)
-SECTIONS = ("spawn", "throughput", "peers", "latency", "replay", "dag", "swarm")
+SECTIONS = ("spawn", "throughput", "peers", "latency", "replay", "restart", "dag", "swarm")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slots", type=int, default=4, help="task slots per ecloud worker")
     parser.add_argument("--tasks", type=int, default=10_000, help="no-op tasks per throughput run")
     parser.add_argument("--replay-events", type=int, default=300_000)
+    parser.add_argument("--restart-events", type=int, default=1_000_000)
     parser.add_argument("--dag-sizes", default="10000,100000,1000000")
     parser.add_argument("--swarm-workers", type=int, default=10_000)
     parser.add_argument("--swarm-tasks", type=int, default=20_000)
@@ -112,6 +116,17 @@ def replay(args) -> dict:
     return out
 
 
+def restart(args) -> dict:
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ecloud-bench-restart-") as tmp:
+        out = Path(tmp) / "restart.json"
+        subprocess.run([sys.executable, "-m", "bench.restart", "--events", str(args.restart_events),
+                        "--mysql", args.mysql, "--json-out", str(out)], check=True)
+        return json.loads(out.read_text())
+
+
 def dag(args) -> dict:
     from bench.dag import measure
     return measure([int(n) for n in args.dag_sizes.split(",")], args.mysql)
@@ -152,6 +167,13 @@ def table(results: dict) -> Table:
         if isinstance(r, dict) and "replay_events_per_s" in r:
             t.add_row(f"replay from {name} (events/s)", f"{r['replay_events_per_s']:,.0f}",
                       ">= 100,000" if name == "mysql" else "", "")
+    rs = results.get("restart", {})
+    for name in ("mysql", "sqlite"):
+        r = rs.get(name)
+        if isinstance(r, dict) and "restart_snapshot_s" in r:
+            t.add_row(f"restart, {r['events']:,}-event log on {name}: without / with snapshot (s)",
+                      f"{min(r['restart_no_snapshot_s']):.2f} / {min(r['restart_snapshot_s']):.2f}",
+                      "<= 2 with snapshot", f"{r['ratio']:.1f}x")
     for n, r in results.get("dag", {}).items():
         if isinstance(r, dict) and "push" in r:
             t.add_row(f"DAG of {int(n):,} tasks: push s / fold s / boss peak RSS MB",
@@ -179,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         broker = stack.enter_context(tuned_mosquitto())
         steps = {"spawn": lambda: spawn(args), "throughput": lambda: throughput(args, broker),
                  "peers": lambda: peers(args), "latency": lambda: latency(args, broker),
-                 "replay": lambda: replay(args), "dag": lambda: dag(args),
+                 "replay": lambda: replay(args), "restart": lambda: restart(args),
+                 "dag": lambda: dag(args),
                  "swarm": lambda: swarm(args)}
         for name in SECTIONS:
             if name in args.only:
