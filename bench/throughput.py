@@ -15,8 +15,12 @@ SQLite file. Every event is committed before it is acted on, as always.
   ``chain_length`` tasks each (so about ``chains`` tasks are in flight: a
   moderate load), the workers keeping a journal (``--journal``). A task is
   ready when its predecessor's ``task.finished`` is committed; it has
-  started when the worker's journal records its ``started`` report, made
-  right after the process was spawned. Boss and workers share this
+  started when the worker began the attempt: the moment its ``finished``
+  report was made (the worker's journal) less the attempt's duration, which
+  the worker counts from when it took the dispatch up - directory, files
+  and spawn included. (Until 2026-11-27 this was the journal's ``started``
+  report, made right after the spawn, about 1 ms later; a task as short
+  as ``true`` no longer reports its start.) Boss and workers share this
   machine's clock. The chains' first tasks measure something else - how
   soon the boss notices a push made by another process, which it polls the
   log for - and are reported apart (``push_to_start_ms``).
@@ -165,8 +169,8 @@ def measure_latency(db: str, broker: str, chains: int = 2, chain_length: int = 2
         for path in journal.glob("*.jsonl"):
             for line in path.read_text().splitlines():
                 row = json.loads(line)
-                if row.get("kind") == "started" and row.get("attempt") == 1:
-                    started[row["task_id"]] = row["t"]
+                if row.get("kind") == "finished" and row.get("attempt") == 1:
+                    started[row["task_id"]] = row["t"] - row["duration"]
         # the head of a chain waits for the boss to notice a push by another
         # process (it polls the log): that is push latency, reported apart
         push_ms = [(started[f"c{c}-0"] - pushed) * 1000 for c in range(chains)]

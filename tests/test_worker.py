@@ -38,6 +38,7 @@ from ecloud.wire import (
     parse_worker_payload,
     to_topic,
 )
+from worker.agent import START_REPORT_AFTER
 from worker.outbox import Outbox, payloads
 
 
@@ -140,9 +141,6 @@ def test_shell_and_argv_commands_run_in_fresh_attempt_dirs(boss, start):
         DispatchMsg("argv", 1, (sys.executable, "-c", "import os, sys; print(os.environ['FOO'],"
                                 " os.getcwd()); print('e', file=sys.stderr)"), env={"FOO": "baz"}),
     ])
-    for task in ("a/b", "argv"):
-        boss.report("w1", "started", task, attempt=1)
-
     shell = boss.report("w1", "finished", "a/b").report
     real = os.path.realpath(shell_dir)
     assert (shell.exit_code, shell.signal, shell.reason) == (3, None, "")
@@ -215,7 +213,26 @@ def test_a_repeated_dispatch_runs_once(boss, start, tmp_path):
     boss.send("w1", dispatch=[DispatchMsg("dup", 2, once.command)])  # a new attempt runs
     boss.report("w1", "finished", "dup", attempt=2)
     assert count.read_text().splitlines() == ["run 1", "run 2"]
-    assert [(r.attempt) for r in boss.reports("w1", "started", "dup")] == [1, 2]
+    assert [(r.attempt) for r in boss.reports("w1", "finished", "dup")] == [1, 2]
+
+
+def test_only_a_start_that_lasts_is_reported(boss, start, tmp_path):
+    """A quick attempt reports its end only (which says it started); one
+    still running after START_REPORT_AFTER reports its start, once."""
+    gate = tmp_path / "gate"
+    started(boss, start)
+    boss.dispatch("w1", "quick", "true")
+    boss.dispatch("w1", "slow", GATE_CMD, env={"GATE": str(gate)})
+    quick = boss.report("w1", "finished", "quick")
+    slow = boss.report("w1", "started", "slow")
+    gate.touch()
+    boss.report("w1", "finished", "slow")
+    assert quick.report.exit_code == 0
+    if quick.report.duration < START_REPORT_AFTER:  # (a very loaded machine may be slower)
+        assert boss.reports("w1", "started", "quick") == []
+    assert len(boss.reports("w1", "started", "slow")) == 1
+    hello = boss.report("w1", "hello")
+    assert slow.at - hello.at >= START_REPORT_AFTER
 
 
 def test_slots_are_respected(boss, start, tmp_path):
@@ -417,7 +434,7 @@ def test_debug_prints_every_step(boss, start):
     pid = int(re.search(r"spawned dbg/1: pid (\d+) in (\S+)", text).group(1))
     assert pid > 0
     for step in ("connecting to mqtt://", "subscribed to ecloud/", "out: hello ",
-                 r"in: acks=\[", r"dispatch=\['dbg/1'\]", "out: started .* dbg/1",
+                 r"in: acks=\[", r"dispatch=\['dbg/1'\]",
                  rf"exit dbg/1: pid {pid} status 0", "out: finished .* dbg/1 exit=0",
                  "out: heartbeat", "SIGINT: draining", "out: bye "):
         assert re.search(step, text), step

@@ -8,6 +8,13 @@ the next thing arrives or the next
 deadline (heartbeat, resend, task timeout, SIGKILL escalation, the end of the
 drain) comes round. Reports produced in one turn of the loop are sent
 together in one payload.
+
+An attempt's start is reported only once it has run for
+:data:`START_REPORT_AFTER`: a shorter one reports just its end, which says
+that it started. For no-op-sized tasks that is a third fewer events for the
+boss to log and fold and half the reports to send and acknowledge (Celery
+does not report starts at all by default, ``task_track_started``); a task
+that runs longer is seen ``running`` 50 ms late, which nobody can tell.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ log = logging.getLogger("worker")
 BYE_WAIT = 5.0  # seconds to wait for the boss to ack our goodbye
 REAP_WAIT = 10.0  # seconds to wait for killed attempts to exit at shutdown
 SEEN_CAP = 200_000  # tasks whose highest dispatched attempt is remembered
+START_REPORT_AFTER = 0.05  # seconds an attempt runs before its start is reported
 
 
 class Inbox:
@@ -123,6 +131,9 @@ class Agent:
         self.runner = Runner(settings.work_dir, settings.slots, self.inbox.put, clock,
                              datastore_key=settings.datastore_key, watcher=self.inbox)
         self.seen: dict[str, int] = {}  # task id -> highest attempt dispatched to us
+        #: attempts launched whose start is not reported yet -> when it will be
+        #: (in launch order, so the first is the next due)
+        self.unreported: dict[tuple[str, int], float] = {}
         self.from_topic = from_topic(settings.cluster, settings.worker_id)
         self.to_topic = to_topic(settings.cluster, settings.worker_id)
         lost = dumps(WorkerPayload(settings.worker_id, [Lost()]))
@@ -175,6 +186,8 @@ class Agent:
 
     def _next_wake(self) -> float | None:
         times = [self.next_heartbeat, self.runner.next_deadline(), self.phase_deadline]
+        if self.unreported:
+            times.append(next(iter(self.unreported.values())))
         if self._online():
             times.append(self.outbox.next_due())
         return min((t for t in times if t is not None), default=None)
@@ -207,6 +220,7 @@ class Agent:
 
     def _on_time(self, now: float) -> None:
         self._outcomes(self.runner.tick(now))
+        self._report_starts(now)
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.s.heartbeat
             if self._online():
@@ -307,9 +321,20 @@ class Agent:
         for o in outcomes:
             if isinstance(o, Launched):
                 log.debug("spawned %s/%s: pid %d in %s", o.task_id, o.attempt, o.pid, o.cwd)
-                self.outbox.add(lambda m, o=o: Started(m, o.task_id, o.attempt), now)
+                self.unreported[(o.task_id, o.attempt)] = now + START_REPORT_AFTER
             else:
+                # an end reported before the start: the end says it started
+                self.unreported.pop((o.task_id, o.attempt), None)
                 self.outbox.add(lambda m, o=o: attrs.evolve(o, msg_id=m), now)
+
+    def _report_starts(self, now: float) -> None:
+        """Report the starts of the attempts that have run long enough."""
+        while self.unreported:
+            key, due = next(iter(self.unreported.items()))
+            if due > now:
+                return
+            del self.unreported[key]
+            self.outbox.add(lambda m, k=key: Started(m, k[0], k[1]), now)
 
     def _hello(self) -> None:
         self.outbox.forget("hello")

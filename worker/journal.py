@@ -33,7 +33,8 @@ class Journal:
         self._line({"msg_id": report.msg_id, "kind": report.kind,
                     "task_id": getattr(report, "task_id", None),
                     "attempt": getattr(report, "attempt", None),
-                    "exit_code": getattr(report, "exit_code", None)})
+                    "exit_code": getattr(report, "exit_code", None),
+                    "duration": getattr(report, "duration", None)})
 
     def withdrawn(self, msg_id: str) -> None:
         self._line({"msg_id": msg_id, "withdrawn": True})

@@ -115,13 +115,15 @@ def check_reports_exactly_once(log: list[Recorded], journal: list[dict],
 
 def check_one_worker_per_attempt(log: list[Recorded], journal: list[dict]) -> int:
     """No (task, attempt) started on two workers, by the log and by the
-    workers' own word; returns how many attempts were checked."""
+    workers' own word; returns how many attempts were checked. An attempt
+    is given to one worker, so a start or an end of it reported by two is
+    the fault (a short attempt reports only its end)."""
     runners: dict[tuple[str, int], set[str]] = {}
     for rec in log:
-        if rec.event.TYPE == "task.started":
+        if rec.event.TYPE in ("task.started", "task.finished"):
             runners.setdefault((rec.event.task_id, rec.event.attempt), set()).add(rec.event.worker_id)
     for j in journal:
-        if j.get("kind") == "started":
+        if j.get("kind") in ("started", "finished"):
             runners.setdefault((j["task_id"], j["attempt"]), set()).add(j["worker_id"])
     twice = {k: v for k, v in runners.items() if len(v) > 1}
     assert not twice, f"attempts run on two workers: {twice}"
