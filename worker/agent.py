@@ -413,7 +413,10 @@ def _describe(report: Any) -> str:
               help="On SIGTERM/SIGINT, how long to let running tasks finish before killing them.")
 @click.option("--datastore-key", metavar="PATH", envvar="ECLOUD_DATASTORE_KEY",
               help="SSH private key for an ssh datastore (user@host:/path). Default: "
-              "$ECLOUD_DATASTORE_KEY, the context file, else ssh's own defaults.")
+              "$ECLOUD_DATASTORE_KEY, ECLOUD_DATASTORE_KEY (a path) in the context file, "
+              "ECLOUD_DATASTORE_SSH_KEY_B64 (the key itself, as the boss's OpenNebula provider "
+              "hands it out; written to <work dir>/.ecloud/datastore_key, mode 0600), else "
+              "ssh's own defaults.")
 @click.option("--journal", metavar="PATH", envvar="ECLOUD_WORKER_JOURNAL",
               help="Append every report made (started, finished, hello, bye) as a JSON line to "
               "PATH (a directory: PATH/<worker id>.jsonl), for audits. Default: "
