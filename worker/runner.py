@@ -106,10 +106,6 @@ class Attempt:
         return (self.msg.task_id, self.msg.attempt)
 
 
-def attempt_dir(work_dir: Path, task_id: str, attempt: int) -> Path:
-    return Path(_attempt_path(str(work_dir), task_id, attempt))
-
-
 def _attempt_path(work_dir: str, task_id: str, attempt: int) -> str:
     name = task_id.replace("%", "%25").replace("/", "%2F")
     if name in ("", ".", ".."):
@@ -127,7 +123,6 @@ class Runner:
         datastore_key: str | None = None,
         watcher: Watcher | None = None,
     ) -> None:
-        self.work_dir = work_dir
         self._work_dir = str(work_dir)
         self._watcher = watcher
         # The agent's environment is fixed once its settings are read (the
@@ -278,9 +273,10 @@ class Runner:
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=err, start_new_session=True)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            stderr_tail = _tail(err)
             _close(out, err)
             return _exited(msg.task_id, msg.attempt, NOT_STARTED, self._clock() - began,
-                          reason=f"cannot start: {exc}", stderr_tail=_tail_of(f"{cwd}/stderr"))
+                          reason=f"cannot start: {exc}", stderr_tail=stderr_tail)
         attempt.cwd, attempt.proc, attempt.started = cwd, proc, began
         attempt.out_fds = (out, err)
         if msg.timeout is not None:
@@ -428,18 +424,6 @@ def _tail(fd: int) -> str:
             if size else ""
     except OSError:
         return ""
-
-
-def _tail_of(path: str) -> str:
-    """The last :data:`ecloud.wire.TAIL` bytes of the file at ``path``, as text."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return ""
-    try:
-        return _tail(fd)
-    finally:
-        os.close(fd)
 
 
 def _close(*fds: int) -> None:
