@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +43,19 @@ def test_run_the_example_dag_on_the_embedded_default(tmp_path: Path) -> None:
     status = json.loads(ecloud(tmp_path, "status", "--json").stdout)
     assert status["tasks"]["succeeded"] == 56
     assert {w["status"] for w in status["workers"]} == {"gone"}  # retired at the end
+
+
+def test_the_readme_s_two_runs_in_one_directory_count_progress_over_the_whole_log(
+        tmp_path: Path) -> None:
+    """The second run's boss runs every task in the reused log: its progress
+    bar counts all of them (it once said 106/50 done)."""
+    assert ecloud(tmp_path, "run", str(EXAMPLES / "dag50.json"), "--local", "4").returncode == 0
+    datastore = shutil.copytree(EXAMPLES / "pipeline" / "datastore", tmp_path / "datastore")
+    result = ecloud(tmp_path, "run", str(EXAMPLES / "pipeline" / "tasks.json"),
+                    "--datastore", str(datastore), "--local", "4")
+    assert result.returncode == 0, result.stderr
+    assert "pushed 50 tasks" in result.stderr and "106/106 done" in result.stderr
+    assert not re.search(r"\b\d+/50 done", result.stderr)
 
 
 def test_run_with_the_pure_python_broker(tmp_path: Path) -> None:

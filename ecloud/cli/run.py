@@ -186,7 +186,10 @@ def _watch(boss: Boss, thread: threading.Thread, total: int) -> bool:
             while not stop.is_set() and thread.is_alive():
                 view = boss.view
                 counts = view.get("counts", {})
-                bar.update(task, completed=sum(counts.get(s, 0) for s in FINISHED),
+                # the boss runs every task in the log, not only this file's
+                # (a log reused from an earlier run): count against all of them
+                bar.update(task, total=view.get("total") or total,
+                           completed=sum(counts.get(s, 0) for s in FINISHED),
                            running=counts.get("running", 0) + counts.get("dispatched", 0),
                            failed=counts.get("failed", 0) + counts.get("blocked", 0))
                 if all_finished(view):
