@@ -113,6 +113,56 @@ def _rest_out(state: State) -> dict[str, Any]:
     }
 
 
+def _index_tasks(state: State, tasks: list[TaskRecord]) -> None:
+    """The task indexes other than ``ready`` and ``counts`` (which
+    ``add_task`` keeps), from tasks in submission order. Children in
+    submission order, exactly as the fold builds them."""
+    for task in tasks:
+        for dep in task.spec.depends_on:
+            state.children.setdefault(dep, []).append(task.spec.id)
+        if task.status == READY and task.not_before is not None:
+            state.delayed.append((task.not_before, task.batch_seq, task.index, task.spec.id))
+        if task.status in ACTIVE and task.deadline is not None:
+            state.timers.append((task.deadline, T_TIMEOUT, task.spec.id, task.attempt))
+
+
+def _add_task_rows(state: State, rows: list[list[Any]]) -> None:
+    """Tasks from a compact snapshot's rows, with every task index, in one
+    pass. This is most of a restart's time on a big log (bench/restart.py),
+    so it is :func:`_spec_from_row`, ``add_task`` and :func:`_index_tasks`
+    written out inline with their lookups hoisted. Rows are in submission
+    order: :func:`dump` writes ``state.tasks`` in insertion order, and the
+    fold only ever adds tasks."""
+    tasks, counts, children = state.tasks, state.counts, state.children
+    delayed, timers, ready_keys = state.delayed, state.timers, []
+    spec_type, record_type, input_in = TaskSpec, TaskRecord, _input_in
+    active = ACTIVE
+    for row in rows:
+        s = row[0]
+        task_id, command, deps = s[0], s[1], tuple(s[2])
+        spec = spec_type(task_id, command if command.__class__ is str else tuple(command), deps,
+                         tuple(input_in(i, InputSpec) for i in s[3]) if s[3] else (),
+                         tuple(s[4]), s[5], s[6], s[7], s[8], s[9], s[10], s[11])
+        task = record_type(spec, *row[1:])
+        tasks[task_id] = task
+        status = task.status
+        counts[status] += 1
+        for dep in deps:
+            kids = children.get(dep)
+            if kids is None:
+                children[dep] = [task_id]
+            else:
+                kids.append(task_id)
+        if status == READY:
+            if task.not_before is None:
+                ready_keys.append((-s[8], task.batch_seq, task.index, task_id))
+            else:
+                delayed.append((task.not_before, task.batch_seq, task.index, task_id))
+        elif status in active and task.deadline is not None:
+            timers.append((task.deadline, T_TIMEOUT, task_id, task.attempt))
+    state.ready.update(ready_keys)
+
+
 def state_from_data(data: dict[str, Any]) -> State:
     """Rebuild a state (records and every index) from :func:`state_to_data`,
     or from a snapshot's compact form (:func:`dump`)."""
@@ -121,14 +171,13 @@ def state_from_data(data: dict[str, Any]) -> State:
     state = State(seq=data["seq"], clock=data["clock"], spawn_failures=data["spawn_failures"],
                   spawn_failed_at=data["spawn_failed_at"], boss_started_at=data["boss_started_at"])
     if data.get("format") == COMPACT:
-        add = state.add_task
-        for row in data["tasks"]:
-            add(TaskRecord(_spec_from_row(row[0]), *row[1:]))
+        _add_task_rows(state, data["tasks"])
     else:
         for item in data["tasks"]:
             fields = dict(item)
             spec = _spec_in(fields.pop("spec"))
             state.add_task(TaskRecord(spec=spec, **fields))
+        _index_tasks(state, state.task_order())
     for item in data["workers"]:
         fields = dict(item)
         running = {(t, a): s for t, a, s in fields.pop("running")}
@@ -143,14 +192,6 @@ def state_from_data(data: dict[str, Any]) -> State:
     state.context.update(data["context"])
     state.rejected.extend(converter.structure(r, Rejection) for r in data["rejected"])
     state.recent_failures.extend(converter.structure(f, Failure) for f in data["recent_failures"])
-    # Indexes. Children in submission order, exactly as the fold builds them.
-    for task in state.task_order():
-        for dep in task.spec.depends_on:
-            state.children.setdefault(dep, []).append(task.spec.id)
-        if task.status == READY and task.not_before is not None:
-            state.delayed.append((task.not_before, task.batch_seq, task.index, task.spec.id))
-        if task.status in ACTIVE and task.deadline is not None:
-            state.timers.append((task.deadline, T_TIMEOUT, task.spec.id, task.attempt))
     timeout = context.heartbeat_timeout(state)
     for worker in state.workers.values():
         if worker.status in LIVE:
