@@ -166,6 +166,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("datastore_key_file", "ECLOUD_DATASTORE_KEY_FILE", None, _string,
             "path of the ssh private key workers use for the datastore; the OpenNebula provider "
             "reads it at boss start and hands its content to new VMs (never logged)", path=True),
+    Setting("broker_ca", "ECLOUD_BROKER_CA", None, _string,
+            "CA certificate the broker's must chain to (mqtts:// URLs); workers get it too",
+            path=True),
+    Setting("broker_user", "ECLOUD_BROKER_USER", None, _string,
+            "the boss's username at the broker"),
+    Setting("broker_password", "ECLOUD_BROKER_PASSWORD", None, _string,
+            "the boss's broker password (best as env:NAME or file:PATH)", indirect=True,
+            secret=True),
+    Setting("broker_passwd_file", "ECLOUD_BROKER_PASSWD_FILE", None, _string,
+            "the broker's password file; set: the boss gives each worker VM an account there "
+            "(static accounts in <it>.static) and removes it when the VM goes", path=True),
+    Setting("broker_pid_file", "ECLOUD_BROKER_PID_FILE", None, _string,
+            "the broker's pid file: it is sent SIGHUP to reload the accounts", path=True),
+    Setting("worker_secret", "ECLOUD_WORKER_SECRET", None, _string,
+            "key the workers' broker passwords are derived from (best as env:NAME or "
+            "file:PATH)", indirect=True, secret=True),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -208,6 +224,13 @@ class Config:
     takeover_after: float = 10.0
     datastore_key_file: str | None = None
     """A path; the key itself is read by the OpenNebula provider, never kept here."""
+    broker_ca: str | None = None
+    broker_user: str | None = None
+    broker_password: str | None = field(default=None,
+                                        repr=lambda v: "None" if v is None else "'***'")
+    broker_passwd_file: str | None = None
+    broker_pid_file: str | None = None
+    worker_secret: str | None = field(default=None, repr=lambda v: "None" if v is None else "'***'")
     file: str | None = None
     """The config file that was read, if any."""
     origins: dict[str, str] = field(factory=dict, eq=False, hash=False)

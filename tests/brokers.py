@@ -33,7 +33,7 @@ from typing import TypeVar
 import pytest
 
 from ecloud.effects.broker import Broker, mqtt_ping, start_broker
-from ecloud.effects.mqtt import Connection, parse_broker_url
+from ecloud.effects.mqtt import Connection, MqttAuth, parse_broker_url
 from ecloud.errors import EcloudError
 
 T = TypeVar("T")
@@ -73,7 +73,8 @@ class Client:
     (wait for it to grow to know a reconnection is complete)."""
 
     def __init__(self, url: str, client_id: str, topics: tuple[str, ...] = (), *,
-                 clean_session: bool = False, will: tuple[str, bytes] | None = None) -> None:
+                 clean_session: bool = False, will: tuple[str, bytes] | None = None,
+                 auth: MqttAuth | None = None) -> None:
         self.topics = topics
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
@@ -81,7 +82,7 @@ class Client:
         self.subacks = 0
         self._pending: set[int] = set()
         self.conn = Connection(url, client_id, on_message=self._on_message, on_connect=self._on_connect,
-                               clean_session=clean_session, will=will)
+                               clean_session=clean_session, will=will, auth=auth)
         self.conn.client.on_subscribe = self._on_subscribe
 
     def start(self, wait: float = 10.0) -> Client:

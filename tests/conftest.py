@@ -145,4 +145,4 @@ def raw() -> SimpleNamespace:
     )
 
 
-pytest_plugins = ["tests.brokers", "tests.sshd"]
+pytest_plugins = ["tests.brokers", "tests.sshd", "tests.secure_broker"]

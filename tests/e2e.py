@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ecloud.effects.mqtt import MqttAuth
 from ecloud.events.store import open_store
 from ecloud.events.types import Recorded
 from ecloud.projections.state import State
@@ -52,6 +53,8 @@ class Cluster:
         self.workdir = workdir
         self.cluster = cluster
         self.boss: subprocess.Popen | None = None
+        #: credentials for a client of the test's own (a secured broker's boss account)
+        self.auth: MqttAuth | None = None
         # the tag follows the boss, its workers and their tasks: close() reaps them all
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "ECLOUD_CLUSTER": cluster,
                     "ECLOUD_CONFIG": "", "ECLOUD_DB": "", TAG: cluster}

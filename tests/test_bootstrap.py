@@ -31,7 +31,11 @@ def run_script(root: Path, **env: str) -> subprocess.CompletedProcess:
     agent.parent.mkdir(parents=True, exist_ok=True)
     agent.write_text("#!/bin/sh\n")
     agent.chmod(0o755)
-    base = {"PATH": os.environ["PATH"], "ECLOUD_ROOT": str(root), "SYSTEMCTL": str(systemctl)}
+    useradd = root / "fake-useradd"  # never the machine's: it would make a user here
+    useradd.write_text(f'#!/bin/sh\necho "$*" >> {root / "useradd.calls"}\n')
+    useradd.chmod(0o755)
+    base = {"PATH": os.environ["PATH"], "ECLOUD_ROOT": str(root), "SYSTEMCTL": str(systemctl),
+            "USERADD": str(useradd)}
     return subprocess.run(["sh", str(SCRIPT)], env={**base, **env}, capture_output=True, text=True,
                           timeout=30, check=False)
 
@@ -47,6 +51,23 @@ def test_it_installs_a_service_that_restarts_the_agent(tmp_path: Path) -> None:
     assert "Restart=always" in unit
     assert (tmp_path / "systemctl.calls").read_text().splitlines() == [
         "daemon-reload", "enable --now ecloud-worker.service"]
+    # tasks run as an unprivileged user of their own, made by the script
+    assert " --run-as ecloud-task\n" in unit
+    assert (tmp_path / "useradd.calls").read_text().split()[-1] == "ecloud-task"
+
+
+def test_the_broker_account_is_kept_only_in_the_private_context_file(tmp_path: Path) -> None:
+    password_b64 = base64.b64encode(b"the-vm-password").decode()
+    result = run_script(tmp_path, BOSS_ADDRESS="10.0.0.1:8883", ECLOUD_RUN_AS="simuser",
+                        ECLOUD_BROKER_PASSWORD_B64=password_b64,
+                        ECLOUD_BROKER_CA_PEM_B64=base64.b64encode(b"PEM").decode())
+    assert result.returncode == 0, result.stderr
+    kept = tmp_path / "etc" / "ecloud" / "context.sh"
+    assert f"ECLOUD_BROKER_PASSWORD_B64='{password_b64}'" in kept.read_text()
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert password_b64 not in result.stdout + result.stderr
+    unit = (tmp_path / "etc" / "systemd" / "system" / "ecloud-worker.service").read_text()
+    assert password_b64 not in unit and " --run-as simuser\n" in unit
 
 
 def test_without_the_context_package_it_keeps_the_variables_it_was_given(tmp_path: Path) -> None:

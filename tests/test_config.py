@@ -70,6 +70,12 @@ def test_flags_beat_env_beat_file_beat_defaults(tmp_path, home):
         ("one_kill_orphans_after", "(none)", "default"),
         ("takeover_after", "10.0", "default"),
         ("datastore_key_file", "(none)", "default"),
+        ("broker_ca", "(none)", "default"),
+        ("broker_user", "(none)", "default"),
+        ("broker_password", "(none)", "default"),
+        ("broker_passwd_file", "(none)", "default"),
+        ("broker_pid_file", "(none)", "default"),
+        ("worker_secret", "(none)", "default"),
     ]
 
 

@@ -17,32 +17,51 @@ from ecloud.effects.mqtt import Connection
 from ecloud.projections.state import SUCCEEDED
 from tests.brokers import wait_for
 from tests.e2e import Cluster, finished_events, random_dag
+from tests.secure_broker import SecureBroker
 from tests.worker_helpers import wait_dead
 
 BACKENDS = [
     "sqlite+mosquitto",
     pytest.param("mysql+mosquitto", marks=pytest.mark.mysql),
     "sqlite+python-broker",
+    "sqlite+secure-mosquitto",
 ]
 
 
 @pytest.fixture(params=BACKENDS)
 def cluster(request, tmp_path: Path):
     """MariaDB with the machine's Mosquitto (a unique cluster name isolates
-    us), or SQLite with a broker of our own of either flavour."""
+    us), SQLite with a broker of our own of either flavour, or SQLite with a
+    Mosquitto of our own configured by ``ecloud broker config``: TLS, no
+    anonymous access, an account per worker made and removed by the boss,
+    the ACL confining each worker to its own topics."""
     db_kind, broker_kind = request.param.split("+")
     db = request.getfixturevalue("mysql_url" if db_kind == "mysql" else "sqlite_url")
-    if broker_kind == "python-broker":
+    name = f"t{uuid.uuid4().hex[:10]}"
+    secure = None
+    if broker_kind == "secure-mosquitto":
+        secure = SecureBroker(tmp_path / "broker", name).start()
+        url = secure.url
+    elif broker_kind == "python-broker":
         url = request.getfixturevalue("python_broker").url
     elif db_kind == "sqlite":
         url = request.getfixturevalue("mosquitto_broker").url
     else:
         url = request.getfixturevalue("shared_mqtt_url")
-    c = Cluster(db, url, tmp_path, cluster=f"t{uuid.uuid4().hex[:10]}")
+    c = Cluster(db, url, tmp_path, cluster=name)
+    if secure is not None:
+        c.env.update(secure.settings())
+        c.auth = secure.boss_auth
     try:
         yield c
+        if secure is not None:
+            # every worker connected with its own account, and nobody was refused
+            log = secure.log()
+            assert "u'local-1'" in log and "not authorised" not in log.lower(), log[-3000:]
     finally:
         c.close()
+        if secure is not None:
+            secure.stop()
 
 
 def diamond(extra: dict | None = None) -> list[dict]:
@@ -67,8 +86,8 @@ def test_diamond_runs_to_completion(cluster: Cluster) -> None:
     assert "succeeded" in status.stdout
 
 
-@pytest.mark.parametrize("cluster", ["sqlite+mosquitto", pytest.param("mysql+mosquitto", marks=pytest.mark.mysql)],
-                         indirect=True)
+@pytest.mark.parametrize("cluster", ["sqlite+mosquitto", pytest.param("mysql+mosquitto", marks=pytest.mark.mysql),
+                                     "sqlite+secure-mosquitto"], indirect=True)
 def test_random_200_task_dag_never_starts_a_task_before_its_dependencies_finished(cluster: Cluster) -> None:
     tasks = random_dag(200, seed=7)
     cluster.push(tasks)
@@ -138,8 +157,9 @@ def test_sigkill_of_a_worker_mid_task_redispatches_and_ignores_the_late_result(c
     gate.touch()
     cluster.wait_all()
     # the killed worker's result for attempt 1 turns up late: logged, ignored
+    # (over the secured broker, as the boss: the killed worker's account went with it)
     conn = Connection(cluster.broker, f"late-{uuid.uuid4().hex[:6]}", on_message=lambda t, p: None,
-                      clean_session=True).start(wait=10)
+                      clean_session=True, auth=cluster.auth).start(wait=10)
     late = wire.WorkerPayload(first, [wire.Finished("late-1", "long", 1, 0, 1.0)])
     conn.publish(wire.from_topic(cluster.cluster, first), wire.dumps(late))
     cluster.wait_tasks(lambda s: any(e.attempt == 1 for e in finished_events(cluster.log(), "long")),

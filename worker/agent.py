@@ -129,7 +129,8 @@ class Agent:
         journal = Journal(settings.journal, settings.worker_id) if settings.journal else None
         self.outbox = Outbox(self.incarnation, journal)
         self.runner = Runner(settings.work_dir, settings.slots, self.inbox.put, clock,
-                             datastore_key=settings.datastore_key, watcher=self.inbox)
+                             datastore_key=settings.datastore_key, watcher=self.inbox,
+                             run_as=settings.run_as)
         self.seen: dict[str, int] = {}  # task id -> highest attempt dispatched to us
         #: attempts launched whose start is not reported yet -> when it will be
         #: (in launch order, so the first is the next due)
@@ -144,6 +145,7 @@ class Agent:
             on_connect=self._connected,
             will=(self.from_topic, lost),
             clean_session=False,
+            auth=settings.broker_auth,
         )
         self.phase = "run"  # -> drain -> kill -> bye
         self.phase_deadline: float | None = None
@@ -417,6 +419,19 @@ def _describe(report: Any) -> str:
               "ECLOUD_DATASTORE_SSH_KEY_B64 (the key itself, as the boss's OpenNebula provider "
               "hands it out; written to <work dir>/.ecloud/datastore_key, mode 0600), else "
               "ssh's own defaults.")
+@click.option("--broker-ca", metavar="PATH", envvar="ECLOUD_BROKER_CA",
+              help="CA certificate the broker's must chain to (for mqtts:// brokers). Default: "
+              "$ECLOUD_BROKER_CA, else ECLOUD_BROKER_CA (a path) or ECLOUD_BROKER_CA_PEM_B64 "
+              "(the certificate, as the boss hands it out) in the context file.")
+@click.option("--broker-user", metavar="NAME", envvar="ECLOUD_BROKER_USER",
+              help="Username at the broker. Default: $ECLOUD_BROKER_USER, else the worker id "
+              "when a password is given. The password is never a flag: $ECLOUD_BROKER_PASSWORD, "
+              "or ECLOUD_BROKER_PASSWORD_B64 in the context file; it is removed from the "
+              "environment tasks inherit.")
+@click.option("--run-as", metavar="USER", envvar="ECLOUD_RUN_AS",
+              help="When the agent runs as root, run every task as USER (its uid, groups and "
+              "HOME; attempt directories are given to it). Default: $ECLOUD_RUN_AS, "
+              "ECLOUD_RUN_AS in the context file, else the agent's own user.")
 @click.option("--journal", metavar="PATH", envvar="ECLOUD_WORKER_JOURNAL",
               help="Append every report made (started, finished, hello, bye) as a JSON line to "
               "PATH (a directory: PATH/<worker id>.jsonl), for audits. Default: "

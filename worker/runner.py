@@ -47,6 +47,7 @@ from attrs import define, frozen
 
 from ecloud.events.types import StagedFile, default_results_folder
 from ecloud.wire import TAIL, DispatchMsg, Finished
+from worker.runas import RunAs
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +123,18 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         datastore_key: str | None = None,
         watcher: Watcher | None = None,
+        run_as: RunAs | None = None,
     ) -> None:
         self._work_dir = str(work_dir)
+        #: the user tasks run as (None: the agent's own)
+        self.run_as = run_as
         self._watcher = watcher
         # The agent's environment is fixed once its settings are read (the
         # datastore key is taken out of it then); decoding os.environ for
         # every attempt showed in profiles.
         self._base_env = dict(os.environ)
+        if run_as is not None:
+            self._base_env.update(run_as.environment())
         self.datastore_key = datastore_key
         self.slots = slots
         self._notify = notify
@@ -252,6 +258,8 @@ class Runner:
         began = self._clock()
         try:
             cwd = _fresh_dir(_attempt_path(self._work_dir, msg.task_id, msg.attempt))
+            if self.run_as is not None:
+                self.run_as.give(cwd)
         except (OSError, ValueError) as exc:
             return _exited(msg.task_id, msg.attempt, NOT_STARTED, 0.0,
                           reason=f"cannot prepare the work directory: {exc}")
@@ -270,8 +278,12 @@ class Runner:
         try:
             out = os.open(f"{cwd}/stdout", flags, 0o644)
             err = os.open(f"{cwd}/stderr", flags, 0o644)
+            user = self.run_as
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=err, start_new_session=True)
+                                    stdout=out, stderr=err, start_new_session=True,
+                                    user=user.uid if user else None,
+                                    group=user.gid if user else None,
+                                    extra_groups=list(user.groups) if user else None)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             stderr_tail = _tail(err)
             _close(out, err)

@@ -35,8 +35,9 @@ from typing import Any
 
 from attrs import frozen
 
-from ecloud.effects.mqtt import parse_broker_url
+from ecloud.effects.mqtt import MqttAuth, parse_broker_url
 from ecloud.errors import UserError
+from worker.runas import RunAs, resolve_run_as
 
 #: context-file variable -> setting (BOSS_ADDRESS is turned into a broker URL)
 CONTEXT_KEYS = {
@@ -46,7 +47,19 @@ CONTEXT_KEYS = {
     "ECLOUD_SLOTS": "slots",
     "VMID": "vm_id",
     "ECLOUD_DATASTORE_KEY": "datastore_key",
+    "ECLOUD_BROKER_CA": "broker_ca",
+    "ECLOUD_BROKER_USER": "broker_user",
+    "ECLOUD_RUN_AS": "run_as",
 }
+#: the worker's broker password: in the environment, or ``<it>_B64`` in the
+#: context (how the boss hands it to a VM); never a flag (process listings)
+BROKER_PASSWORD = "ECLOUD_BROKER_PASSWORD"
+#: the cluster CA's certificate itself (PEM), ``<it>_B64`` in the context;
+#: written to <work dir>/.ecloud/ca.pem
+BROKER_CA_PEM = "ECLOUD_BROKER_CA_PEM"
+#: what tasks must not inherit (OpenNebula's start script exports the context)
+SECRET_VARIABLES = ("ECLOUD_DATASTORE_SSH_KEY", "ECLOUD_DATASTORE_SSH_KEY_B64", BROKER_PASSWORD,
+                    f"{BROKER_PASSWORD}_B64")
 #: the context variable holding the datastore's ssh private key (not a path):
 #: ``<it>_B64`` in the context, bytes, never decoded to text
 DATASTORE_SSH_KEY = "ECLOUD_DATASTORE_SSH_KEY"
@@ -66,6 +79,10 @@ class Settings:
     drain_timeout: float
     journal: str | None = None
     datastore_key: str | None = None
+    #: TLS and credentials for a secured broker (None: plain, anonymous)
+    broker_auth: MqttAuth | None = None
+    #: the user tasks run as when the agent is root (None: the agent's own)
+    run_as: RunAs | None = None
 
 
 def read_context(path: str) -> dict[str, str]:
@@ -120,7 +137,12 @@ def datastore_key_material(context: dict[str, str]) -> bytes | None:
 
 
 def write_datastore_key(work_dir: Path, material: bytes) -> Path:
-    """Write the key to ``<work_dir>/.ecloud/datastore_key``, mode 0600, and
+    """The datastore key, see :func:`write_private`."""
+    return write_private(work_dir, KEY_NAME, material, "the datastore key")
+
+
+def write_private(work_dir: Path, name: str, material: bytes, what: str) -> Path:
+    """Write ``material`` to ``<work_dir>/.ecloud/<name>``, mode 0600, and
     return that path.
 
     The folder is made 0700 and must be ours (not a symlink, not another
@@ -130,7 +152,7 @@ def write_datastore_key(work_dir: Path, material: bytes) -> Path:
     replaces the old key in one rename.
     """
     folder = work_dir / KEY_DIR
-    target = folder / KEY_NAME
+    target = folder / name
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -139,11 +161,11 @@ def write_datastore_key(work_dir: Path, material: bytes) -> Path:
             pass
         info = os.lstat(folder)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-            raise UserError(f"cannot keep the datastore key in {folder}: it is not a folder of "
+            raise UserError(f"cannot keep {what} in {folder}: it is not a folder of "
                             "this user's (remove it, or give another --work-dir)")
         if stat.S_IMODE(info.st_mode) != 0o700:
             os.chmod(folder, 0o700)
-        temp = folder / f".{KEY_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
+        temp = folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(temp, flags, 0o600)
         try:
@@ -160,13 +182,31 @@ def write_datastore_key(work_dir: Path, material: bytes) -> Path:
             temp.unlink(missing_ok=True)
             raise
     except OSError as exc:
-        raise UserError(f"cannot write the datastore key to {target}: "
+        raise UserError(f"cannot write {what} to {target}: "
                         f"{exc.strerror or exc}") from None
     return target
 
 
-def _broker_from_boss_address(address: str) -> str:
-    return address if "://" in address else f"mqtt://{address}"
+def _broker_from_boss_address(address: str, tls: bool) -> str:
+    if "://" in address:
+        return address
+    return f"mqtts://{address}" if tls else f"mqtt://{address}"
+
+
+def broker_auth(given: dict[str, Any], context: dict[str, str], password: str | None,
+                work_dir: Path, worker_id: str) -> MqttAuth | None:
+    """TLS and credentials: the CA from ``--broker-ca`` (a path) or the
+    context's PEM (written under the work dir); the username from
+    ``--broker-user``, else the worker id - the broker's ACL knows a worker
+    by its username, so it must be its id."""
+    ca = given.get("broker_ca") or None
+    if ca is None and context.get(BROKER_CA_PEM):
+        ca = str(write_private(work_dir, "ca.pem", context[BROKER_CA_PEM].encode(),
+                               "the broker's CA certificate"))
+    if ca is None and password is None:
+        return None
+    user = given.get("broker_user") or (worker_id if password is not None else None)
+    return MqttAuth(username=user, password=password, ca_file=ca)
 
 
 def _int(value: Any, what: str, minimum: int | None = None) -> int:
@@ -190,16 +230,21 @@ def resolve(options: dict[str, Any]) -> Settings:
     given = dict(options)
     context_file = given.pop("context_file", None)
     key_material = None
+    password = os.environ.get(BROKER_PASSWORD) or None
     # not for tasks to inherit (OpenNebula's start script exports the context)
-    for name in (DATASTORE_SSH_KEY, f"{DATASTORE_SSH_KEY}_B64"):
+    for name in SECRET_VARIABLES:
         os.environ.pop(name, None)
+    context: dict[str, str] = {}
     if context_file:
         context = read_context(context_file)
+        tls = bool(given.get("broker_ca") or context.get("ECLOUD_BROKER_CA")
+                   or context.get(BROKER_CA_PEM))
         for key, name in CONTEXT_KEYS.items():
             if given.get(name) is None and context.get(key):
                 value = context[key]
-                given[name] = _broker_from_boss_address(value) if name == "broker" else value
+                given[name] = _broker_from_boss_address(value, tls) if name == "broker" else value
         key_material = datastore_key_material(context)
+        password = password or context.get(BROKER_PASSWORD) or None
     if not given.get("broker"):
         raise UserError(
             "no broker address: give --broker mqtt://host:port, set ECLOUD_BROKER, "
@@ -214,6 +259,13 @@ def resolve(options: dict[str, Any]) -> Settings:
     datastore_key = given.get("datastore_key") or None
     if datastore_key is None and key_material is not None:  # the last source, after a path
         datastore_key = str(write_datastore_key(work_dir, key_material))
+    auth = broker_auth(given, context, password, work_dir, worker_id)
+    run_as = resolve_run_as(given.get("run_as") or None)
+    if run_as is not None and datastore_key is not None and key_material is not None \
+            and not given.get("datastore_key"):
+        # the key we wrote from the context: staging runs as the task's user
+        run_as.give(str(Path(datastore_key).parent))
+        run_as.give(datastore_key)
     return Settings(
         broker=given["broker"],
         cluster=cluster,
@@ -225,4 +277,6 @@ def resolve(options: dict[str, Any]) -> Settings:
         drain_timeout=float(given["drain_timeout"]),
         journal=given.get("journal") or None,
         datastore_key=datastore_key,
+        broker_auth=auth,
+        run_as=run_as,
     )

@@ -36,8 +36,8 @@ from ecloud.boss.edge import to_events
 from ecloud.boss.lease import Lease, lease_for
 from ecloud.boss.recent_reports import committed_reports
 from ecloud.effects.messaging import Outbox
-from ecloud.effects.mqtt import Connection
-from ecloud.errors import FencedError, StoreError
+from ecloud.effects.mqtt import Connection, MqttAuth
+from ecloud.errors import ConfigError, FencedError, StoreError
 from ecloud.events import types as ev
 from ecloud.events.store import LogStore, open_store
 from ecloud.events.types import Recorded
@@ -49,6 +49,7 @@ from ecloud.projections.scheduler import schedule
 from ecloud.projections.state import State
 from ecloud.projections.timers import next_deadline
 from ecloud.rebuild import load_state, save_snapshot
+from ecloud.security.accounts import BrokerAccounts
 
 log = logging.getLogger("ecloud.boss")
 
@@ -77,6 +78,8 @@ class Boss:
         until: Callable[[State], bool] | None = None,
         on_start: Callable[[State], list] | None = None,
         vm_prefix: str | None = None,
+        auth: MqttAuth | None = None,
+        accounts: BrokerAccounts | None = None,
     ) -> None:
         # A URL (or a factory) is opened in the boss's own thread: SQLite
         # connections belong to the thread that made them.
@@ -86,6 +89,9 @@ class Boss:
         self.broker = broker
         self.provider = provider
         self.cluster = cluster
+        self.auth = auth
+        #: the broker's worker accounts, kept to the open VMs (None: no accounts)
+        self.accounts = accounts
         self.vm_prefix = vm_prefix if vm_prefix is not None else f"ecloud-{cluster}-"
         self.snapshot_every = snapshot_every
         self.snapshot_interval = snapshot_interval
@@ -166,6 +172,7 @@ class Boss:
             self.broker, f"ecloud-{self.cluster}-boss",
             on_message=lambda topic, payload: self.inbox.put(("mqtt", topic, payload)),
             on_connect=lambda: self.conn.subscribe(wire.from_all(self.cluster)),  # type: ignore[union-attr]
+            auth=self.auth,
         )
         self.outbox = Outbox(self.conn.publish, self.cluster, self.resend_after)
         for worker_id, msg_id in committed_reports(self.store):
@@ -176,6 +183,7 @@ class Boss:
         # on_start sees the state before any effect is re-issued (it may set
         # up the provider), and its events are logged with the first batch
         extra = self.on_start(self.state) if self.on_start is not None else []
+        self._sync_accounts()
         self._perform(effects + outstanding(self.state))
         self.submit(extra)
         self.ready.set()
@@ -197,6 +205,7 @@ class Boss:
         if events:
             self._commit(events)
         effects = self._fold_new()
+        self._sync_accounts()  # before a spawn: the new VM's account must exist when it connects
         self._perform(effects)
         decisions = schedule(self.state)
         decisions += autoscale(self.state, self.vm_prefix)  # after: a kill of a worker just given work is refused
@@ -207,6 +216,17 @@ class Boss:
         self.outbox.flush()
         self._observe()
         self._maybe_snapshot()
+
+    def _sync_accounts(self) -> None:
+        """The broker's worker accounts follow the open VMs: one is made
+        before its VM is spawned, and it goes once the VM is killed or gone.
+        A failure to write them is logged and tried again next turn."""
+        if self.accounts is None:
+            return
+        try:
+            self.accounts.sync(self.state.open_vms)
+        except (OSError, ConfigError) as exc:
+            log.error("cannot write the broker's worker accounts: %s", exc)
 
     def _check_lease(self) -> None:
         """Twice a second, make sure this boss still may append: a boss that

@@ -24,6 +24,7 @@ from ecloud.effects.opennebula import DatastoreKeyError, OpenNebulaProvider
 from ecloud.errors import ConfigError, UserError
 from ecloud.events import types as ev
 from ecloud.events.store import open_store
+from ecloud.security.setup import BrokerSecurity, broker_security
 
 
 def request_local_vms(state, provider: LocalProvider, workers: int, reason: str) -> list:
@@ -37,9 +38,12 @@ def request_local_vms(state, provider: LocalProvider, workers: int, reason: str)
     return [ev.VMRequested(f"local-{k}", reason) for k in range(first, first + max(0, workers - live))]
 
 
-def make_provider(kind: str | None, config, broker_url: str, slots: int):
+def make_provider(kind: str | None, config, broker_url: str, slots: int,
+                  security: BrokerSecurity | None = None):
+    credentials = security.workers if security is not None else None
     if kind == "local":
-        return LocalProvider(broker_url, config.cluster, slots=slots)
+        return LocalProvider(broker_url, config.cluster, slots=slots, credentials=credentials,
+                             ca_file=config.broker_ca)
     if kind == "opennebula":
         missing = [name for name in ("one_url", "one_session", "one_template")
                    if getattr(config, name) is None]
@@ -54,7 +58,8 @@ def make_provider(kind: str | None, config, broker_url: str, slots: int):
                                        "ECLOUD_CLUSTER": config.cluster},
                                       deadline=config.one_deadline,
                                       kill_orphans_after=config.one_kill_orphans_after,
-                                      datastore_key_file=config.datastore_key_file)
+                                      datastore_key_file=config.datastore_key_file,
+                                      credentials=credentials)
         except DatastoreKeyError as exc:
             origin = config.origins.get("datastore_key_file", "default")
             raise ConfigError(f"setting datastore_key_file ({origin}): {exc}") from None
@@ -99,8 +104,9 @@ def boss(broker: str | None, workers: int, slots: int, provider_kind: str | None
         raise UserError("no MQTT broker: give --broker mqtt://host:port (or set ECLOUD_BROKER)")
     if provider_kind == "opennebula" and workers:
         raise UserError("--local N runs local workers: it does not go with --provider opennebula")
+    security = broker_security(config, broker_url)
     provider = make_provider(provider_kind or ("local" if workers else None), config, broker_url,
-                             slots)
+                             slots, security)
     if config.datastore_key_file is not None and not isinstance(provider, OpenNebulaProvider):
         logging.getLogger("ecloud.boss").warning(
             "datastore_key_file is set but only --provider opennebula hands it to workers")
@@ -119,7 +125,7 @@ def boss(broker: str | None, workers: int, slots: int, provider_kind: str | None
     the_boss = Boss(store, broker_url, provider=provider, cluster=config.cluster,
                     snapshot_every=config.snapshot_every, snapshot_interval=config.snapshot_interval,
                     takeover_after=config.takeover_after, resend_after=config.resend_after,
-                    on_start=on_start)
+                    on_start=on_start, auth=security.auth, accounts=security.accounts)
     signal.signal(signal.SIGTERM, lambda *_: the_boss.stop())
     signal.signal(signal.SIGINT, lambda *_: the_boss.stop())
     try:

@@ -335,8 +335,11 @@ def config_show(db: str | None, config_path: str | None) -> None:
 def _register_late_commands() -> None:
     from ecloud.cli.run import run
     from ecloud.cli.scale import scale
+    from ecloud.cli.security import broker_group, certs_group
     from ecloud.cli.workers import workers_group
 
+    cli.add_command(certs_group)
+    cli.add_command(broker_group)
     cli.add_command(run)
     cli.add_command(scale)
     cli.add_command(workers_group)

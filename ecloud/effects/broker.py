@@ -186,29 +186,32 @@ def choose_kind(prefer: Prefer = "auto") -> Kind:
     raise ValueError(f"prefer must be 'auto', 'mosquitto' or 'python', not {prefer!r}")
 
 
+#: the tuning above, for every Mosquitto ecloud configures (also the secured one)
+MOSQUITTO_TUNING = ("set_tcp_nodelay true", "max_queued_messages 0", "max_queued_bytes 0",
+                    "max_inflight_messages 100", "persistence true", "autosave_interval 1")
+
+
+def mosquitto_logging(log_path: Path) -> list[str]:
+    """Log lines (connections included) to ``log_path``; ``user root`` when
+    we are root (see above)."""
+    lines = [f"log_dest file {log_path}", "log_type error", "log_type warning",
+             "log_type notice", "log_type information", "connection_messages true",
+             "log_timestamp true"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        lines.append("user root")
+    return lines
+
+
 def mosquitto_config(port: int, data_dir: Path) -> str:
     lines = [
         "# written by ecloud.effects.broker",
         f"listener {port} {HOST}",
         "allow_anonymous true",
-        "set_tcp_nodelay true",
-        "max_queued_messages 0",
-        "max_queued_bytes 0",
-        "max_inflight_messages 100",
-        "persistence true",
+        *MOSQUITTO_TUNING,
         f"persistence_location {data_dir}/",
         "persistence_file mosquitto.db",
-        "autosave_interval 1",
-        f"log_dest file {data_dir / LOG_FILE}",
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "log_type information",
-        "connection_messages true",
-        "log_timestamp true",
+        *mosquitto_logging(data_dir / LOG_FILE),
     ]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        lines.append("user root")
     return "\n".join(lines) + "\n"
 
 

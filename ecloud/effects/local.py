@@ -27,10 +27,17 @@ import time
 import zlib
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ecloud.events import types as ev
 from ecloud.projections.effects import KillVM, SpawnVM
 
+if TYPE_CHECKING:
+    from ecloud.security.setup import WorkerCredentials
+
 ACTIVE, DONE = 3, 6  # OpenNebula STATE codes
+#: the boss's own variables besides its settings' (ecloud.config.SETTINGS)
+_BOSS_VARIABLES = frozenset({"ECLOUD_CONFIG"})
 LCM_RUNNING, LCM_INIT = 3, 0
 
 
@@ -110,6 +117,8 @@ class LocalProvider:
         heartbeat: float = 2.0,
         debug: bool = False,
         kill_grace: float = 20.0,
+        credentials: WorkerCredentials | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.broker = broker
         self.cluster = cluster
@@ -118,6 +127,10 @@ class LocalProvider:
         self.heartbeat = heartbeat
         self.debug = debug
         self.kill_grace = kill_grace
+        #: each worker's broker account: its password goes in its environment
+        #: (never its command line), the CA's path on its command line
+        self.credentials = credentials
+        self.ca_file = ca_file
         self._lock = threading.Lock()
         self._procs: dict[int, tuple[str, _Process]] = {}
         self._reported_done: set[int] = set()
@@ -153,7 +166,24 @@ class LocalProvider:
             # the worker must give up draining before we give up on it
             "--drain-timeout", f"{max(1.0, self.kill_grace - 5):g}",
         ]
+        if self.ca_file is not None:
+            cmd += ["--broker-ca", self.ca_file]
         return cmd + (["--debug"] if self.debug else [])
+
+    def environment(self, name: str) -> dict[str, str]:
+        """The worker's environment: ours without the boss's settings (its
+        database URL, OpenNebula session, broker account and worker secret
+        are not for workers, nor for the tasks that inherit their
+        environment), plus the worker's own broker password if it has an
+        account."""
+        from ecloud.config import SETTINGS
+
+        env = {k: v for k, v in os.environ.items() if k not in _BOSS_VARIABLES}
+        for setting in SETTINGS:
+            env.pop(setting.env, None)
+        if self.credentials is not None:
+            env["ECLOUD_BROKER_PASSWORD"] = self.credentials.password_for(name)
+        return env
 
     def spawn(self, effect: SpawnVM) -> list:
         name = effect.vm_name
@@ -165,7 +195,7 @@ class LocalProvider:
                 logfile = open(self.work_root / f"{name}.log", "ab")  # noqa: SIM115 - the child's
                 popen = subprocess.Popen(
                     self.command(name, vm_id), stdin=subprocess.DEVNULL, stdout=logfile,
-                    stderr=subprocess.STDOUT, start_new_session=True,
+                    stderr=subprocess.STDOUT, start_new_session=True, env=self.environment(name),
                 )
                 logfile.close()
                 (self.work_root / f"{name}.pid").write_text(f"{popen.pid}\n")

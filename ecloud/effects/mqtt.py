@@ -9,18 +9,25 @@ What it takes care of (SERVICES.md has the measurements behind each):
 - reconnecting by itself with exponential backoff (1 s doubling to 30 s);
 - no client-side cap on queued messages, and a generous in-flight window.
 
-Broker addresses are URLs: ``mqtt://host:port`` (port default 1883).
+- TLS and credentials (:class:`MqttAuth`) for a secured broker
+  (``ecloud broker config``): ``mqtts://`` URLs, the cluster's CA, a username
+  and password, optionally a client certificate.
+
+Broker addresses are URLs: ``mqtt://host:port`` (port default 1883) or
+``mqtts://host:port`` (TLS, port default 8883).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
+from attrs import field, frozen
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ecloud.errors import UserError
@@ -28,20 +35,42 @@ from ecloud.errors import UserError
 log = logging.getLogger(__name__)
 
 OnMessage = Callable[[str, bytes], None]
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
-    """``(host, port)`` of an ``mqtt://host:port`` URL (a bare ``host:port`` is
-    accepted too)."""
+    """``(host, port)`` of an ``mqtt://host:port`` or ``mqtts://host:port``
+    URL (a bare ``host:port`` is accepted too, as ``mqtt://``)."""
+    host, port, _tls = parse_broker(url)
+    return host, port
+
+
+def parse_broker(url: str) -> tuple[str, int, bool]:
+    """``(host, port, tls)`` of a broker URL."""
     text = url if "://" in url else f"mqtt://{url}"
     try:
         parts = urlsplit(text)
-        port = parts.port or 1883
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme, 1883)
     except ValueError as exc:
         raise UserError(f"bad broker URL {url!r}: {exc}") from None
-    if parts.scheme != "mqtt" or not parts.hostname:
-        raise UserError(f"bad broker URL {url!r}: expected mqtt://host:port")
-    return parts.hostname, port
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise UserError(f"bad broker URL {url!r}: expected mqtt://host:port or mqtts://host:port")
+    return parts.hostname, port, parts.scheme == "mqtts"
+
+
+@frozen
+class MqttAuth:
+    """How to prove who we are to a secured broker, and check who it is.
+
+    ``ca_file`` is the CA the broker's certificate must chain to (None: the
+    system's CAs); ``cert_file``/``key_file`` a client certificate, for a
+    broker that asks for one. The password never shows in a repr."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 def _nodelay(client: paho.Client, userdata: object, sock: object) -> None:
@@ -66,9 +95,13 @@ class Connection:
         will: tuple[str, bytes] | None = None,
         clean_session: bool = False,
         keepalive: int = 30,
+        auth: MqttAuth | None = None,
     ) -> None:
-        self.host, self.port = parse_broker_url(broker)
+        self.host, self.port, tls = parse_broker(broker)
         self.connected = threading.Event()
+        #: why the broker last refused us (bad credentials, not authorised), if it did
+        self.refused: str | None = None
+        self._answered = threading.Event()  # a CONNACK came, accepting or refusing
         self._on_message = on_message
         self._on_connect = on_connect
         client = paho.Client(
@@ -91,6 +124,20 @@ class Connection:
         client.max_queued_messages_set(0)
         if will is not None:
             client.will_set(will[0], will[1], qos=1)
+        auth = auth or MqttAuth()
+        self._tls, self._auth = tls, auth
+        if tls:
+            # certificate and host name checked; TLS 1.2 at least (Python's default)
+            try:
+                client.tls_set(ca_certs=auth.ca_file, certfile=auth.cert_file,
+                               keyfile=auth.key_file)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise UserError(f"cannot set up TLS for {broker}: {exc}") from None
+        elif auth.ca_file or auth.cert_file:
+            raise UserError(f"a CA or client certificate is set, but {broker} is not an "
+                            "mqtts:// URL: the connection would not be encrypted")
+        if auth.username is not None:
+            client.username_pw_set(auth.username, auth.password)
         self.client = client
         self.keepalive = keepalive
 
@@ -101,10 +148,33 @@ class Connection:
         ``wait``, block up to that many seconds for the first connection."""
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
         self.client.loop_start()
-        if wait is not None and not self.connected.wait(wait):
+        if wait is not None and not (self._answered.wait(wait) and self.connected.is_set()):
             self.stop()
+            if self.refused:
+                raise ConnectionError(f"the MQTT broker at {self.host}:{self.port} refused us: "
+                                      f"{self.refused}")
+            problem = self._tls_problem()
+            if problem:
+                raise ConnectionError(f"TLS with the MQTT broker at {self.host}:{self.port} "
+                                      f"failed: {problem}")
             raise ConnectionError(f"no MQTT broker answered at {self.host}:{self.port} within {wait:g}s")
         return self
+
+    def _tls_problem(self, timeout: float = 3.0) -> str | None:
+        """Why a TLS handshake with the broker fails, if it does: paho retries
+        such failures quietly in its thread, and the operator needs the
+        reason (an unknown CA, a host name the certificate does not name)."""
+        if not self._tls:
+            return None
+        context = ssl.create_default_context(cafile=self._auth.ca_file)
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout) as raw, \
+                    context.wrap_socket(raw, server_hostname=self.host):
+                return None
+        except ssl.SSLError as exc:
+            return getattr(exc, "verify_message", None) or exc.reason or str(exc)
+        except OSError as exc:
+            return exc.strerror or str(exc)
 
     def stop(self) -> None:
         """Disconnect cleanly (no will is published) and stop the thread."""
@@ -123,9 +193,12 @@ class Connection:
     # ------------------------------------------------------------- callbacks
 
     def _connected(self, client, userdata, flags, reason_code, properties) -> None:
+        self._answered.set()
         if reason_code.is_failure:
+            self.refused = str(reason_code)
             log.warning("broker %s:%s refused the connection: %s", self.host, self.port, reason_code)
             return
+        self.refused = None
         log.debug("connected to %s:%s (session present: %s)", self.host, self.port,
                   flags.session_present)
         self.connected.set()

@@ -83,7 +83,7 @@ import threading
 import time
 import xmlrpc.client
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyone
 import requests
@@ -93,6 +93,9 @@ from pyone.server_xrpc import RequestsTransport
 from ecloud.errors import ConfigError, EcloudError
 from ecloud.events import types as ev
 from ecloud.projections.effects import KillVM, SpawnVM
+
+if TYPE_CHECKING:
+    from ecloud.security.setup import WorkerCredentials
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _KEY = re.compile(r"[A-Z][A-Z0-9_]*")
 #: the context variable (``<it>_B64``) that carries the datastore's ssh private key
 DATASTORE_SSH_KEY = "ECLOUD_DATASTORE_SSH_KEY"
-RESERVED_KEYS = frozenset({"ECLOUD_WORKER_ID", DATASTORE_SSH_KEY})
+#: the worker's broker password and the CA's PEM (``<it>_B64`` in the context; worker/settings.py)
+BROKER_PASSWORD, BROKER_CA_PEM = "ECLOUD_BROKER_PASSWORD", "ECLOUD_BROKER_CA_PEM"
+RESERVED_KEYS = frozenset({"ECLOUD_WORKER_ID", DATASTORE_SSH_KEY, BROKER_PASSWORD, BROKER_CA_PEM})
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{8,}")  # what may be a piece of base64
 
 
@@ -205,6 +210,10 @@ def ip_of(vm: Any) -> str | None:
     return None
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 class OpenNebulaProvider:
     """Worker VMs on OpenNebula.
 
@@ -236,6 +245,7 @@ class OpenNebulaProvider:
                  context: Mapping[str, str], *, deadline: float = 10.0,
                  https_verify: bool | str = True, kill_orphans_after: float | None = None,
                  datastore_key_file: str | os.PathLike | None = None,
+                 credentials: WorkerCredentials | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
             # pyone would silently switch to gRPC for anything else
@@ -258,6 +268,8 @@ class OpenNebulaProvider:
         if datastore_key_file is not None:
             key = read_datastore_key(datastore_key_file)
             self._datastore_key_b64 = base64.b64encode(key).decode()
+        #: each new VM's broker account (password, CA), see ecloud.security
+        self.credentials = credentials
         self.endpoint = endpoint
         self.template_id = template_id
         self.name_prefix = name_prefix
@@ -319,23 +331,38 @@ class OpenNebulaProvider:
 
         The result may hold the key: it goes to oned and nowhere else."""
         values = {**self.context, **dict(context)}
-        values.pop(DATASTORE_SSH_KEY, None)
+        for key in RESERVED_KEYS:
+            values.pop(key, None)
         lines = [f'ECLOUD_WORKER_ID="{name}"']
-        lines += [f'{key}_B64="{base64.b64encode(value.encode()).decode()}"'
-                  for key, value in sorted(values.items())]
+        lines += [f'{key}_B64="{_b64(value.encode())}"' for key, value in sorted(values.items())]
         if self._datastore_key_b64 is not None:
             lines.append(f'{DATASTORE_SSH_KEY}_B64="{self._datastore_key_b64}"')
+        if self.credentials is not None:
+            # the VM's own broker account: its username is its name (the ACL's %u)
+            lines.append(f'{BROKER_PASSWORD}_B64="{self._password_b64(name)}"')
+            if self.credentials.ca_pem is not None:
+                lines.append(f'{BROKER_CA_PEM}_B64="{_b64(self.credentials.ca_pem)}"')
         return "\n".join(lines) + "\n"
 
-    def _scrub(self, reason: str) -> str:
-        """``reason`` without any piece of the datastore key (oned may quote
-        the template it could not parse); it is about to be logged."""
-        secret = self._datastore_key_b64
-        if not secret:
-            return reason
-        reason = reason.replace(secret, "<datastore key>")
-        return _BASE64_RUN.sub(lambda m: "<datastore key>" if m.group() in secret else m.group(),
-                               reason)
+    def _password_b64(self, name: str) -> str:
+        assert self.credentials is not None
+        return _b64(self.credentials.password_for(name).encode())
+
+    def _scrub(self, reason: str, name: str | None = None) -> str:
+        """``reason`` without any piece of the datastore key or of VM
+        ``name``'s broker password (oned may quote the template it could not
+        parse); it is about to be logged."""
+        secrets = [(self._datastore_key_b64, "<datastore key>")]
+        if name and self.credentials is not None:
+            secrets += [(self._password_b64(name), "<broker password>"),
+                        (self.credentials.password_for(name), "<broker password>")]
+        for secret, label in secrets:
+            if not secret:
+                continue
+            reason = reason.replace(secret, label)
+            reason = _BASE64_RUN.sub(lambda m, s=secret, lb=label: lb if m.group() in s
+                                     else m.group(), reason)
+        return reason
 
     def spawn(self, effect: SpawnVM) -> list:
         """``[vm.allocated]`` for the VM of that name (found, else created),
@@ -364,7 +391,7 @@ class OpenNebulaProvider:
                 kind, reason = classify(exc, self.endpoint)
                 with self._lock:
                     self._spawning.discard(name)
-                return [ev.VMFailed(name, self._scrub(reason), kind)]
+                return [ev.VMFailed(name, self._scrub(reason, name), kind)]
             with self._lock:
                 self._names[vm_id] = name
                 self._unlogged.add(vm_id)

@@ -67,10 +67,29 @@ if [ -z "$CONTEXT_FILE" ]; then
         if [ -n "${ECLOUD_DATASTORE_SSH_KEY_B64:-}" ]; then
             echo "ECLOUD_DATASTORE_SSH_KEY_B64='$ECLOUD_DATASTORE_SSH_KEY_B64'"
         fi
+        # the VM's own broker account and the cluster's CA (ecloud broker config)
+        if [ -n "${ECLOUD_BROKER_PASSWORD_B64:-}" ]; then
+            echo "ECLOUD_BROKER_PASSWORD_B64='$ECLOUD_BROKER_PASSWORD_B64'"
+        fi
+        if [ -n "${ECLOUD_BROKER_CA_PEM_B64:-}" ]; then
+            echo "ECLOUD_BROKER_CA_PEM_B64='$ECLOUD_BROKER_CA_PEM_B64'"
+        fi
     } > "$CONTEXT_FILE"
 fi
-# the agent takes the key from the context file: nothing it starts inherits it
-unset ECLOUD_DATASTORE_SSH_KEY_B64 ECLOUD_DATASTORE_SSH_KEY
+# the agent takes its secrets from the context file: nothing it starts inherits them
+unset ECLOUD_DATASTORE_SSH_KEY_B64 ECLOUD_DATASTORE_SSH_KEY ECLOUD_BROKER_PASSWORD_B64 \
+    ECLOUD_BROKER_PASSWORD
+
+# Tasks run as an unprivileged user, never as root: ECLOUD_RUN_AS from the
+# context, else "ecloud-task", made here if missing (USERADD replaces useradd
+# for tests).
+RUN_AS="${ECLOUD_RUN_AS:-ecloud-task}"
+USERADD="${USERADD:-useradd}"
+if [ -n "$ROOT" ] || ! id "$RUN_AS" >/dev/null 2>&1; then
+    "$USERADD" --system --user-group --home-dir /var/lib/ecloud/home --create-home \
+        --shell /usr/sbin/nologin "$RUN_AS" || {
+        say "cannot create the user $RUN_AS that tasks run as"; exit 1; }
+fi
 
 if [ ! -x "$ROOT$ECLOUD_HOME/bin/ecloud-worker" ]; then
     say "installing $PIP_SPEC into $ECLOUD_HOME"
@@ -78,7 +97,7 @@ if [ ! -x "$ROOT$ECLOUD_HOME/bin/ecloud-worker" ]; then
     "$ROOT$ECLOUD_HOME/bin/pip" install --quiet "$PIP_SPEC"
 fi
 
-COMMAND="$ECLOUD_HOME/bin/ecloud-worker --context-file $CONTEXT_FILE --work-dir /var/lib/ecloud/work"
+COMMAND="$ECLOUD_HOME/bin/ecloud-worker --context-file $CONTEXT_FILE --work-dir /var/lib/ecloud/work --run-as $RUN_AS"
 
 if command -v "$SYSTEMCTL" >/dev/null 2>&1 && { [ -n "$ROOT" ] || [ -d /run/systemd/system ]; }; then
     mkdir -p "$(dirname "$UNIT")"
