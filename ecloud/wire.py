@@ -205,6 +205,61 @@ def _report(raw: Any) -> Any:
         raise WireError(f"bad {raw['kind']} report: {describe(exc)}") from None
 
 
+#: bounds on what a worker may say, beyond the types: a value outside them is
+#: not something our agent sends, and must not reach the log (a 200 kB "host"
+#: would be copied into every snapshot)
+MAX_TEXT = 1000  # reasons
+MAX_NAME = 255  # host names, message ids, incarnations, task ids (taskgraph allows 200)
+MAX_TAIL_CHARS = 4 * TAIL  # TAIL bytes decoded, each byte at most 4 characters after repair
+MAX_ATTEMPT = 1_000_000
+MAX_SLOTS = 4096
+MAX_DURATION = 10 * 365 * 86400.0
+MAX_STAGED = 10_000
+
+
+def _bounded(value: str, limit: int, what: str) -> None:
+    if len(value) > limit:
+        raise WireError(f"{what} is {len(value)} characters long, at most {limit} allowed")
+
+
+def _plausible(report: Any) -> None:
+    """Raise :class:`WireError` for a value no agent of ours sends."""
+    kind = type(report)
+    _bounded(report.msg_id, MAX_NAME, "msg_id")
+    if kind is Started or kind is Finished:
+        if not report.task_id:
+            raise WireError("task_id is empty")
+        _bounded(report.task_id, MAX_NAME, "task_id")
+        if not 1 <= report.attempt <= MAX_ATTEMPT:
+            raise WireError(f"attempt {report.attempt} is out of range 1..{MAX_ATTEMPT}")
+    if kind is Finished:
+        if report.exit_code is not None and not -255 <= report.exit_code <= 255:
+            raise WireError(f"exit code {report.exit_code} is out of range -255..255")
+        if report.signal is not None and not 1 <= report.signal <= 128:
+            raise WireError(f"signal {report.signal} is out of range 1..128")
+        if not 0.0 <= report.duration <= MAX_DURATION:  # also false for NaN
+            raise WireError(f"duration {report.duration} is out of range")
+        _bounded(report.reason, MAX_TEXT, "reason")
+        _bounded(report.stdout_tail, MAX_TAIL_CHARS, "stdout_tail")
+        _bounded(report.stderr_tail, MAX_TAIL_CHARS, "stderr_tail")
+        if len(report.staged) > MAX_STAGED:
+            raise WireError(f"{len(report.staged)} staged files, at most {MAX_STAGED} allowed")
+        for staged in report.staged:
+            if staged.direction not in ("in", "out") or staged.bytes < 0:
+                raise WireError(f"implausible staged file {staged.name[:100]!r}")
+    elif kind is Hello:
+        _bounded(report.host, MAX_NAME, "host")
+        _bounded(report.incarnation, MAX_NAME, "incarnation")
+        if report.slots > MAX_SLOTS:  # fewer than 1: the fold refuses the worker, saying why
+            raise WireError(f"{report.slots} slots, at most {MAX_SLOTS} allowed")
+        if report.vm_id is not None and not 0 <= report.vm_id < 2**31:
+            raise WireError(f"VM id {report.vm_id} is out of range")
+    elif kind is Bye:
+        _bounded(report.reason, MAX_TEXT, "reason")
+    elif kind is Heartbeat and len(report.running) > MAX_STAGED:
+        raise WireError(f"heartbeat lists {len(report.running)} attempts")
+
+
 def parse_worker_payload(payload: bytes, topic_worker: str) -> WorkerPayload:
     """Check a worker's message completely, or raise :class:`WireError`."""
     if len(payload) > MAX_PAYLOAD:
@@ -227,6 +282,8 @@ def parse_worker_payload(payload: bytes, topic_worker: str) -> WorkerPayload:
     if extra:
         raise WireError(f"unknown keys {sorted(extra)}")
     reports = [_report(r) for r in reports]
+    for report in reports:
+        _plausible(report)
     if version != PROTOCOL and not all(isinstance(r, Hello) for r in reports):
         # Only an announcement is read from a worker of another version: the
         # fold then refuses it with a reason the worker is told.
@@ -255,3 +312,9 @@ def excerpt(payload: bytes, limit: int = 200) -> str:
     """A bounded, printable piece of a payload for an ``input.rejected`` event."""
     text = payload[:limit].decode("utf-8", errors="replace")
     return text + ("…" if len(payload) > limit else "")
+
+
+def bounded_reason(reason: str, limit: int = MAX_TEXT) -> str:
+    """A rejection's reason, cut to ``limit`` characters (a reason quotes
+    what it rejects, which may be anything)."""
+    return reason if len(reason) <= limit else reason[:limit] + "…"

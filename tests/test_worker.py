@@ -118,7 +118,7 @@ def test_outbox_resends_with_backoff_until_acked():
 
 def test_outbox_payloads_stay_under_the_size_limit():
     big = "x" * TAIL
-    reports = [Finished(f"m-{i}", "t", i, 0, 1.0, stdout_tail=big, stderr_tail=big)
+    reports = [Finished(f"m-{i}", "t", i + 1, 0, 1.0, stdout_tail=big, stderr_tail=big)
                for i in range(100)]
     chunks = payloads("w1", reports)
     assert len(chunks) > 1 and all(len(c) <= MAX_PAYLOAD for c in chunks)

@@ -8,6 +8,12 @@ resend: it is acked again and not logged twice; a resend of a report still
 on its way into the log (both waited at the broker while no boss was up) is
 dropped, and the ack follows the original's commit. A heartbeat from a worker the
 boss does not count as live asks that worker to announce itself again.
+
+A well-formed report is then matched against the state (:func:`mismatch`):
+a report from a worker that never announced itself, about a task that does
+not exist, an attempt never dispatched or an attempt another worker holds
+becomes an ``input.rejected`` event too. The broker's ACL already keeps a
+worker to its own topic; this keeps it to its own attempts.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 from ecloud import wire
 from ecloud.effects.messaging import Outbox
 from ecloud.events import types as ev
-from ecloud.projections.state import LIVE, State
+from ecloud.projections.state import ACTIVE, LIVE, State
 
 
 def report_event(worker_id: str, report) -> object | None:
@@ -41,22 +47,53 @@ def report_event(worker_id: str, report) -> object | None:
     raise AssertionError(f"unhandled report {kind.__name__}")  # pragma: no cover
 
 
+def mismatch(state: State, worker_id: str, report) -> str | None:
+    """Why a well-formed report cannot be what it says, judged against the
+    state; None when it may be. Only what no honest worker sends is refused
+    here: a report about an *earlier* attempt (from a worker that was
+    declared lost and came back) is protocol, and goes to the fold, which
+    acknowledges it (so the worker stops resending), cancels a superseded
+    attempt and changes no task."""
+    kind = type(report)
+    if kind is wire.Hello or kind is wire.Lost or kind is wire.Heartbeat:
+        return None  # a heartbeat from a stranger asks it to announce itself
+    if worker_id not in state.workers:
+        return f"worker {worker_id!r} never announced itself"
+    if kind is wire.Bye:
+        return None
+    task = state.tasks.get(report.task_id)
+    if task is None:
+        return f"no task {report.task_id!r}"
+    if report.attempt > task.attempt:
+        return (f"attempt {report.attempt} of {report.task_id!r} was never dispatched "
+                f"(the latest is {task.attempt})")
+    if report.attempt == task.attempt and task.status in ACTIVE and task.worker != worker_id:
+        return f"attempt {report.attempt} of {report.task_id!r} is held by {task.worker!r}"
+    return None
+
+
 def to_events(topic: str, payload: bytes, cluster: str, state: State, outbox: Outbox) -> list:
     """Events for one MQTT message (possibly none, e.g. only resends)."""
+    source = f"mqtt {wire.excerpt(topic.encode(), 300)}"
     worker_id = wire.worker_of(topic, cluster)
     if worker_id is None:
-        return [ev.InputRejected(f"mqtt {topic}", "not a worker topic of this cluster",
+        return [ev.InputRejected(source, "not a worker topic of this cluster",
                                  wire.excerpt(payload))]
     try:
         message = wire.parse_worker_payload(payload, worker_id)
     except wire.WireError as exc:
-        return [ev.InputRejected(f"mqtt {topic}", str(exc), wire.excerpt(payload))]
+        return [ev.InputRejected(source, wire.bounded_reason(str(exc)), wire.excerpt(payload))]
     events = []
     worker = state.workers.get(worker_id)
     live = worker is not None and worker.status in LIVE
     for report in message.reports:
         if report.msg_id and outbox.already_acked(worker_id, report.msg_id):
             outbox.ack(worker_id, report.msg_id)
+            continue
+        problem = mismatch(state, worker_id, report)
+        if problem is not None:  # judged before a resend is recognised: every one is logged
+            events.append(ev.InputRejected(source, wire.bounded_reason(problem),
+                                           wire.excerpt(payload)))
             continue
         if report.msg_id and outbox.in_flight(worker_id, report.msg_id):
             continue  # a resend of a report not yet committed: its ack follows the commit
