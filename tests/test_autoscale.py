@@ -601,20 +601,23 @@ def test_scale_appends_the_changes_in_one_batch_and_prints_the_policy(durable_ur
 
 
 def test_scale_refuses_bad_values_and_combinations_with_one_line_and_appends_nothing(sqlite_url: str) -> None:
+    """Each refusal is one line, and one input.rejected in the log: no policy change."""
     assert run("scale", "--max", 2, "--db", sqlite_url).exit_code == 0
-    for args, message in [
+    for n, (args, message) in enumerate([
         (("--min", 3), "error: min_workers 3 is more than max_workers 2"),
         (("--max", 4, "--min", 5), "error: min_workers 5 is more than max_workers 4"),
         (("--max", -1), "error: max_workers: '-1' must be a whole number >= 0"),
         (("--slots-per-worker", 0), "error: slots_per_worker: '0' must be a whole number >= 1"),
         (("--idle-timeout", -5), "error: idle_timeout: '-5' must be a positive number of seconds"),
         (("--max-booting", "two"), "error: max_booting: 'two' must be a whole number >= 1"),
-    ]:
+    ], start=1):
         result = run("scale", *args, "--db", sqlite_url)
         assert result.exit_code == 2, args
         assert result.stderr.strip() == message
         assert len(result.stderr.strip().splitlines()) == 1
-        assert len(rows(sqlite_url)) == 1
+        logged = rows(sqlite_url)
+        assert len(logged) == 1 + n and logged[-1].event.TYPE == "input.rejected"
+        assert logged[-1].event.reason == message.removeprefix("error: ")
 
 
 def test_scale_without_options_or_with_show_only_prints(sqlite_url: str) -> None:

@@ -62,13 +62,17 @@ def test_push_diamond_then_status_shows_one_ready_three_waiting(durable_url: str
 def test_each_invalid_example_is_refused_with_its_problem_and_the_log_unchanged(
     name: str, durable_url: str
 ) -> None:
+    """Refused, and recorded as refused: one ``input.rejected``, no task."""
     run("push", EXAMPLES / "diamond.json", "--db", durable_url)
     before = log_rows(durable_url)
     result = run("push", EXAMPLES / "invalid" / name, "--db", durable_url)
     assert result.exit_code == 2
     assert INVALID[name] in result.stderr
     assert "Traceback" not in result.output
-    assert log_rows(durable_url) == before
+    after = log_rows(durable_url)
+    assert after[:len(before)] == before
+    ((_, _, tag, _, body),) = after[len(before):]
+    assert tag == "input.rejected" and INVALID[name] in json.loads(body)["reason"]
 
 
 @pytest.mark.parametrize("name", sorted(INVALID))
@@ -86,7 +90,8 @@ def test_pushing_the_same_file_twice_names_every_duplicate(sqlite_url: str) -> N
     assert result.exit_code == 2
     for tid in "abcd":
         assert f'id "{tid}" already exists in the log' in result.stderr
-    assert len(log_rows(sqlite_url)) == 1
+    assert [tag for _, _, tag, _, _ in log_rows(sqlite_url)] == ["tasks.submitted",
+                                                                 "input.rejected"]
 
 
 def test_dry_run_writes_nothing(sqlite_url: str, tmp_path: Path) -> None:
@@ -114,7 +119,10 @@ def test_concurrent_pushes_of_one_file_add_it_exactly_once(durable_url: str) -> 
     with open_store(durable_url, create=False) as store:
         state = load_state(store)
     assert len(state.tasks) == len(parse_task_file(EXAMPLES / "dag50.json"))
-    assert not state.rejected
+    # the three that lost are each recorded as refused
+    assert len(state.rejected) == 3
+    assert all(r.source == "operator" and "already exists in the log" in r.reason
+               for r in state.rejected)
 
 
 def test_missing_log_and_bad_url_are_one_line_errors(tmp_path: Path) -> None:
@@ -310,3 +318,38 @@ def test_replay_at_a_time_is_the_state_after_the_last_event_before_it(sqlite_url
     assert json.loads(before.stdout)["seq"] == 0
     both = run("--at", "1", "--until", "1", "--db", sqlite_url, command=replay)
     assert both.exit_code == 2 and "not both" in both.stderr
+
+
+def test_a_refused_operator_command_is_logged_as_rejected_and_changes_nothing(
+        durable_url: str) -> None:
+    """Every command the log's state refuses leaves one ``input.rejected``
+    event (reason, and the command without its --db), and nothing else."""
+    assert run("context", "set", "heartbeat_timeout", "30", "--db", durable_url).exit_code == 0
+    before = load_state_of(durable_url).canonical()
+    refused = [
+        (("context", "set", "heartbeat_timeout", "--", "-5"), "must be a positive number"),
+        (("context", "set", "bogus", "1"), "unknown context key 'bogus'"),
+        (("cancel", "nope"), "unknown task 'nope'"),
+        (("retry", "nope"), "unknown task 'nope'"),
+        (("workers", "kill", "9"), "no VM 9 in the log"),
+        (("scale", "--max=-1"), "must be a whole number >= 0"),
+        (("push", str(EXAMPLES / "invalid" / "dangling.json")), 'unknown task "zz"'),
+    ]
+    for args, reason in refused:
+        result = run(*args[:2], "--db", durable_url, *args[2:])
+        assert result.exit_code == 2 and reason in result.output, (args, result.output)
+    rows = log_rows(durable_url)[1:]
+    assert [tag for _, _, tag, _, _ in rows] == ["input.rejected"] * len(refused)
+    for (args, reason), (*_, body) in zip(refused, rows, strict=True):
+        event = json.loads(body)
+        assert event["source"] == "operator" and reason in event["reason"]
+        # the command (its path, as click names it), never the --db URL
+        assert event["excerpt"].split()[1] == args[0] and durable_url not in event["excerpt"]
+    after = load_state_of(durable_url).canonical()
+    for key in ("tasks", "workers", "vms", "context"):
+        assert after[key] == before[key]
+
+
+def load_state_of(url: str):
+    with open_store(url, create=False) as store:
+        return load_state(store)

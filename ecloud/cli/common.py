@@ -11,9 +11,15 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
-from ecloud.errors import EcloudError
+from ecloud.errors import ConfigError, EcloudError, MissingLogError, UserError
 from ecloud.events.store import LogStore, open_store
 
 out = Console(highlight=False, soft_wrap=True)
@@ -47,6 +53,45 @@ def config_for(db: str | None, config_path: str | None):
     if config_path:
         flags["config"] = config_path
     return load_config(flags)
+
+
+def _command_excerpt() -> str:
+    """The operator command being run, for a rejection: its name and
+    arguments, without ``--db``/``--config`` (a URL may hold a password)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return ""
+    args = " ".join(f"{k}={v!r}" for k, v in sorted(ctx.params.items())
+                    if k not in ("db", "config_path") and v not in (None, (), False))
+    return f"{ctx.command_path} {args}".strip()
+
+
+@contextmanager
+def operator_log(db: str | None, config_path: str | None, *, create: bool) -> Iterator[LogStore]:
+    """:func:`log_store` for a command that changes the log: a command the
+    log's state refuses (an unknown task, a bad context value, a task file
+    that does not fit) is recorded as an ``input.rejected`` event with the
+    reason and the command - nothing else is written - and then reported.
+    A log with no event yet (made by this very command) stays empty."""
+    with log_store(db, config_path, create=create) as store:
+        try:
+            yield store
+        except UserError as exc:
+            if not isinstance(exc, (MissingLogError, ConfigError)):
+                _log_refusal(store, exc)
+            raise
+
+
+def _log_refusal(store: LogStore, exc: UserError) -> None:
+    from ecloud import wire
+    from ecloud.events.types import InputRejected
+
+    try:
+        if store.head() > 0:
+            store.append([InputRejected("operator", wire.bounded_reason(str(exc)),
+                                        wire.excerpt(_command_excerpt().encode()))])
+    except EcloudError:
+        pass  # the refusal is still reported; the log could not take it
 
 
 @contextmanager

@@ -16,7 +16,14 @@ import click
 import orjson
 
 from ecloud.cli import render
-from ecloud.cli.common import common_options, handle_errors, log_store, out, progress_bar
+from ecloud.cli.common import (
+    common_options,
+    handle_errors,
+    log_store,
+    operator_log,
+    out,
+    progress_bar,
+)
 from ecloud.errors import MissingLogError, UserError
 from ecloud.events import types as ev
 from ecloud.events.codec import converter
@@ -64,7 +71,7 @@ def push(file: Path, dry_run: bool, db: str | None, config_path: str | None) -> 
         specs = parse_task_file(file, known=state.tasks.__contains__)
         out.print(f"{file}: {len(specs)} task(s) valid {against}; dry run: nothing written")
         return
-    with log_store(db, config_path, create=True) as store:
+    with operator_log(db, config_path, create=True) as store:
         with progress_bar("reading the log") as progress:
             state = load_state(store, progress=progress)
         specs = parse_task_file(file, known=state.tasks.__contains__)
@@ -167,7 +174,7 @@ def log_command(start: int, end: int | None, types: tuple[str, ...], task: str |
 def cancel(task_ids: tuple[str, ...], reason: str, db: str | None, config_path: str | None) -> None:
     """Cancel tasks: they will not run (a running attempt is killed) and their
     descendants are blocked until the task is retried."""
-    with log_store(db, config_path, create=False) as store:
+    with operator_log(db, config_path, create=False) as store:
         def build(state):
             problems = [p for t in task_ids if (p := task_rules.cancel_problem(state, t))]
             if problems:
@@ -189,7 +196,7 @@ def retry(task_ids: tuple[str, ...], all_failed: bool, db: str | None, config_pa
     if bool(task_ids) == all_failed:
         raise UserError("give task ids or --failed (one of the two)")
     chosen: list[str] = []
-    with log_store(db, config_path, create=False) as store:
+    with operator_log(db, config_path, create=False) as store:
         def build(state):
             chosen[:] = list(task_ids) or [t for t, r in state.tasks.items() if r.status == FAILED]
             problems = [p for t in chosen if (p := task_rules.retry_problem(state, t))]
@@ -239,7 +246,7 @@ def _set_context(store, key: str, value: str) -> None:
 @handle_errors
 def context_set(key: str, value: str, db: str | None, config_path: str | None) -> None:
     """Set one context KEY to VALUE (see `ecloud context show` for the keys)."""
-    with log_store(db, config_path, create=True) as store:
+    with operator_log(db, config_path, create=True) as store:
         _set_context(store, key, value)
     out.print(f"{key} = {value}")
 
@@ -255,7 +262,7 @@ def context_drop(keys: tuple[str, ...], db: str | None, config_path: str | None)
     if unknown:
         raise UserError(f"unknown context key(s) {', '.join(unknown)}; known: {', '.join(sorted(ctx.KEYS))}")
     dropped: list[str] = []
-    with log_store(db, config_path, create=False) as store:
+    with operator_log(db, config_path, create=False) as store:
         def build(state):
             dropped[:] = [k for k in (keys or sorted(state.context)) if k in state.context]
             return [ev.ContextDropped(k) for k in dropped]
@@ -280,7 +287,7 @@ def datastore_set(address: str, db: str | None, config_path: str | None) -> None
     """Set the datastore ADDRESS (host, or user@host:/path), the seed's set_datastore."""
     if any(c.isspace() for c in address):
         raise UserError(f"datastore address {address!r} must not contain spaces")
-    with log_store(db, config_path, create=True) as store:
+    with operator_log(db, config_path, create=True) as store:
         _set_context(store, "datastore_address", address)
     out.print(f"datastore_address = {address}")
 
@@ -320,9 +327,9 @@ def config_group() -> None:
 @handle_errors
 def config_show(db: str | None, config_path: str | None) -> None:
     """Each setting, its value and where the value came from."""
-    from ecloud.cli.common import config_for
-
     from rich.table import Table
+
+    from ecloud.cli.common import config_for
 
     table = Table(title="Configuration (flags > environment > file > defaults)", title_justify="left")
     for col in ("setting", "value", "from"):

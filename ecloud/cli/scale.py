@@ -11,7 +11,13 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from ecloud.cli.common import common_options, handle_errors, log_store, out
+from ecloud.cli.common import (
+    common_options,
+    handle_errors,
+    log_store,
+    operator_log,
+    out,
+)
 from ecloud.errors import UserError
 from ecloud.events import types as ev
 from ecloud.projections import context as ctx
@@ -41,15 +47,16 @@ def scale(show: bool, db: str | None, config_path: str | None, **values: str | N
     """Show or change the autoscaling policy: how many worker VMs the boss
     keeps, how fast it asks for them and when it lets them go."""
     changes = {key: value.strip() for key, value in values.items() if value is not None}
-    problems = [p for key, value in changes.items() if (p := ctx.check(key, value))]
-    if problems:
-        raise UserError("; ".join(problems))
     if not changes:
         with log_store(db, config_path, create=False) as store:
             render_policy(load_state(store))
         return
     changed: list[str] = []
-    with log_store(db, config_path, create=True) as store:
+    with operator_log(db, config_path, create=True) as store:
+        problems = [p for key, value in changes.items() if (p := ctx.check(key, value))]
+        if problems:  # refused, and logged as refused
+            raise UserError("; ".join(problems))
+
         def build(state: State) -> list:
             problem = ctx.policy_problem({**state.context, **changes})
             if problem:

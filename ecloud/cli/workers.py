@@ -16,7 +16,14 @@ import click
 import orjson
 from rich.table import Table
 
-from ecloud.cli.common import common_options, config_for, handle_errors, log_store, out
+from ecloud.cli.common import (
+    common_options,
+    config_for,
+    handle_errors,
+    log_store,
+    operator_log,
+    out,
+)
 from ecloud.cli.render import ago
 from ecloud.errors import UserError
 from ecloud.events import types as ev
@@ -76,7 +83,7 @@ def spawn(count: int, db: str | None, config_path: str | None) -> None:
     """Ask the boss for N more worker VMs (default 1)."""
     prefix = f"ecloud-{config_for(db, config_path).cluster}-"
     names: list[str] = []
-    with log_store(db, config_path, create=True) as store:
+    with operator_log(db, config_path, create=True) as store:
         def build(state: State) -> list:
             names[:] = next_vm_names(state, prefix, count)
             return [ev.VMRequested(name, "ecloud workers spawn") for name in names]
@@ -122,7 +129,7 @@ def list_vms(as_json: bool, db: str | None, config_path: str | None) -> None:
 def kill(vm_ids: tuple[int, ...], reason: str, db: str | None, config_path: str | None) -> None:
     """Kill worker VMs by id (see `ecloud workers list`); tasks running there
     go back to the queue."""
-    with log_store(db, config_path, create=False) as store:
+    with operator_log(db, config_path, create=False) as store:
         def build(state: State) -> list:
             known = {vm.vm_id: vm for vm in state.vms.values() if vm.vm_id is not None}
             problems = [f"no VM {i} in the log" if i not in known
