@@ -172,3 +172,25 @@ def test_a_bad_key_in_the_context_is_a_clear_error_that_does_not_quote_it(tmp_pa
     with pytest.raises(UserError, match=r"cannot keep the datastore key in .*\.ecloud"):
         settings_from(tmp_path, f"BOSS_ADDRESS='h'\nECLOUD_DATASTORE_SSH_KEY_B64='{KEY_B64}'\n")
     assert os.listdir(elsewhere) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root agent runs tasks as another user")
+def test_with_run_as_the_task_user_gets_a_private_copy_of_the_key(tmp_path: Path) -> None:
+    """Staging runs as the task's user: the context's key is copied to a
+    folder of that user's alone, again at every start (the agent's own copy
+    stays root's)."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    context = (f"BOSS_ADDRESS='10.0.0.1:1883'\nECLOUD_DATASTORE_SSH_KEY_B64='{KEY_B64}'\n"
+               "ECLOUD_RUN_AS='nobody'\n")
+    for _ in range(2):  # a restart finds the folders as the first start left them
+        settings = settings_from(tmp_path, context)
+        key = Path(settings.datastore_key)
+        assert key == tmp_path / "work" / ".ecloud-task" / "datastore_key"
+        assert key.read_bytes() == KEY and settings.run_as.uid == nobody.pw_uid
+        for path, mode in ((key, 0o600), (key.parent, 0o700)):
+            info = path.stat()
+            assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (nobody.pw_uid, mode)
+        own = tmp_path / "work" / ".ecloud" / "datastore_key"
+        assert own.stat().st_uid == 0

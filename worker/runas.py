@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import stat
+from pathlib import Path
 
 from attrs import frozen
 
@@ -30,8 +32,35 @@ class RunAs:
         return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
 
     def give(self, path: str) -> None:
-        """Make ``path`` the user's (an attempt directory, a key it needs)."""
+        """Make ``path`` the user's (an attempt directory)."""
         os.chown(path, self.uid, self.gid)
+
+    def private_copy(self, folder: Path, name: str, material: bytes) -> Path:
+        """``material`` in ``folder/name``, both the user's alone (0700,
+        0600): what the task's side needs of the agent's secrets (the
+        datastore key, for staging), kept apart from the agent's own."""
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            info = os.lstat(folder)
+            if not stat.S_ISDIR(info.st_mode):
+                raise UserError(f"{folder} is not a folder: remove it")
+            os.chown(folder, self.uid, self.gid)
+            os.chmod(folder, 0o700)
+            temp = folder / f".{name}.{os.getpid()}"
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.fchown(fd, self.uid, self.gid)
+                os.fchmod(fd, 0o600)
+                view = memoryview(material)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(temp, folder / name)
+        except OSError as exc:
+            raise UserError(f"cannot give {self.name} its copy of {name} in {folder}: "
+                            f"{exc.strerror or exc}") from None
+        return folder / name
 
 
 def resolve_run_as(name: str | None, euid: int | None = None) -> RunAs | None:

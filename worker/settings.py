@@ -65,6 +65,8 @@ SECRET_VARIABLES = ("ECLOUD_DATASTORE_SSH_KEY", "ECLOUD_DATASTORE_SSH_KEY_B64", 
 DATASTORE_SSH_KEY = "ECLOUD_DATASTORE_SSH_KEY"
 #: where the agent keeps that key, under its work dir
 KEY_DIR, KEY_NAME = ".ecloud", "datastore_key"
+#: where the task user's copy of the datastore key goes (``--run-as``)
+TASK_KEY_DIR = ".ecloud-task"
 
 
 @frozen
@@ -261,11 +263,9 @@ def resolve(options: dict[str, Any]) -> Settings:
         datastore_key = str(write_datastore_key(work_dir, key_material))
     auth = broker_auth(given, context, password, work_dir, worker_id)
     run_as = resolve_run_as(given.get("run_as") or None)
-    if run_as is not None and datastore_key is not None and key_material is not None \
-            and not given.get("datastore_key"):
-        # the key we wrote from the context: staging runs as the task's user
-        run_as.give(str(Path(datastore_key).parent))
-        run_as.give(datastore_key)
+    if run_as is not None and key_material is not None and not given.get("datastore_key"):
+        # staging runs as the task's user: it gets a copy of the context's key of its own
+        datastore_key = str(run_as.private_copy(work_dir / TASK_KEY_DIR, KEY_NAME, key_material))
     return Settings(
         broker=given["broker"],
         cluster=cluster,
