@@ -201,6 +201,11 @@ def _mask(value: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def hidden(value: str | None) -> str:
+    """The repr of a secret: whether it is set, never what it is."""
+    return "None" if value is None else "'***'"
+
+
 def _masked_repr(value: str | None) -> str:
     return repr(value if value is None else _mask(value))
 
@@ -217,7 +222,7 @@ class Config:
     snapshot_interval: float = 300.0
     boss_address: str | None = None
     one_url: str | None = None
-    one_session: str | None = field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    one_session: str | None = field(default=None, repr=hidden)
     one_template: int | None = None
     one_deadline: float = 30.0
     one_kill_orphans_after: float | None = None
@@ -226,11 +231,10 @@ class Config:
     """A path; the key itself is read by the OpenNebula provider, never kept here."""
     broker_ca: str | None = None
     broker_user: str | None = None
-    broker_password: str | None = field(default=None,
-                                        repr=lambda v: "None" if v is None else "'***'")
+    broker_password: str | None = field(default=None, repr=hidden)
     broker_passwd_file: str | None = None
     broker_pid_file: str | None = None
-    worker_secret: str | None = field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    worker_secret: str | None = field(default=None, repr=hidden)
     file: str | None = None
     """The config file that was read, if any."""
     origins: dict[str, str] = field(factory=dict, eq=False, hash=False)

@@ -72,17 +72,21 @@ def mismatch(state: State, worker_id: str, report) -> str | None:
     return None
 
 
+def rejected(topic: str, reason: str, payload: bytes) -> ev.InputRejected:
+    """The ``input.rejected`` event for a message, every field bounded."""
+    return ev.InputRejected(f"mqtt {wire.excerpt(topic.encode(), 300)}",
+                            wire.bounded_reason(reason), wire.excerpt(payload))
+
+
 def to_events(topic: str, payload: bytes, cluster: str, state: State, outbox: Outbox) -> list:
     """Events for one MQTT message (possibly none, e.g. only resends)."""
-    source = f"mqtt {wire.excerpt(topic.encode(), 300)}"
     worker_id = wire.worker_of(topic, cluster)
     if worker_id is None:
-        return [ev.InputRejected(source, "not a worker topic of this cluster",
-                                 wire.excerpt(payload))]
+        return [rejected(topic, "not a worker topic of this cluster", payload)]
     try:
         message = wire.parse_worker_payload(payload, worker_id)
     except wire.WireError as exc:
-        return [ev.InputRejected(source, wire.bounded_reason(str(exc)), wire.excerpt(payload))]
+        return [rejected(topic, str(exc), payload)]
     events = []
     worker = state.workers.get(worker_id)
     live = worker is not None and worker.status in LIVE
@@ -92,8 +96,7 @@ def to_events(topic: str, payload: bytes, cluster: str, state: State, outbox: Ou
             continue
         problem = mismatch(state, worker_id, report)
         if problem is not None:  # judged before a resend is recognised: every one is logged
-            events.append(ev.InputRejected(source, wire.bounded_reason(problem),
-                                           wire.excerpt(payload)))
+            events.append(rejected(topic, problem, payload))
             continue
         if report.msg_id and outbox.in_flight(worker_id, report.msg_id):
             continue  # a resend of a report not yet committed: its ack follows the commit

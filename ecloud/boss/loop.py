@@ -109,6 +109,7 @@ class Boss:
         self.view: dict[str, Any] = {}  # a copy of a few numbers for other threads
         self._roster_at = 0.0  # when the view's workers and VMs were last copied
         self._roster_changed = False  # a worker or VM came, went or changed since
+        self._vms_changed = True  # a vm.* event was folded since the accounts were synced
         self._pending: list = []  # events not yet committed (the database was down)
         #: (first seq, ts, events) of the batch this boss appended last, not yet folded
         self._appended: tuple[int, float, list] | None = None
@@ -220,11 +221,13 @@ class Boss:
     def _sync_accounts(self) -> None:
         """The broker's worker accounts follow the open VMs: one is made
         before its VM is spawned, and it goes once the VM is killed or gone.
-        A failure to write them is logged and tried again next turn."""
-        if self.accounts is None:
+        Only VM events change the open VMs, so a turn without one costs
+        nothing; a failure to write is logged and tried again next turn."""
+        if self.accounts is None or not self._vms_changed:
             return
         try:
             self.accounts.sync(self.state.open_vms)
+            self._vms_changed = False
         except (OSError, ConfigError) as exc:
             log.error("cannot write the broker's worker accounts: %s", exc)
 
@@ -330,6 +333,8 @@ class Boss:
             effects.extend(out)
             if rec.event.TYPE in ROSTER_EVENTS:
                 self._roster_changed = True
+                if rec.event.TYPE.startswith("vm."):
+                    self._vms_changed = True
         self._since_snapshot += len(records)
         return effects
 

@@ -26,7 +26,6 @@ import threading
 import time
 import zlib
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from ecloud.events import types as ev

@@ -30,6 +30,7 @@ import paho.mqtt.client as paho
 from attrs import field, frozen
 from paho.mqtt.enums import CallbackAPIVersion
 
+from ecloud.config import hidden
 from ecloud.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class MqttAuth:
     broker that asks for one. The password never shows in a repr."""
 
     username: str | None = None
-    password: str | None = field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    password: str | None = field(default=None, repr=hidden)
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
