@@ -182,6 +182,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("worker_secret", "ECLOUD_WORKER_SECRET", None, _string,
             "key the workers' broker passwords are derived from (best as env:NAME or "
             "file:PATH)", indirect=True, secret=True),
+    Setting("web_address", "ECLOUD_WEB_ADDRESS", None, _string,
+            "host:port where the boss (and ecloud web) serves the status page and /metrics; "
+            "none: the boss serves none"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -189,7 +192,7 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 # ------------------------------------------------------------------ the result
 
 
-def _mask(value: str) -> str:
+def mask_password(value: str) -> str:
     """Hide the password of a URL like ``mysql://user:secret@host/db``."""
     try:
         parts = urlsplit(value)
@@ -207,7 +210,7 @@ def hidden(value: str | None) -> str:
 
 
 def _masked_repr(value: str | None) -> str:
-    return repr(value if value is None else _mask(value))
+    return repr(value if value is None else mask_password(value))
 
 
 @frozen
@@ -235,6 +238,7 @@ class Config:
     broker_passwd_file: str | None = None
     broker_pid_file: str | None = None
     worker_secret: str | None = field(default=None, repr=hidden)
+    web_address: str | None = None
     file: str | None = None
     """The config file that was read, if any."""
     origins: dict[str, str] = field(factory=dict, eq=False, hash=False)
@@ -251,7 +255,7 @@ class Config:
             if value is None:
                 shown = "(none)"
             else:
-                shown = "*** (set)" if s.secret else _mask(str(value))
+                shown = "*** (set)" if s.secret else mask_password(str(value))
             rows.append((s.name, shown, self.origins.get(s.name, "default")))
         return rows
 

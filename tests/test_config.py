@@ -76,6 +76,7 @@ def test_flags_beat_env_beat_file_beat_defaults(tmp_path, home):
         ("broker_passwd_file", "(none)", "default"),
         ("broker_pid_file", "(none)", "default"),
         ("worker_secret", "(none)", "default"),
+        ("web_address", "(none)", "default"),
     ]
 
 

@@ -41,3 +41,17 @@ def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    import time\n    from pymysql import connect\n")
     assert imported_modules(sample) == {"time", "pymysql"}
+
+
+def test_the_views_are_pure_too_except_the_follower() -> None:
+    """The DAG, page, metrics and cost views fold and read like the reducers
+    (a past seq must look the same every time); only the follower, which
+    tails the log for the web page, does I/O."""
+    import ecloud.views
+
+    package = Path(ecloud.views.__file__).parent
+    files = [f for f in sorted(package.glob("*.py")) if f.name != "follower.py"]
+    assert {f.name for f in files} >= {"dag.py", "summary.py", "metrics.py", "cost.py"}
+    offenders = {f.name: sorted(imported_modules(f) & FORBIDDEN)
+                 for f in files if imported_modules(f) & FORBIDDEN}
+    assert offenders == {}

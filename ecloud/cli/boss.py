@@ -66,6 +66,18 @@ def make_provider(kind: str | None, config, broker_url: str, slots: int,
     return None
 
 
+def start_web(address: str | None, db_url: str):
+    """The status page beside the boss, if an address is given: it follows
+    the log on its own connection (a bad address stops the boss at start)."""
+    if not address:
+        return None
+    from ecloud.web.server import WebServer, bind
+
+    server = WebServer(db_url, bind(address)).start()
+    err.print(f"status page at {server.url}")
+    return server
+
+
 def boss_address_events(state, configured: str | None, broker_url: str) -> list:
     """Set ``boss_address`` when the context has none (after ``ecloud context
     drop``, or on a new log), so that new workers learn where to connect."""
@@ -89,11 +101,14 @@ def boss_address_events(state, configured: str | None, broker_url: str) -> list:
                    "OpenNebula (settings one_url, one_session, one_template; datastore_key_file "
                    "gives new VMs the datastore's ssh key). Without one, VMs asked for are only "
                    "logged.")
+@click.option("--web", "web_address", metavar="HOST:PORT",
+              help="Also serve the status page and /metrics there (see ecloud web). Default: the "
+                   "setting web_address; none: no page.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every batch and effect.")
 @common_options
 @handle_errors
-def boss(broker: str | None, workers: int, slots: int, provider_kind: str | None, verbose: bool,
-         db: str | None, config_path: str | None) -> None:
+def boss(broker: str | None, workers: int, slots: int, provider_kind: str | None,
+         web_address: str | None, verbose: bool, db: str | None, config_path: str | None) -> None:
     """Run the boss: turn every worker message into a logged event, perform
     the effects, schedule the ready tasks."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -111,6 +126,7 @@ def boss(broker: str | None, workers: int, slots: int, provider_kind: str | None
         logging.getLogger("ecloud.boss").warning(
             "datastore_key_file is set but only --provider opennebula hands it to workers")
     store = open_store(config.db, create=True)
+    web = start_web(web_address or config.web_address, config.db)
 
     def on_start(state) -> list:
         events = boss_address_events(state, config.boss_address, broker_url)
@@ -131,6 +147,8 @@ def boss(broker: str | None, workers: int, slots: int, provider_kind: str | None
     try:
         the_boss.run()
     finally:
+        if web is not None:
+            web.stop()
         store.close()
     if isinstance(provider, LocalProvider) and provider.running():
         err.print(f"boss stopped; local workers keep running for the next boss: "

@@ -89,10 +89,17 @@ def push(file: Path, dry_run: bool, db: str | None, config_path: str | None) -> 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--cost", is_flag=True,
+              help="The cost ledger instead: worker-seconds per task and in total, VM-seconds "
+                   "(booting, busy, idle) and bytes staged, derived from the whole log.")
+@click.option("--top", type=click.IntRange(min=0), default=20, show_default=True,
+              help="With --cost: how many of the costliest tasks to list (--json lists all).")
 @common_options
 @handle_errors
-def status(as_json: bool, db: str | None, config_path: str | None) -> None:
+def status(as_json: bool, cost: bool, top: int, db: str | None, config_path: str | None) -> None:
     """Counts per task state, the workers table and recent failures."""
+    if cost:
+        return _cost(as_json, top, db, config_path)
     with log_store(db, config_path, create=False) as store:
         with progress_bar("reading the log", enabled=not as_json) as progress:
             state = load_state(store, progress=progress)
@@ -100,6 +107,20 @@ def status(as_json: bool, db: str | None, config_path: str | None) -> None:
         sys.stdout.write(orjson.dumps(render.status_data(state)).decode() + "\n")
     else:
         render.render_status(state, out, title=store.url, now=time.time())
+
+
+def _cost(as_json: bool, top: int, db: str | None, config_path: str | None) -> None:
+    from ecloud.views.cost import ledger_of
+
+    with log_store(db, config_path, create=False) as store:
+        head = store.head()
+        with progress_bar("reading the log", enabled=not as_json) as progress:
+            ledger, _ = ledger_of(store.read(1, head), lambda seq: progress(seq, head))
+    data = ledger.data()
+    if as_json:
+        sys.stdout.write(orjson.dumps(data).decode() + "\n")
+    else:
+        render.render_cost(data, out, top)
 
 
 # ------------------------------------------------------------------------- log
@@ -340,11 +361,15 @@ def config_show(db: str | None, config_path: str | None) -> None:
 
 
 def _register_late_commands() -> None:
+    from ecloud.cli.graph import graph
     from ecloud.cli.run import run
     from ecloud.cli.scale import scale
     from ecloud.cli.security import broker_group, certs_group
+    from ecloud.cli.web import web
     from ecloud.cli.workers import workers_group
 
+    cli.add_command(graph)
+    cli.add_command(web)
     cli.add_command(certs_group)
     cli.add_command(broker_group)
     cli.add_command(run)

@@ -131,6 +131,53 @@ def render_context(state: State, console: Console) -> None:
     console.print(table)
 
 
+# ------------------------------------------------------------------- the cost
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:,.1f} s"
+    if s < 7200:
+        return f"{s:,.0f} s ({s / 60:,.1f} min)"
+    return f"{s:,.0f} s ({s / 3600:,.1f} h)"
+
+
+def render_cost(data: dict[str, Any], console: Console, top: int) -> None:
+    """``ecloud status --cost``: totals, VM time, the costliest tasks."""
+    total, vms = data["total"], data["vm_seconds"]
+    console.print(f"[bold]Cost ledger[/] · seq {data['seq']} · {when(data['clock'])}")
+    table = Table(title="Totals", title_justify="left", show_header=False)
+    table.add_column()
+    table.add_column(justify="right")
+    table.add_row("tasks / attempts", f"{total['tasks']:,} / {total['attempts']:,}")
+    table.add_row("worker-seconds (slots x time held by attempts)", _seconds(total["worker_seconds"]))
+    table.add_row(f"VM-seconds ({vms['vms']} VMs, request to gone)", _seconds(vms["vm_seconds"]))
+    table.add_row("  booting (until a worker announced itself)", _seconds(vms["booting"]))
+    table.add_row("  busy (running at least one attempt)", _seconds(vms["busy"]))
+    table.add_row("  idle", _seconds(vms["idle"]))
+    table.add_row("bytes staged in / out", f"{_bytes(total['bytes_in'])} / {_bytes(total['bytes_out'])}")
+    console.print(table)
+    rows = sorted(data["tasks"], key=lambda r: (-r["worker_seconds"], r["task"]))[:top]
+    if rows:
+        costly = Table(title=f"Costliest tasks ({len(rows)} of {total['tasks']:,})",
+                       title_justify="left")
+        for col, justify in (("task", "left"), ("attempts", "right"), ("worker-seconds", "right"),
+                             ("staged in", "right"), ("staged out", "right")):
+            costly.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for r in rows:
+            costly.add_row(escape(r["task"]), str(r["attempts"]), f"{r['worker_seconds']:,.1f}",
+                           _bytes(r["bytes_in"]), _bytes(r["bytes_out"]))
+        console.print(costly)
+
+
 # ---------------------------------------------------------------- the events
 
 

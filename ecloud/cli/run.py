@@ -23,7 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from ecloud.boss.loop import Boss
-from ecloud.cli.boss import request_local_vms
+from ecloud.cli.boss import request_local_vms, start_web
 from ecloud.cli import render
 from ecloud.cli.common import common_options, config_for, err, handle_errors, out
 from ecloud.effects.local import LocalProvider
@@ -108,11 +108,15 @@ def _summary(state: State, elapsed: float, ids: list[str]) -> Table:
               help="Set the datastore tasks stage their inputs from and results to: a local "
                    "directory (the embedded default) or user@host:/path. Default: the one the "
                    "log's context has (ecloud datastore set).")
+@click.option("--web", "web_address", metavar="HOST:PORT",
+              help="Serve the live status page there while the run lasts (see ecloud web). "
+                   "Default: the setting web_address; none: no page.")
 @click.option("--debug", is_flag=True, help="Workers log every step (see --work-dir/*.log).")
 @common_options
 @handle_errors
 def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path,
-        datastore: str | None, debug: bool, db: str | None, config_path: str | None) -> None:
+        datastore: str | None, web_address: str | None, debug: bool, db: str | None,
+        config_path: str | None) -> None:
     """Run the tasks of FILE to the end on local worker processes."""
     from ecloud.effects.broker import start_broker
 
@@ -124,6 +128,9 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
         ids, what = push_or_continue(store, file)
     err.print(what)
     with ExitStack() as stack:
+        web = start_web(web_address or config.web_address, config.db)
+        if web is not None:
+            stack.callback(web.stop)
         broker_url = broker or config.broker
         if broker_url is None:
             embedded = start_broker()

@@ -1,0 +1,107 @@
+"""Start the status page: parse the address, bind it (so a port taken or
+refused is a clear error, and port 0 names the free port it got), and run
+uvicorn on the bound socket - in the foreground for ``ecloud web``, or in a
+thread beside the boss."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+
+import uvicorn
+
+from ecloud.config import mask_password
+from ecloud.errors import UserError
+from ecloud.views.follower import Follower
+from ecloud.web.app import make_app
+
+DEFAULT_ADDRESS = "127.0.0.1:8470"
+log = logging.getLogger("ecloud.web")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); a clear error else."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise UserError(f"web address {text!r}: give host:port, e.g. {DEFAULT_ADDRESS}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UserError(f"web address {text!r}: the port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise UserError(f"web address {text!r}: the port must be 0-65535")
+    return host, port
+
+
+def bind(text: str) -> socket.socket:
+    host, port = parse_address(text)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"web address {text!r}: cannot resolve {host!r} ({exc.strerror})") from None
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(sockaddr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"web address {text!r}: cannot listen there ({exc.strerror})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def is_loopback(sock: socket.socket) -> bool:
+    try:
+        return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class WebServer:
+    """The page for the log at ``db_url``, on an already bound socket."""
+
+    def __init__(self, db_url: str, sock: socket.socket) -> None:
+        self.sock = sock
+        self.url = url_of(sock)
+        self.follower = Follower(db_url, source=mask_password(db_url))
+        config = uvicorn.Config(make_app(self.follower), log_level="warning", lifespan="off",
+                                access_log=False, timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def serve(self) -> None:
+        """Load the log, then serve until interrupted (the foreground)."""
+        self.follower.start()
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            self.follower.stop()
+            self.sock.close()
+
+    def start(self) -> WebServer:
+        """Load the log and serve from a thread (beside the boss)."""
+        self.follower.start()
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                        name="ecloud-web", daemon=True)
+        self._thread.start()
+        log.info("status page at %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self.follower.stop()
+        self.sock.close()
