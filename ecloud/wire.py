@@ -4,7 +4,10 @@ Topics carry the cluster and the worker id, so a broker ACL can confine each
 worker to its own (DESIGN.md section 5)::
 
     ecloud/<cluster>/from/<worker id>   worker -> boss   (reports; the will)
-    ecloud/<cluster>/to/<worker id>     boss -> worker   (dispatches, cancels, acks)
+    ecloud/<cluster>/to/<worker id>     boss -> worker   (dispatches, cancels, acks;
+                                                          and ``ecloud logs`` requests)
+    ecloud/<cluster>/logs/<worker id>/<request id>
+                                        worker -> ``ecloud logs``  (an attempt's output)
 
 Every payload is one JSON object with the protocol version ``v`` (a worker
 of another version is heard only as far as its ``hello``, so that it can be
@@ -54,6 +57,12 @@ def to_topic(cluster: str, worker_id: str) -> str:
 def from_all(cluster: str) -> str:
     """The boss's subscription: every worker's reports."""
     return f"ecloud/{cluster}/from/+"
+
+
+def logs_topic(cluster: str, worker_id: str, request_id: str) -> str:
+    """Where a worker answers one ``ecloud logs`` request (the boss does not
+    listen there: output is not an event)."""
+    return f"ecloud/{cluster}/logs/{worker_id}/{request_id}"
 
 
 def worker_of(topic: str, cluster: str) -> str | None:
@@ -174,6 +183,41 @@ class CancelMsg:
     reason: str = ""
 
 
+#: bytes of output one logs reply carries at most (base64 makes 4/3 of it)
+LOG_CHUNK = 128 * 1024
+STREAMS = ("stdout", "stderr")
+
+
+@frozen
+class LogsRequest:
+    """``ecloud logs`` asks a worker for a piece of an attempt's output."""
+
+    request_id: str
+    task_id: str
+    attempt: int
+    stream: str
+    offset: int = 0
+    limit: int = LOG_CHUNK
+
+
+@frozen
+class LogsReply:
+    """A worker's answer: ``data`` (base64) from ``offset``; ``size`` is the
+    file's size when read (-1: the worker has no such attempt); ``running``
+    whether the attempt still runs there (more may come)."""
+
+    request_id: str
+    task_id: str
+    attempt: int
+    stream: str
+    offset: int
+    size: int
+    running: bool
+    data: str = ""
+    error: str = ""
+    v: int = PROTOCOL
+
+
 @frozen
 class BossPayload:
     acks: list[str] = field(factory=list)
@@ -183,13 +227,21 @@ class BossPayload:
     refuse: str | None = None
     #: the boss does not know this worker (e.g. lost it): announce again
     reannounce: bool = False
+    #: output requests of ``ecloud logs`` (sent by it, not by the boss)
+    logs: list[LogsRequest] = field(factory=list)
     v: int = PROTOCOL
+
+
+# left out when empty: the boss's messages stay as they were (and as short)
+converter.register_unstructure_hook(
+    BossPayload, make_dict_unstructure_fn(BossPayload, converter,
+                                          logs=override(omit_if_default=True)))
 
 
 # ------------------------------------------------------------------ codecs
 
 
-def dumps(payload: WorkerPayload | BossPayload) -> bytes:
+def dumps(payload: WorkerPayload | BossPayload | LogsReply) -> bytes:
     return orjson.dumps(converter.unstructure(payload))
 
 
@@ -306,6 +358,39 @@ def parse_boss_payload(payload: bytes) -> BossPayload:
         if isinstance(exc, WireError):
             raise
         raise WireError(f"bad boss message: {describe(exc)}") from None
+
+
+def check_logs_request(request: LogsRequest) -> str | None:
+    """Why a worker must not serve this request, if it must not."""
+    if request.stream not in STREAMS:
+        return f"stream must be one of {', '.join(STREAMS)}"
+    if not request.task_id or len(request.task_id) > MAX_NAME:
+        return "bad task id"
+    if not 1 <= request.attempt <= MAX_ATTEMPT:
+        return f"attempt {request.attempt} is out of range"
+    if not request.request_id or len(request.request_id) > 64 or "/" in request.request_id \
+            or "+" in request.request_id or "#" in request.request_id:
+        return "bad request id"
+    if request.offset < 0 or not 0 < request.limit <= LOG_CHUNK:
+        return "bad offset or limit"
+    return None
+
+
+def parse_logs_reply(payload: bytes) -> LogsReply:
+    """``ecloud logs``'s side: a worker's answer, or :class:`WireError`."""
+    if len(payload) > 2 * LOG_CHUNK:
+        raise WireError("logs reply too large")
+    try:
+        data = orjson.loads(payload)
+        if not isinstance(data, dict) or data.get("v") != PROTOCOL:
+            raise WireError(f"not a protocol {PROTOCOL} logs reply")
+        return converter.structure(data, LogsReply)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"not JSON: {exc}") from None
+    except (BaseValidationError, TypeError, ValueError) as exc:
+        if isinstance(exc, WireError):
+            raise
+        raise WireError(f"bad logs reply: {describe(exc)}") from None
 
 
 def excerpt(payload: bytes, limit: int = 200) -> str:

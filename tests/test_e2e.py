@@ -84,6 +84,11 @@ def test_diamond_runs_to_completion(cluster: Cluster) -> None:
     assert {t.attempt for t in state.tasks.values()} == {1}
     status = cluster.ecloud("status")
     assert "succeeded" in status.stdout
+    # the worker serves the attempt's output over this broker (on a secured
+    # one, under its own account's ACL): not the local directory, not the log
+    output = cluster.ecloud("logs", "d", "--broker", cluster.broker,
+                            "--work-dir", str(cluster.workdir / "elsewhere"))
+    assert output.stdout == "d\n" and output.stderr == ""
 
 
 @pytest.mark.parametrize("cluster", ["sqlite+mosquitto", pytest.param("mysql+mosquitto", marks=pytest.mark.mysql),

@@ -41,15 +41,19 @@ from ecloud.wire import (
     Finished,
     Heartbeat,
     Hello,
+    LogsRequest,
     Lost,
     Started,
     WireError,
     WorkerPayload,
+    check_logs_request,
     dumps,
     from_topic,
+    logs_topic,
     parse_boss_payload,
     to_topic,
 )
+from worker import logserve
 from worker.journal import Journal
 from worker.outbox import Outbox, payloads
 from worker.runner import Launched, Runner
@@ -299,6 +303,8 @@ class Agent:
             else:
                 self._remember(*key)
                 self._outcomes(self.runner.submit(dispatch))
+        for request in msg.logs:
+            self._serve_logs(request)
         for cancel in msg.cancel:
             outcomes = self.runner.cancel((cancel.task_id, cancel.attempt))
             if outcomes is None:
@@ -306,6 +312,18 @@ class Agent:
             else:
                 log.debug("cancelling %s/%s", cancel.task_id, cancel.attempt)
                 self._outcomes(outcomes)
+
+    def _serve_logs(self, request: LogsRequest) -> None:
+        """Answer ``ecloud logs`` with a piece of an attempt's output (see
+        :mod:`worker.logserve`); read even while shutting down."""
+        running = self.runner.has((request.task_id, request.attempt))
+        reply = logserve.answer(str(self.s.work_dir), request, running)
+        log.debug("logs %s %s/%s %s from %d: %s", request.request_id, request.task_id,
+                  request.attempt, request.stream, request.offset,
+                  reply.error or f"{reply.size} bytes in the file")
+        if self.conn.connected.is_set() and check_logs_request(request) is None:
+            self.conn.publish(logs_topic(self.s.cluster, self.s.worker_id, request.request_id),
+                              dumps(reply))
 
     def _remember(self, task_id: str, attempt: int) -> None:
         """A bounded memory: attempts running or queued are also known to the

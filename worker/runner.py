@@ -107,7 +107,7 @@ class Attempt:
         return (self.msg.task_id, self.msg.attempt)
 
 
-def _attempt_path(work_dir: str, task_id: str, attempt: int) -> str:
+def attempt_path(work_dir: str, task_id: str, attempt: int) -> str:
     name = task_id.replace("%", "%25").replace("/", "%2F")
     if name in ("", ".", ".."):
         name = "%" + name.replace(".", "%2E")
@@ -257,7 +257,7 @@ class Runner:
         msg = attempt.msg
         began = self._clock()
         try:
-            cwd = _fresh_dir(_attempt_path(self._work_dir, msg.task_id, msg.attempt))
+            cwd = _fresh_dir(attempt_path(self._work_dir, msg.task_id, msg.attempt))
             if self.run_as is not None:
                 self.run_as.give(cwd)
         except (OSError, ValueError) as exc:

@@ -362,6 +362,7 @@ def config_show(db: str | None, config_path: str | None) -> None:
 
 def _register_late_commands() -> None:
     from ecloud.cli.graph import graph
+    from ecloud.cli.logs import logs
     from ecloud.cli.run import run
     from ecloud.cli.scale import scale
     from ecloud.cli.security import broker_group, certs_group
@@ -369,6 +370,7 @@ def _register_late_commands() -> None:
     from ecloud.cli.workers import workers_group
 
     cli.add_command(graph)
+    cli.add_command(logs)
     cli.add_command(web)
     cli.add_command(certs_group)
     cli.add_command(broker_group)

@@ -19,12 +19,18 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from ecloud.boss.loop import Boss
-from ecloud.cli.boss import request_local_vms, start_web
 from ecloud.cli import render
+from ecloud.cli.boss import request_local_vms, start_web
 from ecloud.cli.common import common_options, config_for, err, handle_errors, out
 from ecloud.effects.local import LocalProvider
 from ecloud.errors import EcloudError, UserError, ValidationError
@@ -157,6 +163,9 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
         state = boss.state
     elapsed = time.monotonic() - started
     out.print(_summary(state, elapsed, ids))
+    if boss.error is not None:  # the run ended because the boss did: say why
+        raise EcloudError(f"the boss stopped: {boss.error!r} (run the same command again to "
+                          "continue)")
     failed = [f for f in state.recent_failures if f.final and f.task_id in set(ids)]
     for f in failed[-10:]:
         out.print(f"  [red]failed[/] {f.task_id} (attempt {f.attempt}): {f.reason}"

@@ -50,6 +50,8 @@ def acl_text(cluster: str, boss_user: str = BOSS_USER) -> str:
         "# everyone (a worker's username is its worker id): its own topics only",
         f"pattern write ecloud/{cluster}/from/%u",
         f"pattern read ecloud/{cluster}/to/%u",
+        "# and answers ecloud logs (run with the boss's account) under its own name",
+        f"pattern write ecloud/{cluster}/logs/%u/#",
         "",
     ])
 
