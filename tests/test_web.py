@@ -173,3 +173,28 @@ def test_ecloud_web_refuses_bad_addresses_and_missing_logs(tmp_path: Path) -> No
         assert done.returncode == 2 and "cannot listen there" in done.stderr
     finally:
         taken.close()
+
+
+def test_progress_rate_and_eta_come_from_the_log_s_clock() -> None:
+    from tests.folding import Driver
+    from ecloud.views.summary import progress
+
+    d = Driver(start=0.0)
+    d.apply(ev.WorkerAnnounced("w1", "host", 8, 1, "inc", msg_id="m0"))
+    d.apply(ev.TasksSubmitted("b", tuple(TaskSpec(f"t{i}", "true") for i in range(5))))
+    assert progress(d.state)["eta_seconds"] is None  # nothing finished: no estimate
+    for i, when in enumerate((10.0, 30.0, 50.0)):
+        d.apply(ev.WorkerHeartbeat("w1", msg_id=f"h{i}"), dt=when - 2 - d.now)
+        d.apply(ev.TaskDispatched(f"t{i}", 1, "w1"), dt=1.0)
+        d.apply(ev.TaskFinished(f"t{i}", 1, "w1", 0, 1.0, msg_id=f"m{i + 1}"), dt=1.0)
+    d.apply(ev.WorkerHeartbeat("w1", msg_id="m9"), dt=20.0)  # the clock: 70
+    p = progress(d.state)
+    assert (p["done"], p["pending"], p["percent"]) == (3, 2, 60.0)
+    # 2 intervals between the first finish (10) and now (70): over the
+    # minute the rate is measured over at least
+    assert p["rate"] == 2 / 60 and p["eta_seconds"] == 2 / p["rate"]
+    for i in range(3):  # time passes and nothing finishes: the rate falls, the ETA grows
+        d.apply(ev.WorkerHeartbeat("w1", msg_id=f"k{i}"), dt=19.0)
+    d.apply(ev.WorkerHeartbeat("w1", msg_id="m10"), dt=3.0)  # the clock: 130
+    p = progress(d.state)
+    assert p["rate"] == 2 / 120 and p["eta_seconds"] == 120.0

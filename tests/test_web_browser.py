@@ -110,6 +110,9 @@ def test_the_page_follows_a_local_run_and_its_slider_shows_the_past(tmp_path: Pa
         page.wait_for_function(  # the page catches up with the log's last events
             f"() => document.getElementById('position').textContent.startsWith("
             f"'seq ' + {web.json('/healthz')['head']} + ' ')", timeout=WAIT_MS)
+        page.wait_for_function(  # and so does the DAG, within its refresh interval
+            "() => document.querySelector('#dag g.node[data-key=\"post-#\"]')"
+            "?.textContent.includes('47 succeeded')", timeout=WAIT_MS)
         end = page.evaluate(READ_PAGE)
         assert end["counts"] == counts_at(db, end["seq"])
         assert end["counts"]["succeeded"] > held["counts"]["succeeded"]
@@ -127,6 +130,11 @@ def test_the_page_follows_a_local_run_and_its_slider_shows_the_past(tmp_path: Pa
         past = page.evaluate(READ_PAGE)
         assert past["seq"] == held["seq"]
         assert past["counts"] == held["counts"] == counts_at(db, held["seq"])
+        # the DAG goes back too: the posts are running again, none succeeded
+        page.wait_for_function(
+            "() => { const n = document.querySelector('#dag g.node[data-key=\"post-#\"]');"
+            " return n && n.textContent.includes('running')"
+            " && !n.textContent.includes('succeeded'); }", timeout=WAIT_MS)
         page.screenshot(path=str(tmp_path / "status-page-history.png"), full_page=True)
 
         # 4. and back to live

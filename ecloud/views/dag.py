@@ -22,6 +22,8 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from attrs import define
+
 from ecloud.projections.state import TASK_STATUSES, State
 
 #: most nodes drawn one per task / one per pattern before grouping coarser
@@ -77,10 +79,27 @@ def _grouping(state: State, mode: str, depth: dict[str, int]) -> tuple[str, dict
     raise ValueError(f"unknown grouping {mode!r}; known: {', '.join(MODES)}")
 
 
-def build(state: State, mode: str = "auto") -> dict[str, Any]:
-    """The DAG of ``state`` as plain data: ``mode`` (the grouping used),
-    ``nodes`` (key, label, level, order, tasks, counts, and for a one-task
-    node its status) and ``edges`` (source, target, count)."""
+@define(slots=True)
+class Layout:
+    """What a DAG's drawing keeps while only task states change: the
+    grouping, the nodes' places, the edges. Tasks are never removed from a
+    log, so a layout holds for as long as no task is submitted
+    (:meth:`fits`); rebuilding it costs about 10 us per task, re-counting
+    the states onto it about 0.2 us."""
+
+    mode: str
+    tasks: int
+    #: node key per task id, and the node skeletons (key, label, level, order)
+    key_of: dict[str, str]
+    nodes: dict[str, dict[str, Any]]
+    edges: list[dict[str, Any]]
+
+    def fits(self, state: State) -> bool:
+        return self.tasks == len(state.tasks)
+
+
+def layout(state: State, mode: str = "auto") -> Layout:
+    """Group the tasks (see the module docstring) and place the nodes."""
     depth = levels(state)
     mode, key_of = _grouping(state, mode, depth)
     nodes: dict[str, dict[str, Any]] = {}
@@ -88,14 +107,9 @@ def build(state: State, mode: str = "auto") -> dict[str, Any]:
         key = key_of[tid]
         node = nodes.get(key)
         if node is None:
-            node = nodes[key] = {"key": key, "label": key, "level": depth[tid], "tasks": 0,
-                                 "counts": dict.fromkeys(TASK_STATUSES, 0)}
+            node = nodes[key] = {"key": key, "label": key, "level": depth[tid], "tasks": 0}
         node["level"] = min(node["level"], depth[tid])
         node["tasks"] += 1
-        node["counts"][state.tasks[tid].status] += 1
-    for node in nodes.values():
-        if node["tasks"] == 1:
-            node["status"] = next(s for s, n in node["counts"].items() if n)
     edges: dict[tuple[str, str], int] = defaultdict(int)
     for tid, task in state.tasks.items():
         for dep in task.spec.depends_on:
@@ -114,11 +128,27 @@ def build(state: State, mode: str = "auto") -> dict[str, Any]:
         if not changed:
             break
     _order(nodes, edges)
-    return {
-        "mode": mode,
-        "nodes": list(nodes.values()),
-        "edges": [{"source": a, "target": b, "count": n} for (a, b), n in sorted(edges.items())],
-    }
+    return Layout(mode, len(state.tasks), key_of, nodes,
+                  [{"source": a, "target": b, "count": n} for (a, b), n in sorted(edges.items())])
+
+
+def build(state: State, mode: str = "auto", reuse: Layout | None = None) -> dict[str, Any]:
+    """The DAG of ``state`` as plain data: ``mode`` (the grouping used),
+    ``nodes`` (key, label, level, order, tasks, counts, and for a one-task
+    node its status) and ``edges`` (source, target, count). ``reuse``: a
+    layout of this state's tasks made earlier (see :class:`Layout`)."""
+    plan = reuse if reuse is not None and reuse.fits(state) else layout(state, mode)
+    counts = {key: dict.fromkeys(TASK_STATUSES, 0) for key in plan.nodes}
+    key_of = plan.key_of
+    for tid, task in state.tasks.items():
+        counts[key_of[tid]][task.status] += 1
+    nodes = []
+    for key, skeleton in plan.nodes.items():
+        node = {**skeleton, "counts": counts[key]}
+        if node["tasks"] == 1:
+            node["status"] = next(s for s, n in counts[key].items() if n)
+        nodes.append(node)
+    return {"mode": plan.mode, "nodes": nodes, "edges": plan.edges}
 
 
 def _order(nodes: dict[str, dict[str, Any]], edges: dict[tuple[str, str], int]) -> None:

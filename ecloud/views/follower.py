@@ -56,6 +56,7 @@ class Follower:
         self._decisions: deque[dict[str, Any]] = deque(maxlen=summary.MAX_DECISIONS)
         self._tails: dict[int, tuple[str, str]] = {}
         self._page: tuple[int, dict[str, Any]] | None = None
+        self._layouts: dict[str, dag.Layout] = {}
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -169,8 +170,13 @@ class Follower:
             return {**cached[1], "head": self.head, "live": True}
 
     def graph(self, mode: str = "auto") -> dict[str, Any]:
+        """The DAG at the followed head; its layout is kept until tasks are
+        added, so a refresh only re-counts states."""
         with self.lock:
-            data = dag.build(self.state, mode)
+            plan = self._layouts.get(mode)
+            if plan is None or not plan.fits(self.state):
+                plan = self._layouts[mode] = dag.layout(self.state, mode)
+            data = dag.build(self.state, mode, plan)
             data["seq"] = self.state.seq
             return data
 

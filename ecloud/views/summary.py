@@ -40,6 +40,8 @@ DONE = (SUCCEEDED, FAILED, CANCELLED, BLOCKED)
 PENDING = (WAITING, READY, DISPATCHED, RUNNING)
 #: the completions the rate (and so the ETA) is measured over
 RATE_WINDOW = 200
+#: the shortest time the rate is measured over (seconds)
+RATE_MIN_SPAN = 60.0
 #: the decisions kept for the page
 MAX_DECISIONS = 12
 DECISION_TYPES = (ev.VMRequested.TYPE, ev.VMKillRequested.TYPE, ev.VMFailed.TYPE)
@@ -58,9 +60,11 @@ def progress(state: State) -> dict[str, Any]:
     times = heapq.nlargest(RATE_WINDOW, (t.finished_at for t in state.tasks.values()
                                          if t.finished_at is not None))
     rate = eta = None
-    if len(times) >= 2 and times[0] > times[-1]:
-        # completions per second from the oldest of the window to now
-        rate = (len(times) - 1) / max(state.clock - times[-1], times[0] - times[-1])
+    if len(times) >= 2:
+        # completions per second from the oldest of the window to now, over a
+        # minute at least: a burst of quick tasks before long ones would
+        # otherwise promise the end in no time
+        rate = (len(times) - 1) / max(state.clock - times[-1], RATE_MIN_SPAN)
         eta = pending / rate if pending else 0.0
     return {"total": total, "counts": counts, "done": done, "pending": pending,
             "percent": round(100.0 * done / total, 1) if total else 0.0,

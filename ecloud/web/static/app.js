@@ -7,8 +7,9 @@ const STATES = ["waiting", "ready", "dispatched", "running", "succeeded", "faile
   "cancelled"];
 let live = true;        // following the head, or looking at the past
 let head = 0;
-let lastGraphSeq = -1;  // the seq the drawn DAG is at
 let graphBusy = false;
+let graphAt = 0;        // when the DAG was last fetched (live mode)
+const GRAPH_EVERY_MS = 2000;  // a large DAG costs the server; states change often
 
 const $ = (id) => document.getElementById(id);
 
@@ -189,19 +190,40 @@ function drawGraph(g) {
   $("dag-mode").textContent = `(${g.nodes.length} nodes, ${names[g.mode]})`;
 }
 
-async function refreshGraph(seq) {
-  if (graphBusy || seq === lastGraphSeq) return;
+// The DAG wanted (live at a seq, or a past seq) and the one drawn. Live, it
+// is fetched at most once per GRAPH_EVERY_MS, and the last change is never
+// missed; a past seq is fetched at once. One fetch at a time.
+let graphWant = null;
+let graphHave = "";
+let graphTimer = null;
+const graphKey = (w) => `${w.live ? "live" : "past"}:${w.seq}`;
+
+function wantGraph(want) {
+  graphWant = want;
+  pumpGraph();
+}
+
+async function pumpGraph() {
+  if (graphBusy || graphTimer !== null || graphWant === null) return;
+  if (graphKey(graphWant) === graphHave) return;
+  const since = Date.now() - graphAt;
+  if (graphWant.live && graphHave.startsWith("live") && since < GRAPH_EVERY_MS) {
+    graphTimer = setTimeout(() => { graphTimer = null; pumpGraph(); }, GRAPH_EVERY_MS - since);
+    return;
+  }
+  const want = graphWant;
   graphBusy = true;
+  graphAt = Date.now();
   try {
-    const query = live ? "" : `?seq=${seq}`;
-    const response = await fetch(`/api/graph${query}`);
-    if (response.ok) {
+    const response = await fetch(want.live ? "/api/graph" : `/api/graph?seq=${want.seq}`);
+    if (response.ok && graphWant.live === want.live) {  // still the view asked for
       const g = await response.json();
       drawGraph(g);
-      lastGraphSeq = g.seq;
+      graphHave = graphKey(want);
     }
   } finally {
     graphBusy = false;
+    pumpGraph();
   }
 }
 
@@ -210,10 +232,9 @@ async function refreshGraph(seq) {
 function goLive() {
   live = true;
   $("live-button").disabled = true;
-  lastGraphSeq = -1;
   fetch("/api/page").then((r) => r.json()).then((data) => {
     drawPage(data);
-    refreshGraph(data.seq);
+    wantGraph({live: true, seq: data.seq});
   });
 }
 
@@ -225,8 +246,7 @@ async function showPast(seq) {
   const response = await fetch(`/api/page?seq=${seq}`);
   if (!response.ok || live || String(seq) !== $("slider").value) return;
   drawPage(await response.json());
-  lastGraphSeq = -1;
-  refreshGraph(seq);
+  wantGraph({live: false, seq});
 }
 
 $("slider").addEventListener("input", (e) => {
@@ -244,7 +264,7 @@ function connect() {
     head = Math.max(head, data.head);
     if (live) {
       drawPage(data);
-      refreshGraph(data.seq);
+      wantGraph({live: true, seq: data.seq});
     } else {
       $("slider").max = head;
       $("position").textContent = `seq ${$("slider").value} of ${head} (history)`;
