@@ -343,21 +343,26 @@ def parse_worker_payload(payload: bytes, topic_worker: str) -> WorkerPayload:
     return WorkerPayload(topic_worker, reports, version)
 
 
-def parse_boss_payload(payload: bytes) -> BossPayload:
-    """The worker's side: a boss message, or :class:`WireError`."""
-    if len(payload) > 16 * MAX_PAYLOAD:
-        raise WireError("boss payload too large")
+def _parse(payload: bytes, cls: type, what: str, limit: int) -> Any:
+    """One JSON object of this protocol as ``cls``, or :class:`WireError`."""
+    if len(payload) > limit:
+        raise WireError(f"{what} too large")
     try:
         data = orjson.loads(payload)
         if not isinstance(data, dict) or data.get("v") != PROTOCOL:
-            raise WireError(f"not a protocol {PROTOCOL} boss message")
-        return converter.structure(data, BossPayload)
+            raise WireError(f"not a protocol {PROTOCOL} {what}")
+        return converter.structure(data, cls)
     except orjson.JSONDecodeError as exc:
         raise WireError(f"not JSON: {exc}") from None
     except (BaseValidationError, TypeError, ValueError) as exc:
         if isinstance(exc, WireError):
             raise
-        raise WireError(f"bad boss message: {describe(exc)}") from None
+        raise WireError(f"bad {what}: {describe(exc)}") from None
+
+
+def parse_boss_payload(payload: bytes) -> BossPayload:
+    """The worker's side: a boss message, or :class:`WireError`."""
+    return _parse(payload, BossPayload, "boss message", 16 * MAX_PAYLOAD)
 
 
 def check_logs_request(request: LogsRequest) -> str | None:
@@ -378,19 +383,7 @@ def check_logs_request(request: LogsRequest) -> str | None:
 
 def parse_logs_reply(payload: bytes) -> LogsReply:
     """``ecloud logs``'s side: a worker's answer, or :class:`WireError`."""
-    if len(payload) > 2 * LOG_CHUNK:
-        raise WireError("logs reply too large")
-    try:
-        data = orjson.loads(payload)
-        if not isinstance(data, dict) or data.get("v") != PROTOCOL:
-            raise WireError(f"not a protocol {PROTOCOL} logs reply")
-        return converter.structure(data, LogsReply)
-    except orjson.JSONDecodeError as exc:
-        raise WireError(f"not JSON: {exc}") from None
-    except (BaseValidationError, TypeError, ValueError) as exc:
-        if isinstance(exc, WireError):
-            raise
-        raise WireError(f"bad logs reply: {describe(exc)}") from None
+    return _parse(payload, LogsReply, "logs reply", 2 * LOG_CHUNK)
 
 
 def excerpt(payload: bytes, limit: int = 200) -> str:
