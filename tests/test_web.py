@@ -176,8 +176,8 @@ def test_ecloud_web_refuses_bad_addresses_and_missing_logs(tmp_path: Path) -> No
 
 
 def test_progress_rate_and_eta_come_from_the_log_s_clock() -> None:
-    from tests.folding import Driver
     from ecloud.views.summary import progress
+    from tests.folding import Driver
 
     d = Driver(start=0.0)
     d.apply(ev.WorkerAnnounced("w1", "host", 8, 1, "inc", msg_id="m0"))
@@ -198,3 +198,68 @@ def test_progress_rate_and_eta_come_from_the_log_s_clock() -> None:
     d.apply(ev.WorkerHeartbeat("w1", msg_id="m10"), dt=3.0)  # the clock: 130
     p = progress(d.state)
     assert p["rate"] == 2 / 120 and p["eta_seconds"] == 120.0
+
+
+def test_ecloud_run_serves_the_page_while_it_runs(tmp_path: Path) -> None:
+    import re
+
+    task_file, gate = gated_dag(tmp_path)
+    run = start_run(tmp_path, task_file, "--local", "2", "--web", "127.0.0.1:0")
+    try:
+        def url() -> str | None:
+            line = run.stderr.readline()
+            found = re.search(r"status page at (http://127\.0\.0\.1:\d+/)", line)
+            return found.group(1) if found else None
+
+        base = wait_for(url, 60, "ecloud run to say where its page is")
+
+        def held() -> dict | None:
+            with urllib.request.urlopen(base + "api/page", timeout=10) as response:
+                page = json.loads(response.read())
+            return page if page["progress"]["counts"]["running"] > 0 else None
+
+        page = wait_for(held, 120, "the run's own page to show running tasks", 0.1)
+        with open_store(f"sqlite:///{tmp_path}/ecloud.db", create=False) as store:
+            state = load_state(store, page["seq"])
+        assert page["progress"]["counts"] == {s: state.counts[s] for s in TASK_STATUSES}
+    finally:
+        gate.touch()
+        stop_run(run)
+    with pytest.raises(OSError):  # the page goes with the run
+        urllib.request.urlopen(base + "healthz", timeout=5)
+
+
+def test_the_boss_serves_the_page_when_told_to(tmp_path: Path, shared_mqtt_url: str) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from tests.e2e import ROOT
+
+    db = f"sqlite:///{tmp_path}/boss.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ECLOUD_CLUSTER": f"w{os.getpid()}",
+           "ECLOUD_CONFIG": "", "ECLOUD_DB": ""}
+    bad = subprocess.run([sys.executable, "-m", "ecloud.cli.boss", "--broker", shared_mqtt_url,
+                          "--db", db, "--web", "127.0.0.1:99999"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "0-65535" in bad.stderr and "Traceback" not in bad.stderr
+    boss = subprocess.Popen([sys.executable, "-m", "ecloud.cli.boss", "--broker", shared_mqtt_url,
+                             "--db", db, "--web", "127.0.0.1:0"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def url() -> str | None:
+            found = re.search(r"status page at (http://127\.0\.0\.1:\d+/)", boss.stderr.readline())
+            return found.group(1) if found else None
+
+        base = wait_for(url, 60, "the boss to say where its page is")
+        # the boss writes boss.started and boss_address; the page follows
+        health = wait_for(lambda: (h := _get(base + "healthz")[1])["seq"] >= 2 and h, 30,
+                          "the boss's page to follow its log")
+        assert health["ok"] is True
+        families = urllib.request.urlopen(base + "metrics", timeout=10).read().decode()
+        assert 'ecloud_events_total{type="boss.started"} 1.0' in families
+    finally:
+        boss.send_signal(signal.SIGTERM)
+        assert boss.wait(60) == 0

@@ -86,8 +86,9 @@ class Follower:
             self.changed.notify_all()
         if self._thread is not None:
             self._thread.join(10)
-        self._history.submit(self._close_history).result(10)
-        self._history.shutdown(wait=True)
+        # the history thread closes its own connection, after any replay in hand
+        self._history.submit(self._close_history)
+        self._history.shutdown(wait=True, cancel_futures=False)
 
     def _run(self) -> None:
         try:
