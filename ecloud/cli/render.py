@@ -158,7 +158,7 @@ def render_cost(data: dict[str, Any], console: Console, top: int) -> None:
     table.add_column()
     table.add_column(justify="right")
     table.add_row("tasks / attempts", f"{total['tasks']:,} / {total['attempts']:,}")
-    table.add_row("worker-seconds (slots x time held by attempts)", _seconds(total["worker_seconds"]))
+    table.add_row("worker-seconds (slots x run time of the attempts)", _seconds(total["worker_seconds"]))
     table.add_row(f"VM-seconds ({vms['vms']} VMs, request to gone)", _seconds(vms["vm_seconds"]))
     table.add_row("  booting (until a worker announced itself)", _seconds(vms["booting"]))
     table.add_row("  busy (running at least one attempt)", _seconds(vms["busy"]))

@@ -1,9 +1,10 @@
 """The cost ledger: what a run cost, derived from the log alone.
 
-* **worker-seconds per task**: for every attempt, the time it held its
-  slots (its reported duration; for an attempt whose worker was lost, from
-  its start, or its dispatch, to the loss; for one still running, to the
-  log's clock) times the slots it holds;
+* **worker-seconds per task**: for every attempt, its run time (its
+  reported duration; for an attempt whose worker was lost, from its start,
+  or its dispatch, to the loss; for one still running, to the log's clock)
+  times the slots it holds. A VM's *busy* time below also counts the time
+  between a dispatch and its start (queued on the worker, staging);
 * **VM-seconds**: from each VM's request to the moment it was seen gone (or
   the log's clock), split into *booting* (until its first worker announced
   itself), *busy* (some worker on it held an attempt) and *idle* (the rest);
