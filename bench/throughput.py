@@ -55,7 +55,7 @@ class BossRun:
     """An ``ecloud-boss --local N`` subprocess on a log and a broker."""
 
     def __init__(self, db: str, broker: str, workers: int, slots: int, workdir: Path,
-                 journal: Path | None = None) -> None:
+                 journal: Path | None = None, extra: tuple[str, ...] = ()) -> None:
         self.db, self.workers, self.workdir = db, workers, workdir
         self.cluster = f"bench{uuid.uuid4().hex[:6]}"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "ECLOUD_CONFIG": "", "ECLOUD_DB": "",
@@ -66,7 +66,7 @@ class BossRun:
         self.log = open(workdir / "boss.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ecloud.cli.boss", "--db", db, "--broker", broker,
-             "--local", str(workers), "--slots", str(slots)],
+             "--local", str(workers), "--slots", str(slots), *extra],
             cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
@@ -135,11 +135,11 @@ def push(store: LogStore, specs: list[TaskSpec]) -> float:
 
 
 def measure_throughput(db: str, broker: str, tasks: int = 5000, workers: int = 2,
-                       slots: int = 1) -> dict:
+                       slots: int = 1, boss_args: tuple[str, ...] = ()) -> dict:
     workdir, place = work_dir()
     with fresh_log(db) as url, workdir as tmp, ExitStack() as stack:
         store = stack.enter_context(open_store(url))
-        boss = BossRun(url, broker, workers, slots, Path(tmp))
+        boss = BossRun(url, broker, workers, slots, Path(tmp), extra=boss_args)
         stack.callback(boss.stop)
         boss.wait_workers(store)
         pushed = push(store, [TaskSpec(f"t{i}", "true") for i in range(tasks)])

@@ -9,9 +9,12 @@ One synthetic log (:func:`bench.fold.synthetic_log`) in SQLite, then:
 * **a past seq** (the time slider, ``/api/page?seq=N`` at mid-log), against
   replaying to that seq (no snapshot stored: the worst case);
 * **the live page's data, the DAG's layout and a re-count, a metrics
-  scrape**, each in ms and as a fraction of the full replay.
+  scrape**, each in ms and as a fraction of the full replay;
+* **the boss serving the page** (``ecloud-boss --web``): no-op tasks per
+  second through MariaDB and a tuned Mosquitto (``bench.throughput``) with
+  and without it, alternated, best of each, in the same run.
 
-    .venv/bin/python -m bench.web [--events 300000] [--tasks 100000]
+    .venv/bin/python -m bench.web [--events 300000] [--tasks 100000] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -91,11 +94,30 @@ def measure(url: str, repeat: int) -> dict:
     }
 
 
+def served_page_cost(db: str, rounds: int, tasks: int = 5000) -> dict:
+    """Throughput of ``ecloud-boss`` with and without ``--web``, alternated."""
+    from bench.throughput import measure_throughput
+    from bench.tuned_broker import tuned_mosquitto
+
+    runs: dict[str, list[float]] = {"without": [], "with_page": []}
+    with tuned_mosquitto() as broker:
+        for _ in range(rounds):
+            for label, extra in (("without", ()), ("with_page", ("--web", "127.0.0.1:0"))):
+                done = measure_throughput(db, broker, tasks, 2, 4, boss_args=extra)
+                runs[label].append(done["tasks_per_s"])
+    best_of = {label: max(values) for label, values in runs.items()}
+    return {**best_of, "ratio": best_of["with_page"] / best_of["without"], "runs": runs}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.web", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="throughput runs with and without the page, alternated (0: none)")
+    parser.add_argument("--db", default="mysql://root@127.0.0.1:3306",
+                        help="the log of the throughput runs: sqlite or a MariaDB server URL")
     args = parser.parse_args(argv)
     console = Console()
     rounds = synthetic_log(args.events, args.tasks)
@@ -120,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(label, f"{result[key]:.1f} ms", f"replay {result['replay_s']:.2f} s",
                       f"{result[key] / 1000 / result['replay_s']:.3f}x")
     console.print(table)
+    if args.rounds:
+        result["boss_with_page"] = served_page_cost(args.db, args.rounds)
+        served = result["boss_with_page"]
+        console.print(f"boss serving the page: {served['with_page']:,.0f} no-op tasks/s, without: "
+                      f"{served['without']:,.0f}/s in the same run ({served['ratio']:.2f}x; "
+                      f"runs {served['runs']})")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "web.json").write_text(json.dumps(result, indent=2))
     return 0
