@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import socket
 import tempfile
 import threading
 import time
@@ -172,6 +173,7 @@ class WorkerReader:
 
         if not broker:
             raise Unavailable("no MQTT broker configured (setting broker) to ask the worker")
+        _reachable(broker, timeout)
         self.attempt, self.cluster, self.timeout = attempt, cluster, timeout
         self.where = f"worker {attempt.worker_id}"
         self._session = uuid.uuid4().hex[:12]
@@ -222,6 +224,19 @@ class WorkerReader:
 
     def close(self) -> None:
         self._conn.stop()
+
+
+def _reachable(broker: str, timeout: float) -> None:
+    """Fail at once on a broker that refuses connections (the MQTT client
+    would retry quietly until its deadline)."""
+    from ecloud.effects.mqtt import parse_broker
+
+    host, port, _ = parse_broker(broker)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise Unavailable(f"cannot reach the MQTT broker at {host}:{port}: "
+                          f"{exc.strerror or exc}") from None
 
 
 class TailsReader:

@@ -89,11 +89,11 @@ def test_metrics_scraped_during_a_run_match_the_log(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def recorded(tmp_path: Path):
-    """The longest recorded log, in a SQLite file, served in this process."""
+def recorded(durable_url: str):
+    """The longest recorded log, in SQLite and in MariaDB, served in this process."""
     path = max(LOGS, key=lambda p: p.stat().st_size)
     records = read_jsonl(path)
-    db = f"sqlite:///{tmp_path}/recorded.db"
+    db = durable_url
     with open_store(db) as store:
         for rec in records:
             store.append([rec.event], ts=rec.ts)

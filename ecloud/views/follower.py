@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -37,6 +38,8 @@ log = logging.getLogger("ecloud.web")
 CHUNK = 2000
 #: past states kept for the time slider
 HISTORY_CACHE = 16
+#: the live page is rebuilt at most once per this many times its build cost
+PAGE_DUTY = 4.0
 
 
 class Follower:
@@ -56,6 +59,8 @@ class Follower:
         self._decisions: deque[dict[str, Any]] = deque(maxlen=summary.MAX_DECISIONS)
         self._tails: dict[int, tuple[str, str]] = {}
         self._page: tuple[int, dict[str, Any]] | None = None
+        self._page_at_time = 0.0
+        self._page_cost = 0.0
         self._layouts: dict[str, dag.Layout] = {}
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -160,14 +165,22 @@ class Follower:
             return self.state.seq
 
     def page(self) -> dict[str, Any]:
-        """The page's data at the followed head (built once per seq)."""
+        """The page's data at the followed head: built once per seq, and
+        while events stream in, at most once per :data:`PAGE_DUTY` times
+        its own cost (on a million tasks a build takes a good part of a
+        second, all of it holding the lock the fold needs). Its ``seq``
+        says which state it shows."""
         with self.lock:
             cached = self._page
-            if cached is None or cached[0] != self.state.seq:
+            now = time.monotonic()
+            if cached is None or (cached[0] != self.state.seq
+                                  and now - self._page_at_time >= PAGE_DUTY * self._page_cost):
                 data = summary.page(self.state, head=self.head, source=self.source,
                                     decisions=list(reversed(self._decisions)),
                                     tails=lambda seq: self._tails.get(seq, ("", "")))
                 self._page = cached = (self.state.seq, data)
+                self._page_at_time = time.monotonic()
+                self._page_cost = self._page_at_time - now
             return {**cached[1], "head": self.head, "live": True}
 
     def graph(self, mode: str = "auto") -> dict[str, Any]:

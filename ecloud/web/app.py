@@ -97,11 +97,11 @@ def make_app(follower: Follower) -> Starlette:
         async def events():
             last, quiet = -1, 0.0
             while not await request.is_disconnected():
-                seq = follower.state.seq
-                if seq != last:
+                if follower.state.seq != last:
                     data = await run_in_threadpool(follower.page)
-                    last, quiet = seq, 0.0
-                    yield b"event: page\ndata: " + orjson.dumps(data) + b"\n\n"
+                    if data["seq"] != last:  # a page built a moment ago may still be the last one
+                        last, quiet = data["seq"], 0.0
+                        yield b"event: page\ndata: " + orjson.dumps(data) + b"\n\n"
                 elif quiet >= STREAM_KEEPALIVE:
                     quiet = 0.0
                     yield b": keep-alive\n\n"
