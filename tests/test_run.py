@@ -42,7 +42,11 @@ def test_run_the_example_dag_on_the_embedded_default(tmp_path: Path) -> None:
     assert len(successes) == len(set(successes)) == 56
     status = json.loads(ecloud(tmp_path, "status", "--json").stdout)
     assert status["tasks"]["succeeded"] == 56
-    assert {w["status"] for w in status["workers"]} == {"gone"}  # retired at the end
+    # retired at the end (once seen "lost" in a gate run, not reproduced in 12
+    # tries: the message keeps what is needed to tell why if it happens again)
+    assert {w["status"] for w in status["workers"]} == {"gone"}, (
+        [(w["id"], w["status"], w["reason"]) for w in status["workers"]],
+        ecloud(tmp_path, "log", "--from", str(max(1, status["seq"] - 40))).stdout)
 
 
 def test_the_readme_s_two_runs_in_one_directory_count_progress_over_the_whole_log(
