@@ -16,6 +16,7 @@ from ecloud.events.store import open_store
 from ecloud.events.types import TaskSpec
 from ecloud.projections.state import TASK_STATUSES, WORKER_STATUSES
 from ecloud.rebuild import load_state
+from ecloud.views import summary
 from ecloud.web.server import WebServer, bind
 from tests.brokers import wait_for
 from tests.test_recorded_logs import LOGS, read_jsonl
@@ -124,6 +125,8 @@ def test_any_past_seq_shows_what_a_replay_to_it_says(recorded) -> None:
                                               ("idle", "busy", "draining"), w))
             assert [f["seq"] for f in page["failures"]] == \
                 [f.seq for f in reversed(state.recent_failures)]
+            assert page["decisions"] == summary.recent_decisions(  # kept, not read again
+                store.read(1, seq, types=summary.DECISION_TYPES), state)
             status, graph = _get(f"{server.url}api/graph?seq={seq}")
             assert status == 200 and sum(n["tasks"] for n in graph["nodes"]) == len(state.tasks)
     status, live = _get(f"{server.url}api/page")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from ecloud.cli.common import common_options, config_for, err, handle_errors, log_store
+from ecloud.cli.common import common_options, config_for, err, handle_errors
 from ecloud.errors import UserError
+from ecloud.events.store import open_store
 from ecloud.logs import (
     STREAMS,
     DatastoreReader,
@@ -54,7 +55,7 @@ def logs(task_id: str, attempt: int | None, follow: bool, stream: str, work_dir:
     when none of these has them - the last 4 KiB the log kept."""
     config = config_for(db, config_path)
     streams = STREAMS if stream == "both" else (stream,)
-    with log_store(db, config_path, create=False) as store:
+    with open_store(config.db, create=False) as store:
         state = load_state(store)
         found = find_attempt(store, state, task_id, attempt)
         running = still_running(store, state, found)

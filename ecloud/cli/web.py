@@ -6,7 +6,7 @@ import click
 
 from ecloud.cli.common import common_options, config_for, err, handle_errors
 from ecloud.events.store import open_store
-from ecloud.web.server import DEFAULT_ADDRESS, WebServer, bind, is_loopback
+from ecloud.web import DEFAULT_ADDRESS
 
 
 @click.command("web")
@@ -20,6 +20,12 @@ def web(address: str | None, db: str | None, config_path: str | None) -> None:
     the DAG with task states, workers, failures with stderr tails, the
     autoscaler's decisions and a time slider to any past seq; Prometheus
     metrics at /metrics. Runs until interrupted."""
+    from ecloud.web.server import (  # uvicorn: only when serving
+        WebServer,
+        bind,
+        is_loopback,
+    )
+
     config = config_for(db, config_path)
     open_store(config.db, create=False).close()  # a missing log: one clear error now
     sock = bind(address or config.web_address or DEFAULT_ADDRESS)

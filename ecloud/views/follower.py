@@ -4,8 +4,8 @@ show, kept current by folding each event as it is committed.
 It is a fold like the boss's, on its own connection, so it can run beside
 the boss (in the boss's process when the boss serves the page, or in
 ``ecloud web`` anywhere that reaches the log) without touching the boss's
-state. It starts from the newest snapshot, then follows; past moments (the
-page's time slider) are rebuilt on demand by the same replay engine
+state. It folds the whole log from seq 1 (so its metrics cover the whole
+history), then follows; past moments (the page's time slider) are rebuilt on demand by the same replay engine
 ``ecloud-replay`` uses, on a second connection owned by one thread.
 
 Threads: the follower's thread owns the follow connection and is the only
@@ -16,11 +16,12 @@ SQLite store asks for that).
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
 
 from ecloud.errors import EcloudError
@@ -50,13 +51,13 @@ class Follower:
         self.source = source
         self.poll = poll
         self.lock = threading.Lock()
-        #: notified (under :attr:`lock`) whenever the state moves on
-        self.changed = threading.Condition(self.lock)
         self.meters = Meters()
         self.state = State()
         self.head = 0
         self.error: str | None = None
-        self._decisions: deque[dict[str, Any]] = deque(maxlen=summary.MAX_DECISIONS)
+        #: every VM request, kill and failure folded, in seq order (a few per VM):
+        #: the live page shows the last ones, a past seq those up to it
+        self._decisions: list[dict[str, Any]] = []
         self._tails: dict[int, tuple[str, str]] = {}
         self._page: tuple[int, dict[str, Any]] | None = None
         self._page_at_time = 0.0
@@ -67,7 +68,7 @@ class Follower:
         self._thread: threading.Thread | None = None
         self._history = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ecloud-history")
         self._history_store: LogStore | None = None
-        self._history_cache: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self._history_cache: OrderedDict[int, Any] = OrderedDict()
 
     # --------------------------------------------------------------- lifecycle
 
@@ -87,8 +88,6 @@ class Follower:
 
     def stop(self) -> None:
         self._stop.set()
-        with self.changed:
-            self.changed.notify_all()
         if self._thread is not None:
             self._thread.join(10)
         # the history thread closes its own connection, after any replay in hand
@@ -135,7 +134,6 @@ class Follower:
                 for rec in records:
                     self._fold(rec)
                 self.head = max(head, self.state.seq)
-                self.changed.notify_all()
             moved = True
         if not moved and head != self.head:
             with self.lock:
@@ -158,12 +156,6 @@ class Follower:
 
     # ------------------------------------------------------------------ reading
 
-    def wait_for_change(self, after: int, timeout: float) -> int:
-        """Block until the state is past ``after`` (or ``timeout``); the seq."""
-        with self.changed:
-            self.changed.wait_for(lambda: self.state.seq > after or self._stop.is_set(), timeout)
-            return self.state.seq
-
     def page(self) -> dict[str, Any]:
         """The page's data at the followed head: built once per seq, and
         while events stream in, at most once per :data:`PAGE_DUTY` times
@@ -176,12 +168,18 @@ class Follower:
             if cached is None or (cached[0] != self.state.seq
                                   and now - self._page_at_time >= PAGE_DUTY * self._page_cost):
                 data = summary.page(self.state, head=self.head, source=self.source,
-                                    decisions=list(reversed(self._decisions)),
+                                    decisions=self._decisions_until(self.state.seq),
                                     tails=lambda seq: self._tails.get(seq, ("", "")))
                 self._page = cached = (self.state.seq, data)
                 self._page_at_time = time.monotonic()
                 self._page_cost = self._page_at_time - now
             return {**cached[1], "head": self.head, "live": True}
+
+    def _decisions_until(self, seq: int) -> list[dict[str, Any]]:
+        """The last decisions at or before ``seq``, newest first (call with
+        :attr:`lock` held)."""
+        end = bisect.bisect_right(self._decisions, seq, key=lambda row: row["seq"])
+        return self._decisions[max(0, end - summary.MAX_DECISIONS):end][::-1]
 
     def graph(self, mode: str = "auto") -> dict[str, Any]:
         """The DAG at the followed head; its layout is kept until tasks are
@@ -218,15 +216,14 @@ class Follower:
             self._history_store = None
 
     def _state_at(self, seq: int):
-        key = ("state", seq)
-        state = self._history_cache.get(key)
+        state = self._history_cache.get(seq)
         if state is None:
             store = self._store()
             head = store.head()
             if not 0 <= seq <= head:
                 raise ValueError(f"seq {seq} is not in the log (it ends at seq {head})")
             state = load_state(store, seq)
-            self._history_cache[key] = state
+            self._history_cache[seq] = state
             while len(self._history_cache) > HISTORY_CACHE:
                 self._history_cache.popitem(last=False)
         return state
@@ -234,8 +231,12 @@ class Follower:
     def _page_at(self, seq: int) -> dict[str, Any]:
         state = self._state_at(seq)
         store = self._store()
-        decisions = summary.recent_decisions(
-            store.read(1, seq, types=summary.DECISION_TYPES), state) if seq else []
+        with self.lock:
+            folded = self.state.seq >= seq
+            decisions = self._decisions_until(seq) if folded else []
+        if not folded:  # the follower has not got there yet: read them
+            decisions = summary.recent_decisions(
+                store.read(1, seq, types=summary.DECISION_TYPES), state)
         tails = self._read_tails(store, state)
         data = summary.page(state, head=self.head, source=self.source, decisions=decisions,
                             tails=lambda s: tails.get(s, ("", "")))

@@ -15,9 +15,9 @@ import uvicorn
 from ecloud.config import mask_password
 from ecloud.errors import UserError
 from ecloud.views.follower import Follower
+from ecloud.web import DEFAULT_ADDRESS
 from ecloud.web.app import make_app
 
-DEFAULT_ADDRESS = "127.0.0.1:8470"
 log = logging.getLogger("ecloud.web")
 
 
