@@ -35,6 +35,7 @@ tells where each value came from (``ecloud config show``).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -47,7 +48,7 @@ from attrs import field, frozen
 
 from ecloud.errors import ConfigError
 
-__all__ = ["SETTINGS", "Config", "find_config_file", "load_config"]
+__all__ = ["SETTINGS", "Config", "find_config_file", "host_name", "load_config"]
 
 _CLUSTER_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -111,6 +112,51 @@ def _int_text(text: str) -> Any:
         return int(text)
     except ValueError:
         raise ValueError(f"expected a whole number, got {text!r}") from None
+
+
+_HOST_NAME_RE = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+
+
+def host_name(text: str) -> str:
+    """A host name or IP address as a ``Host`` header names it, in the one
+    form it is compared in: lower case, no trailing dot, an IPv6 address
+    without brackets and compressed (an IPv4-mapped one as the IPv4 address)."""
+    name = text.strip().lower()
+    bracketed = name.startswith("[") and name.endswith("]")
+    if bracketed:
+        name = name[1:-1]
+    elif name.endswith("."):
+        name = name[:-1]
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        if bracketed:
+            raise ValueError(f"{text.strip()!r} is not an IPv6 address") from None
+    else:
+        if bracketed and address.version != 6:
+            raise ValueError(f"{text.strip()!r}: only IPv6 addresses go in brackets")
+        mapped = getattr(address, "ipv4_mapped", None)
+        return str(mapped or address)
+    if "*" in name:
+        raise ValueError(f"{text.strip()!r}: wildcards are not supported, list each name")
+    if _HOST_NAME_RE.fullmatch(name):
+        return name
+    bare, _, port = name.rpartition(":")
+    if port.isascii() and port.isdigit() and _HOST_NAME_RE.fullmatch(bare):
+        raise ValueError(f"{text.strip()!r}: give the name without a port")
+    raise ValueError(f"{text.strip()!r} is not a host name or IP address")
+
+
+def _host_names(value: Any) -> tuple[str, ...]:
+    """Names from a list, or from a comma-separated string; each once."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected host names: a list, or a comma-separated string")
+    names = tuple(dict.fromkeys(host_name(v) for v in value if v.strip()))
+    if not names:
+        raise ValueError("expected at least one host name")
+    return names
 
 
 @frozen
@@ -185,6 +231,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web_address", "ECLOUD_WEB_ADDRESS", None, _string,
             "host:port where the boss (and ecloud web) serves the status page and /metrics; "
             "none: the boss serves none"),
+    Setting("web_hosts", "ECLOUD_WEB_HOSTS", None, _host_names,
+            "more names (comma-separated) the status page answers to, besides localhost, "
+            "127.0.0.1, ::1 and the address it is bound to (or this machine's names when bound "
+            "to 0.0.0.0 or ::); a request naming any other Host gets 421"),
+    Setting("local_boss_grace", "ECLOUD_LOCAL_BOSS_GRACE", 120.0, _seconds,
+            "seconds ecloud run's local workers go on without hearing a boss (a killed run's "
+            "next run takes them over within it) before they stop their attempts and exit",
+            text=_float_text),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -239,6 +293,9 @@ class Config:
     broker_pid_file: str | None = None
     worker_secret: str | None = field(default=None, repr=hidden)
     web_address: str | None = None
+    web_hosts: tuple[str, ...] | None = None
+    """Lower case, no port, IPv6 without brackets (see :func:`host_name`)."""
+    local_boss_grace: float = 120.0
     file: str | None = None
     """The config file that was read, if any."""
     origins: dict[str, str] = field(factory=dict, eq=False, hash=False)
@@ -254,6 +311,8 @@ class Config:
             value = getattr(self, s.name)
             if value is None:
                 shown = "(none)"
+            elif isinstance(value, tuple):
+                shown = ", ".join(value)
             else:
                 shown = "*** (set)" if s.secret else mask_password(str(value))
             rows.append((s.name, shown, self.origins.get(s.name, "default")))

@@ -18,12 +18,21 @@ from ecloud.projections.state import (
     WAITING,
     State,
 )
+from ecloud.projections.scheduler import unschedulable
 
 
-def _at(ts: float | None) -> str:
+def at_text(ts: float | None, none: str = "?") -> str:
+    """A moment as ``YYYY-MM-DD HH:MM:SS`` (UTC). A moment no calendar
+    holds (a backoff of 1e300 seconds ends there) is said in epoch seconds."""
     if ts is None:
-        return "?"
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        return none
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):
+        return f"{ts:.6g} s after 1970 (beyond any calendar)"
+
+
+_at = at_text
 
 
 def why(state: State, task_id: str) -> list[str]:
@@ -34,10 +43,12 @@ def why(state: State, task_id: str) -> list[str]:
     lines = [f"{task_id} is {task.status} at seq {state.seq} (attempt {task.attempt}, "
              f"{task.failures} failed of {spec.retries} retries allowed)"]
     if task.status == WAITING:
+        never = unschedulable(state)
         for dep in spec.depends_on:
             parent = state.tasks[dep]
             if parent.status != SUCCEEDED:
-                lines.append(f"  waits for {dep}, which is {parent.status}")
+                lines.append(f"  waits for {dep}, which is {parent.status}"
+                             + (f" and unschedulable: {never[dep]}" if dep in never else ""))
     elif task.status == READY:
         if task.not_before is not None and task.not_before > state.clock:
             lines.append(f"  in retry backoff until {_at(task.not_before)} after: {task.reason}")
@@ -51,6 +62,9 @@ def why(state: State, task_id: str) -> list[str]:
                 live = sum(1 for w in state.workers.values() if w.status in LIVE)
                 lines.append(f"  needs {spec.slots} free slot(s); no live worker has them "
                              f"({live} live worker(s))")
+                never = unschedulable(state).get(task_id)
+                if never is not None:
+                    lines.append(f"  unschedulable: {never}")
             if task.reason:
                 lines.append(f"  back in the queue because: {task.reason}")
     elif task.status in (DISPATCHED, RUNNING):

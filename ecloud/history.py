@@ -22,7 +22,7 @@ from attrs import evolve, frozen
 from ecloud.errors import UserError
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded
-from ecloud.projections.state import GONE, LIVE, LOST, State
+from ecloud.projections.state import DRAINING, GONE, LIVE, LOST, State
 from ecloud.rebuild import Progress, fold_range
 
 #: the part of a record a history watches; None while the subject does not exist
@@ -155,6 +155,8 @@ def _worker_why(before: View, now: dict[str, Any]) -> str:
     change in what it holds is a task taken or ended."""
     if now["status"] in (LOST, GONE):
         return now["reason"]
+    if now["status"] == DRAINING and before is not None and before["status"] != DRAINING:
+        return f"draining: {now['reason']}"
     joined = f"announced as incarnation {now['incarnation'] or '-'} with {now['slots']} slot(s)"
     if before is None:
         return joined

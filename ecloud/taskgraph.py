@@ -61,7 +61,10 @@ class Graph:
                     return
             self.pending.append(i)
 
-    def check(self, known: Known, problems: list[tuple[int, str]]) -> None:
+    def check(self, known: Known, problems: list[tuple[int, str]],
+              redefine: bool = False) -> None:
+        """``redefine``: ids already in the log are allowed (a file pushed
+        again: its tasks are compared with the log's, not refused)."""
         ids, deps, index = self.ids, self.deps, self.index
 
         def where(i: int) -> str:
@@ -70,7 +73,7 @@ class Graph:
         for i in self.duplicates:
             tid = ids[i]
             problems.append((i, f'{where(i)}: duplicate id {quote(tid)}, first defined at tasks[{index[tid]}]'))
-        if known is not never_known:
+        if known is not never_known and not redefine:
             for tid, i in index.items():
                 if known(tid):
                     problems.append((i, f'{where(i)}: id {quote(tid)} already exists in the log'))

@@ -8,6 +8,8 @@ worker to its own (DESIGN.md section 5)::
                                                           and ``ecloud logs`` requests)
     ecloud/<cluster>/logs/<worker id>/<request id>
                                         worker -> ``ecloud logs``  (an attempt's output)
+    ecloud/<cluster>/boss               boss -> every worker (retained: the boss's beat,
+                                        and its will: "no boss")
 
 Every payload is one JSON object with the protocol version ``v`` (a worker
 of another version is heard only as far as its ``hello``, so that it can be
@@ -17,6 +19,12 @@ each with its own ``msg_id``; the boss acknowledges a report only after its
 event is committed, and the worker resends every report until it is acked.
 Boss payloads carry acks, dispatches and cancels together.
 
+Incarnations: each agent process has a random ``incarnation``, sent with
+every worker payload (and in its will). Two agents may listen under one
+worker id (a duplicate the boss refuses, or a restarted agent beside its
+not-yet-dead predecessor): a boss payload names the incarnation it is for
+(``to``), and an agent acts only on its own (or on one naming none).
+
 :func:`parse_worker_payload` is the boss's edge: size-bounded, JSON,
 schema-checked, the worker id matching the topic's; anything else raises
 :class:`WireError` with a reason and becomes an ``input.rejected`` event.
@@ -24,6 +32,7 @@ schema-checked, the worker id matching the topic's; anything else raises
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -31,11 +40,12 @@ from attrs import field, frozen
 from cattrs.errors import BaseValidationError
 from cattrs.gen import make_dict_unstructure_fn, override
 
+from ecloud import limits
 from ecloud.events.codec import converter, describe
 from ecloud.events.types import Command, InputSpec, StagedFile
 
 PROTOCOL = 1
-MAX_PAYLOAD = 256 * 1024
+MAX_PAYLOAD = limits.WORKER_MESSAGE_BYTES
 TAIL = 4096  # bytes of stdout/stderr sent back with a result
 
 
@@ -59,6 +69,12 @@ def from_all(cluster: str) -> str:
     return f"ecloud/{cluster}/from/+"
 
 
+def boss_topic(cluster: str) -> str:
+    """Where the boss says, retained, that it is there (:class:`BossBeat`):
+    workers that stop hearing it stop their attempts after a grace period."""
+    return f"ecloud/{cluster}/boss"
+
+
 def logs_topic(cluster: str, worker_id: str, request_id: str) -> str:
     """Where a worker answers one ``ecloud logs`` request (the boss does not
     listen there: output is not an event)."""
@@ -79,7 +95,9 @@ def worker_of(topic: str, cluster: str) -> str | None:
 
 @frozen
 class Hello:
-    """The worker announces itself (and again after a reconnect)."""
+    """The worker announces itself (and again after a reconnect), with the
+    attempts it holds: a boss that had given up on it learns what still
+    runs there (and takes it back, or has it stopped)."""
 
     msg_id: str
     host: str
@@ -87,7 +105,12 @@ class Hello:
     protocol: int
     incarnation: str
     vm_id: int | None = None
+    running: list[tuple[str, int]] = field(factory=list)
     kind: str = "hello"
+
+
+converter.register_unstructure_hook(
+    Hello, make_dict_unstructure_fn(Hello, converter, running=override(omit_if_default=True)))
 
 
 @frozen
@@ -136,6 +159,16 @@ class Bye:
 
 
 @frozen
+class Draining:
+    """The worker is shutting down: no new work, please; what it had queued
+    comes back (``returned``), what runs finishes, then it says goodbye."""
+
+    msg_id: str
+    reason: str = ""
+    kind: str = "draining"
+
+
+@frozen
 class Lost:
     """The worker's MQTT will: published by the broker when the worker's
     connection dies without a goodbye."""
@@ -144,8 +177,8 @@ class Lost:
     kind: str = "lost"
 
 
-Report = Hello | Heartbeat | Started | Finished | Bye | Lost
-REPORTS: dict[str, type] = {c.__attrs_attrs__.kind.default: c for c in (Hello, Heartbeat, Started, Finished, Bye, Lost)}  # type: ignore[attr-defined]
+Report = Hello | Heartbeat | Started | Finished | Bye | Draining | Lost
+REPORTS: dict[str, type] = {c.__attrs_attrs__.kind.default: c for c in (Hello, Heartbeat, Started, Finished, Bye, Draining, Lost)}  # type: ignore[attr-defined]
 
 
 @frozen
@@ -153,6 +186,8 @@ class WorkerPayload:
     worker: str
     reports: list[Any]
     v: int = PROTOCOL
+    #: the sending agent's incarnation ("": an agent older than the field)
+    incarnation: str = ""
 
 
 # ---------------------------------------------------------- boss -> worker
@@ -174,6 +209,8 @@ class DispatchMsg:
     results: str = ""
     #: upstream task -> its results folder, for the inputs ``from`` a task
     sources: dict[str, str] = field(factory=dict)
+    #: the id the datastore root's marker must hold (the context's datastore_id)
+    datastore_id: str = ""
 
 
 @frozen
@@ -230,18 +267,43 @@ class BossPayload:
     #: output requests of ``ecloud logs`` (sent by it, not by the boss)
     logs: list[LogsRequest] = field(factory=list)
     v: int = PROTOCOL
+    #: the incarnation this message is for ("": whichever agent has the id)
+    to: str = ""
+    #: with ``refuse``: announce again after this many seconds (another
+    #: agent holds the id for now); None: the refusal is final
+    retry_after: float | None = None
 
 
 # left out when empty: the boss's messages stay as they were (and as short)
 converter.register_unstructure_hook(
     BossPayload, make_dict_unstructure_fn(BossPayload, converter,
-                                          logs=override(omit_if_default=True)))
+                                          logs=override(omit_if_default=True),
+                                          to=override(omit_if_default=True),
+                                          retry_after=override(omit_if_default=True)))
+
+
+@frozen
+class BossBeat:
+    """The boss is there (``up``), retained on :func:`boss_topic` and sent
+    again every few seconds; its will says ``up: false``. ``boss`` is the
+    boss's id, ``started`` when it became active and ``at`` when it beat
+    (its clock): a boss hearing another's fresh beats on its cluster knows
+    that two bosses - of two logs - share one cluster name on one broker."""
+
+    boss: str
+    up: bool = True
+    v: int = PROTOCOL
+    started: float = 0.0
+    at: float = 0.0
+    #: the id of the boss's log: bosses of one log (a standby that took over)
+    #: are no conflict
+    log: str = ""
 
 
 # ------------------------------------------------------------------ codecs
 
 
-def dumps(payload: WorkerPayload | BossPayload | LogsReply) -> bytes:
+def dumps(payload: WorkerPayload | BossPayload | LogsReply | BossBeat) -> bytes:
     return orjson.dumps(converter.unstructure(payload))
 
 
@@ -306,7 +368,10 @@ def _plausible(report: Any) -> None:
             raise WireError(f"{report.slots} slots, at most {MAX_SLOTS} allowed")
         if report.vm_id is not None and not 0 <= report.vm_id < 2**31:
             raise WireError(f"VM id {report.vm_id} is out of range")
-    elif kind is Bye:
+        if len(report.running) > MAX_STAGED or any(
+                not 1 <= a <= MAX_ATTEMPT or not t or len(t) > MAX_NAME for t, a in report.running):
+            raise WireError("implausible list of running attempts")
+    elif kind is Bye or kind is Draining:
         _bounded(report.reason, MAX_TEXT, "reason")
     elif kind is Heartbeat and len(report.running) > MAX_STAGED:
         raise WireError(f"heartbeat lists {len(report.running)} attempts")
@@ -330,9 +395,13 @@ def parse_worker_payload(payload: bytes, topic_worker: str) -> WorkerPayload:
     reports = data.get("reports")
     if not isinstance(reports, list) or not reports:
         raise WireError("reports must be a non-empty list")
-    extra = set(data) - {"v", "worker", "reports"}
+    extra = set(data) - {"v", "worker", "reports", "incarnation"}
     if extra:
         raise WireError(f"unknown keys {sorted(extra)}")
+    incarnation = data.get("incarnation", "")
+    if not isinstance(incarnation, str) or len(incarnation) > MAX_NAME:
+        raise WireError("incarnation must be a string of at most "
+                        f"{MAX_NAME} characters")
     reports = [_report(r) for r in reports]
     for report in reports:
         _plausible(report)
@@ -340,7 +409,7 @@ def parse_worker_payload(payload: bytes, topic_worker: str) -> WorkerPayload:
         # Only an announcement is read from a worker of another version: the
         # fold then refuses it with a reason the worker is told.
         raise WireError(f"protocol version {version}, expected {PROTOCOL}")
-    return WorkerPayload(topic_worker, reports, version)
+    return WorkerPayload(topic_worker, reports, version, incarnation)
 
 
 def _parse(payload: bytes, cls: type, what: str, limit: int) -> Any:
@@ -362,7 +431,12 @@ def _parse(payload: bytes, cls: type, what: str, limit: int) -> Any:
 
 def parse_boss_payload(payload: bytes) -> BossPayload:
     """The worker's side: a boss message, or :class:`WireError`."""
-    return _parse(payload, BossPayload, "boss message", 16 * MAX_PAYLOAD)
+    return _parse(payload, BossPayload, "boss message", limits.BOSS_MESSAGE_BYTES)
+
+
+def parse_boss_beat(payload: bytes) -> BossBeat:
+    """The worker's side: the boss's beat, or :class:`WireError`."""
+    return _parse(payload, BossBeat, "boss beat", 4096)
 
 
 def check_logs_request(request: LogsRequest) -> str | None:
@@ -390,6 +464,44 @@ def excerpt(payload: bytes, limit: int = 200) -> str:
     """A bounded, printable piece of a payload for an ``input.rejected`` event."""
     text = payload[:limit].decode("utf-8", errors="replace")
     return text + ("…" if len(payload) > limit else "")
+
+
+#: keys whose values an excerpt never shows (an env's values, passwords...)
+_SECRET_KEY = re.compile(r"password|secret|token|credential|api_?key", re.I)
+_ENV_TEXT = re.compile(rb'("env"\s*:\s*\{)[^}]*')
+_SECRET_TEXT = re.compile(rb'("[^"]*(?:password|secret|token|credential|api_?key)[^"]*"\s*:\s*)'
+                          rb'"(?:[^"\\]|\\.)*"', re.I)
+
+
+def redacted_excerpt(payload: bytes, limit: int = 200) -> str:
+    """:func:`excerpt` of a payload with every secret value blanked first:
+    an ``env`` object's values and any value under a key that looks secret
+    (``password``, ``token``...) - parsed when it is JSON, by pattern when
+    it is not. Rejected input is logged, and the log is read by many."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        text = _SECRET_TEXT.sub(rb'\1"..."', _ENV_TEXT.sub(rb"\1...", payload))
+        return excerpt(text, limit)
+    return excerpt(orjson.dumps(_redact(data)), limit)
+
+
+def _redact(value: Any, depth: int = 0) -> Any:
+    if depth > 50:
+        return "..."
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "env" and isinstance(item, dict):
+                out[key] = dict.fromkeys(item, "...")
+            elif isinstance(key, str) and _SECRET_KEY.search(key):
+                out[key] = "..."
+            else:
+                out[key] = _redact(item, depth + 1)
+        return out
+    if isinstance(value, list):
+        return [_redact(item, depth + 1) for item in value]
+    return value
 
 
 def bounded_reason(reason: str, limit: int = MAX_TEXT) -> str:

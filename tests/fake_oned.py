@@ -35,7 +35,15 @@ group (ACPI shutdown: ACTIVE/SHUTDOWN until it exits, SIGKILL after
 ``delays["SHUTDOWN"]``), ``terminate-hard`` and :meth:`FakeOned.close` send
 SIGKILL; then the VM goes through EPILOG to DONE.
 
-Test knobs: ``session``, ``quota``, ``delays``, ``worker_command`` (plain
+VMs can be put from outside in STOPPED, SUSPENDED, POWEROFF, UNDEPLOYED
+or HOLD (:meth:`set_phase`): the guest's process group is killed (frozen,
+for SUSPENDED), they keep counting against ``quota`` (every state but DONE
+does), and terminate takes them through EPILOG to DONE. A terminate can be
+refused as on a locked VM (:meth:`refuse_next_terminates`); an instantiate
+can act and answer nonsense (:meth:`answer_next_instantiates_badly`); with
+``token = False`` the guest's context has no VMID (no TOKEN=YES).
+
+Test knobs: ``session``, ``quota``, ``delays``, ``worker_command``, ``token`` (plain
 attributes), :meth:`fail_next_boots`, :meth:`hang_next_call`,
 :meth:`add_vm`, :meth:`advance`; accessors :meth:`vms`, :meth:`vm`,
 :meth:`calls`, :attr:`instantiate_calls`, :meth:`worker_pid`,
@@ -67,8 +75,8 @@ from attrs import frozen
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # oned's error codes (OPENNEBULA.md)
-AUTHENTICATION, AUTHORIZATION, NO_EXISTS, ACTION, API, INTERNAL = (
-    0x100, 0x200, 0x400, 0x800, 0x1000, 0x2000)
+AUTHENTICATION, AUTHORIZATION, NO_EXISTS, ACTION, API, INTERNAL, LOCKED = (
+    0x100, 0x200, 0x400, 0x800, 0x1000, 0x2000, 0x8000)
 
 #: phase -> (STATE, LCM_STATE)
 PHASES = {
@@ -81,7 +89,40 @@ PHASES = {
     "SHUTDOWN": (3, 12),
     "BOOT_FAILURE": (3, 36),
     "DONE": (6, 0),
+    # put there from outside (an admin, a host failure, oned itself): they hold
+    # quota and run nothing
+    "STOPPED": (4, 0),
+    "SUSPENDED": (5, 0),
+    "POWEROFF": (8, 0),
+    "UNDEPLOYED": (9, 0),
 }
+#: phases a VM can be put in from outside (:meth:`FakeOned.set_phase`), and
+#: what happens to its guest: killed with it (powered off, undeployed,
+#: stopped: its memory saved and the VM off the host), or frozen
+OUTSIDE = {"STOPPED": signal.SIGKILL, "POWEROFF": signal.SIGKILL, "UNDEPLOYED": signal.SIGKILL,
+           "SUSPENDED": signal.SIGSTOP, "HOLD": None}
+#: the environment variable that marks every process of a guest: a VM's
+#: death kills them all, also those that left the worker's process group
+#: (tasks run in sessions of their own), as a real VM's death does
+GUEST_VAR = "FAKE_ONED_GUEST"
+
+
+def guest_pids(marker: bytes) -> list[int]:
+    """Live processes whose environment holds ``marker`` (never this one)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            status = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and status.rsplit(")", 1)[-1].split()[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
 #: phases a VM leaves by itself after ``delays[phase]`` seconds
 TIMED = ("PENDING", "PROLOG", "BOOT", "SHUTDOWN", "EPILOG")
 #: where ``terminate`` (not hard) is refused with ACTION (wrong state)
@@ -130,6 +171,8 @@ class _VM:
         self.stime = int(time.time())
         self.etime = 0
         self.process: subprocess.Popen | None = None
+        #: in the environment of every process of the guest (see guest_pids)
+        self.marker = f"{GUEST_VAR}={os.getpid()}-{vm_id}-{id(self):x}".encode()
 
     @property
     def state(self) -> int:
@@ -264,6 +307,10 @@ class FakeOned:
         self._calls: list[tuple[str, tuple]] = []
         self._fail_boots = 0
         self._hangs = 0
+        self._refuse_terminates = 0
+        self._bad_answers = 0
+        #: the worker template has TOKEN=YES: the guest knows its VMID
+        self.token = True
         #: method -> seconds to wait before answering, after the call took effect
         self.answer_delays: dict[str, float] = {}
         self._released = threading.Event()
@@ -330,6 +377,28 @@ class FakeOned:
         with self._lock:
             self._hangs += n
 
+    def refuse_next_terminates(self, n: int = 1) -> None:
+        """The next ``n`` terminate (or terminate-hard) calls are refused as
+        on a locked VM (0x8000, a plain OneException in pyone), doing nothing."""
+        with self._lock:
+            self._refuse_terminates += n
+
+    def answer_next_instantiates_badly(self, n: int = 1) -> None:
+        """The next ``n`` instantiates create their VM but answer with its id
+        as a string: the call acted, and its answer is of no use."""
+        with self._lock:
+            self._bad_answers += n
+
+    def set_phase(self, vm_id: int, phase: str) -> None:
+        """Put a VM in ``phase`` from outside the boss (one of
+        :data:`OUTSIDE`): its guest is killed or frozen as a real one is."""
+        with self._lock:
+            vm = self._vms[vm_id]
+            sig = OUTSIDE[phase]
+            if sig is not None:
+                self._kill_guest(vm, sig, wait=sig == signal.SIGKILL)
+            self._enter(vm, phase)
+
     def release_hangs(self) -> None:
         """Let the hung calls go on (later ones hang again when asked to)."""
         self._released.set()
@@ -388,6 +457,13 @@ class FakeOned:
             proc = self._vms[vm_id].process
             return None if proc is None else proc.poll()
 
+    def guest_processes(self, vm_id: int) -> list[int]:
+        """Every live process of the VM's guest: the worker and whatever it
+        started, wherever they went (sessions of their own included)."""
+        with self._lock:
+            marker = self._vms[vm_id].marker
+        return guest_pids(marker)
+
     def worker_log(self, vm_id: int) -> Path:
         return self.dir / f"vm-{vm_id}" / "worker.log"
 
@@ -443,7 +519,9 @@ class FakeOned:
                 return [False, message, AUTHORIZATION]
         vm = self._new_vm(name, self.uid, user_template, hold)
         self._advance(vm)
-        return [True, vm.id, 0]
+        bad = self._bad_answers > 0
+        self._bad_answers -= bad
+        return [True, str(vm.id) if bad else vm.id, 0]
 
     def _new_vm(self, name: str, uid: int, user_template: dict[str, str], hold: bool) -> _VM:
         vm_id = self._next_id
@@ -452,6 +530,8 @@ class FakeOned:
         self._fail_boots -= fail
         vm = _VM(vm_id, name or f"worker-{vm_id}", uid, self.template_id, user_template, fail,
                  hold)
+        if not self.token:  # no TOKEN=YES in the template: the guest has no VMID
+            del vm.context["VMID"]
         self._vms[vm_id] = vm
         return vm
 
@@ -473,11 +553,17 @@ class FakeOned:
             return [False, f'[{method}] Virtual machine action "{action}" is not supported', API]
         if vm.phase == "DONE":
             return [True, vm_id, 0]
+        if self._refuse_terminates > 0:
+            self._refuse_terminates -= 1
+            return [False, f"[{method}] Virtual machine {vm_id} is locked", LOCKED]
         if action == "terminate" and vm.phase in NO_TERMINATE:
             return [False, f"[{method}] This action is not available for state {vm.phase}",
                     ACTION]
         if vm.phase in ("PENDING", "HOLD"):  # nothing deployed yet: freed at once
             self._enter(vm, "DONE")
+        elif vm.phase in OUTSIDE:  # off, stopped, suspended: nothing to shut down
+            self._kill_guest(vm, signal.SIGKILL)
+            self._enter(vm, "EPILOG")
         elif action == "terminate" and vm.process is not None and vm.process.poll() is None:
             self._enter(vm, "SHUTDOWN")
             self._kill_guest(vm, signal.SIGTERM, wait=False)
@@ -563,6 +649,7 @@ class FakeOned:
                 except (binascii.Error, UnicodeDecodeError):
                     pass
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env[GUEST_VAR] = vm.marker.decode().split("=", 1)[1]
         argv = [a.format(context_file=context_file, vm_dir=vm_dir, vm_id=vm.id)
                 for a in self.worker_command or ()]
         with open(vm_dir / "worker.log", "ab") as log:
@@ -579,6 +666,12 @@ class FakeOned:
                 os.killpg(proc.pid, sig)  # its own session: the pgid is its pid
             except ProcessLookupError:
                 pass
+        if sig in (signal.SIGKILL, signal.SIGSTOP):  # the machine stops: all of it
+            for pid in guest_pids(vm.marker):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         if wait:
             try:
                 proc.wait(5)

@@ -4,13 +4,16 @@ strategy that generates realistic (and deliberately unruly) event logs."""
 
 from __future__ import annotations
 
+import attrs
 from hypothesis import strategies as st
 
 from ecloud.events import types as ev
 from ecloud.events.types import InputSpec, Recorded, TaskSpec
 from ecloud.projections import context
 from ecloud.projections.autoscale import autoscale
-from ecloud.projections.fold import step
+from ecloud.projections.reconcile import reconcile
+from ecloud.projections.fold import FOLD_SOURCE, step
+from ecloud.projections.liveness import losses
 from ecloud.projections.scheduler import schedule
 from ecloud.projections.state import (
     ACTIVE,
@@ -45,6 +48,9 @@ class Driver:
         rec = Recorded(len(self.log) + 1, self.now, event)
         self.log.append(rec)
         _, out = step(self.state, rec)
+        last = self.state.rejected[-1] if self.state.rejected else None
+        assert last is None or last.seq != rec.seq or last.source != FOLD_SOURCE, (
+            f"a reducer raised on {event!r}: {last.reason}")
         self.effects.extend((rec.seq, e) for e in out)
         return out
 
@@ -54,10 +60,20 @@ class Driver:
             out.extend(self.apply(decision))
         return out
 
+    def losses(self) -> list:
+        """The boss's loss decisions (rules 2), appended and folded."""
+        out = []
+        for decision in losses(self.state):
+            out.extend(self.apply(decision))
+        return out
+
     def autoscale(self, prefix: str = "vm-") -> list:
-        """The autoscaler's decisions, appended and folded (as the boss does)."""
+        """The autoscaler's decisions, then the reconciler's, each appended
+        and folded (as the boss does)."""
         out = []
         for decision in autoscale(self.state, prefix):
+            out.extend(self.apply(decision))
+        for decision in reconcile(self.state):
             out.extend(self.apply(decision))
         return out
 
@@ -112,13 +128,24 @@ def check_invariants(state: State) -> None:
         if worker.vm_id is not None:
             assert wid in state.vm_workers[worker.vm_id], wid
     assert list(state.free) == sorted(free)
+    # liveness: under rules 2 the overdue workers are exactly the live ones
+    # silent past their deadline (under rules 1 the fold loses those itself)
+    timeout = context.heartbeat_timeout(state)
+    silent = {wid for wid, w in state.workers.items()
+              if w.status in LIVE and min(w.last_seen + timeout,
+                                          w.will_at + timeout / 3 if w.will_at is not None
+                                          else float("inf")) <= state.clock}
+    if state.rules >= 2:
+        assert set(state.overdue) == silent, (set(state.overdue), silent)
+    else:
+        assert not state.overdue
     # VMs: the lookups agree with the records; a VM on its way out gives no work
     ids = {vm.vm_id: name for name, vm in state.vms.items() if vm.vm_id is not None}
     assert len(ids) == sum(1 for vm in state.vms.values() if vm.vm_id is not None)
     assert state.vm_ids == ids
     open_vms = {name for name, vm in state.vms.items()
                 if vm.status != VM_GONE
-                and not (vm.status == VM_FAILED and vm.vm_id is None)}
+                and not (vm.status == VM_FAILED and vm.vm_id is None and not vm.uncertain)}
     assert set(state.open_vms) == open_vms
     for vm in state.vms.values():
         if vm.status in (VM_KILLING, VM_FAILED) and vm.vm_id is not None:
@@ -182,10 +209,21 @@ def _act(draw, d: Driver, action: str) -> None:
                 draw(st.sampled_from([1, 1, 1, 2])),
                 draw(st.sampled_from(["i0", "i1"])),
                 draw(st.sampled_from([None, 1, 2])),
+                # sometimes the attempts it says it holds (after a loss: taken back or stopped)
+                running=tuple(sorted({(t, max(1, tasks[t].attempt - draw(st.integers(0, 1))))
+                                      for t in draw(st.lists(st.sampled_from(sorted(tasks)),
+                                                             max_size=2))}))
+                if tasks and draw(st.integers(0, 3)) == 0 else (),
             )
         )
     elif action == "heartbeat":
-        d.apply(ev.WorkerHeartbeat(draw(st.sampled_from(WORKERS))), dt=1)
+        # mostly the worker's own incarnation; sometimes none (an old agent),
+        # sometimes another agent's under the same id (it must change nothing)
+        wid = draw(st.sampled_from(WORKERS))
+        worker = d.state.workers.get(wid)
+        own = worker.incarnation if worker is not None else "i0"
+        d.apply(ev.WorkerHeartbeat(wid, incarnation=draw(st.sampled_from([own, own, "", "x9"]))),
+                dt=1)
     elif action == "schedule":
         d.schedule()
     elif action == "bogus_dispatch" and tasks:
@@ -207,6 +245,19 @@ def _act(draw, d: Driver, action: str) -> None:
             code = draw(st.sampled_from([0, 0, 0, 1, None]))
             sig = 9 if code is None else None
             d.apply(ev.TaskFinished(tid, attempt, worker, code, 1.0, sig, msg_id=f"m{len(d.log)}"), dt=1)
+    elif action == "replace" and tasks:
+        # an edited task file pushed with --replace: new commands, priorities,
+        # sometimes new dependencies (a cycle among them is refused)
+        specs = []
+        for tid in sorted({_pick(draw, tasks) for _ in range(draw(st.integers(1, 2)))}):
+            old = tasks[tid].spec
+            deps = old.depends_on
+            if draw(st.booleans()):
+                deps = tuple(sorted({_pick(draw, tasks) for _ in range(draw(st.integers(0, 2)))}
+                                    - {tid}))
+            specs.append(attrs.evolve(old, command=f"edited {len(d.log)}", depends_on=deps,
+                                      inputs=(), priority=draw(st.integers(0, 2))))
+        d.apply(ev.TasksReplaced(f"r{len(d.log)}", tuple(specs), "edited.json"))
     elif action == "cancel" and tasks:
         d.apply(ev.TaskCancelled(_pick(draw, tasks)))
     elif action == "retry" and tasks:
@@ -214,21 +265,38 @@ def _act(draw, d: Driver, action: str) -> None:
     elif action == "tick":
         d.apply(ev.Tick(), dt=draw(st.sampled_from([1.0, 10.0, 35.0, 100.0])))
     elif action == "lost":
-        d.apply(ev.WorkerLost(draw(st.sampled_from(WORKERS))))
+        wid = draw(st.sampled_from(WORKERS))
+        worker = d.state.workers.get(wid)
+        silent = worker.last_seen if worker is not None else 0.0
+        d.apply(ev.WorkerLost(wid, "test", draw(st.sampled_from(["", "i0", "i1"])),
+                              draw(st.sampled_from([None, silent, silent - 1.0])),
+                              will=draw(st.booleans())))
     elif action == "left":
         d.apply(ev.WorkerLeft(draw(st.sampled_from(WORKERS))))
+    elif action == "draining":
+        d.apply(ev.WorkerDraining(draw(st.sampled_from(WORKERS)), "test",
+                                  incarnation=draw(st.sampled_from(["", "i0", "i1"]))))
     elif action == "boss":
-        d.apply(ev.BossStarted("b"))
+        d.apply(ev.BossStarted("b", draw(st.sampled_from([1, 2, 3, 3]))))
+    elif action == "resumed":
+        d.apply(ev.BossResumed(draw(st.sampled_from([3.0, 40.0])), "test"),
+                dt=draw(st.sampled_from([1.0, 40.0])))
+    elif action == "losses":
+        d.losses()
     elif action == "vm":
         name = draw(st.sampled_from(["vm-a", "vm-b"]))
-        kind = draw(st.sampled_from(["request", "allocate", "observe", "fail", "kill"]))
+        kind = draw(st.sampled_from(["request", "allocate", "observe", "fail", "kill",
+                                     "discover"]))
         vm_id = draw(st.integers(1, 3))
         if kind == "request":
             d.apply(ev.VMRequested(name))
         elif kind == "allocate":
             d.apply(ev.VMAllocated(name, vm_id))
         elif kind == "observe":
-            d.apply(ev.VMStateObserved(vm_id, draw(st.sampled_from([1, 3, 6, 8])), 3))
+            d.apply(ev.VMStateObserved(vm_id, draw(st.sampled_from([1, 2, 3, 4, 5, 6, 8, 9])), 3))
+        elif kind == "discover":
+            d.apply(ev.VMDiscovered(vm_id, draw(st.sampled_from([name, "vm-c"])),
+                                    draw(st.sampled_from([3, 5, 8])), 3))
         elif kind == "fail":
             d.apply(ev.VMFailed(name, "quota", "authorization"))
         else:
@@ -259,7 +327,7 @@ def cloud(draw, d: Driver) -> None:
     (named after the VM) or fails to boot, a VM asked to die is seen gone."""
     vms = d.state.vms
     kind = draw(st.sampled_from(["allocate", "allocate", "announce", "announce", "refuse",
-                                 "boot_failure", "gone", "heartbeats"]))
+                                 "boot_failure", "out_of_service", "gone", "heartbeats"]))
     if kind == "heartbeats":
         for wid in sorted(d.state.workers):
             if d.state.workers[wid].status in LIVE:
@@ -271,6 +339,7 @@ def cloud(draw, d: Driver) -> None:
         "refuse": [n for n, vm in vms.items() if vm.status == VM_REQUESTED],
         "announce": [n for n, vm in vms.items() if vm.vm_id is not None and vm.status != VM_GONE],
         "boot_failure": [n for n, vm in vms.items() if vm.vm_id is not None],
+        "out_of_service": [n for n, vm in vms.items() if vm.vm_id is not None],
         "gone": [n for n, vm in vms.items() if vm.vm_id is not None],
     }[kind]
     name = _pick(draw, wanted)
@@ -287,6 +356,9 @@ def cloud(draw, d: Driver) -> None:
                                    draw(st.sampled_from(["i0", "i1"])), vm.vm_id), dt=1)
     elif kind == "boot_failure":
         d.apply(ev.VMStateObserved(vm.vm_id, 3, draw(st.sampled_from([36, 61])), None, name), dt=1)
+    elif kind == "out_of_service":  # put in POWEROFF, SUSPENDED, ... from outside
+        d.apply(ev.VMStateObserved(vm.vm_id, draw(st.sampled_from([2, 4, 5, 8, 9])), 0, None,
+                                   name), dt=1)
     else:
         d.apply(ev.VMStateObserved(vm.vm_id, 6, 0, None, name), dt=1)
 
@@ -296,6 +368,7 @@ ACTIONS = [
     *["schedule"] * 4, *["start"] * 3, *["finish"] * 5, *["heartbeat"] * 2, "tick", "tick",
     "submit", "bad_submit", "announce", "bogus_dispatch", "cancel", "retry",
     "lost", "left", "boss", "context", "vm", "autoscale", "policy", "cloud", "cloud",
+    "draining", "resumed", "losses", "losses", "replace",
 ]
 
 

@@ -13,7 +13,10 @@ from ecloud.cli.main import cli
 from ecloud.events import types as ev
 from ecloud.events.store import open_store
 from ecloud.events.types import TaskSpec
-from ecloud.projections.autoscale import autoscale, next_deadline, pool
+from ecloud.cli import render
+from ecloud.projections.autoscale import autoscale, cloud_ceiling, next_deadline, pool
+from ecloud.projections.reconcile import reconcile
+from ecloud.projections.timers import next_deadline as timer_deadline
 from ecloud.projections.effects import KillVM, SpawnVM
 from ecloud.projections.fold import fold, fold_with_effects, step
 from ecloud.projections.outstanding import outstanding
@@ -241,7 +244,7 @@ def test_with_no_work_and_time_passing_the_vms_converge_to_min_workers(d: Driver
     target = min(setting(state, "min_workers"), setting(state, "max_workers"))
     quiet = 0
     for _ in range(400):
-        decisions = autoscale(d.state, "vm-")
+        decisions = autoscale(d.state, "vm-") + reconcile(d.state)
         for decision in decisions:
             cloud.perform(d.apply(decision))
         cloud.heartbeats()
@@ -376,14 +379,15 @@ def test_a_vm_that_fails_to_boot_is_killed_and_replaced() -> None:
     d.apply(ev.VMAllocated("vm-1", 7))
     d.apply(ev.VMStateObserved(7, 3, 36, None, "vm-1"), dt=5)  # BOOT_FAILURE
     assert d.state.vms["vm-1"].status == "failed" and d.state.vms["vm-1"].failed_at == d.now
-    decisions = autoscale(d.state, "vm-")
     # the failed VM still counts against max_workers 1 until the cloud has let it go
+    assert autoscale(d.state, "vm-") == []
+    decisions = reconcile(d.state)  # it is the reconciler's to terminate
     assert [type(x).__name__ for x in decisions] == ["VMKillRequested"]
-    assert (decisions[0].vm_id, decisions[0].source) == (7, "autoscaler")
-    assert "replace failed VM vm-1 (LCM state 36)" == decisions[0].reason
+    assert (decisions[0].vm_id, decisions[0].source) == (7, "reconciler")
+    assert "terminate failed VM vm-1 (LCM state 36)" == decisions[0].reason
     assert [type(e) for x in decisions for e in d.apply(x)] == [KillVM]
     assert d.state.vms["vm-1"].status == "killing"
-    assert autoscale(d.state, "vm-") == []
+    assert autoscale(d.state, "vm-") == [] and reconcile(d.state) == []
     d.apply(ev.VMStateObserved(7, 6, 0, None, "vm-1"), dt=1)  # DONE
     (replacement,) = autoscale(d.state, "vm-")
     assert replacement.vm_name == "vm-2"
@@ -427,7 +431,8 @@ def test_a_refused_request_backs_off_exponentially() -> None:
     d.apply(ev.VMAllocated("vm-3", 3), dt=1)  # the cloud gives again: the count starts over
     assert d.state.spawn_failures == 0
     d.apply(ev.VMFailed("vm-3", "some other error", "error"), dt=1)  # not a refusal: no wait
-    assert [type(x).__name__ for x in autoscale(d.state, "vm-")] == ["VMKillRequested", "VMRequested"]
+    assert [type(x).__name__ for x in autoscale(d.state, "vm-")] == ["VMRequested"]
+    assert [(type(x).__name__, x.vm_id) for x in reconcile(d.state)] == [("VMKillRequested", 3)]
 
 
 def test_the_backoff_is_capped_by_max_backoff() -> None:
@@ -608,7 +613,7 @@ def test_scale_refuses_bad_values_and_combinations_with_one_line_and_appends_not
         (("--max", 4, "--min", 5), "error: min_workers 5 is more than max_workers 4"),
         (("--max", -1), "error: max_workers: '-1' must be a whole number >= 0"),
         (("--slots-per-worker", 0), "error: slots_per_worker: '0' must be a whole number >= 1"),
-        (("--idle-timeout", -5), "error: idle_timeout: '-5' must be a positive number of seconds"),
+        (("--idle-timeout", -5), "error: idle_timeout: '-5' must be a number of seconds > 0, at most 31,536,000"),
         (("--max-booting", "two"), "error: max_booting: 'two' must be a whole number >= 1"),
     ], start=1):
         result = run("scale", *args, "--db", sqlite_url)
@@ -634,7 +639,7 @@ def test_scale_without_options_or_with_show_only_prints(sqlite_url: str) -> None
 
 
 def test_context_show_lists_the_policy_keys(sqlite_url: str) -> None:
-    run("datastore", "set", "ds:/x", "--db", sqlite_url)
+    run("context", "set", "queue_ahead", "3", "--db", sqlite_url)
     shown = json.loads(run("context", "show", "--json", "--db", sqlite_url).stdout)
     assert {k: shown[k] for k in ("max_workers", "min_workers", "slots_per_worker", "max_booting",
                                   "idle_timeout", "boot_timeout", "spawn_backoff")} == {
@@ -660,3 +665,113 @@ def test_an_allocation_asked_for_before_a_refusal_does_not_end_the_backoff() -> 
     d.apply(ev.VMAllocated("vm-1", 1), dt=1)
     assert d.state.spawn_failures == 1
     assert autoscale(d.state, "vm-") == []  # still backing off
+
+
+@SETTINGS
+@given(scaled_logs())
+def test_the_reconciler_never_terminates_a_failed_vm_whose_worker_is_busy(d: Driver) -> None:
+    """It terminates failed VMs once nothing runs on them, asks again for the
+    kills the cloud has not carried out, and decides the same on a clone."""
+    state = d.state
+    decisions = reconcile(state)
+    assert reconcile(state.clone()) == decisions
+    for kill in decisions:
+        assert kill.source == "reconciler"
+        vm = state.vm_with_id(kill.vm_id)
+        assert vm is not None and vm.status in ("failed", "killing"), (kill, vm)
+        if vm.status == "failed":
+            assert all(w.used == 0 for w in state.workers_on(kill.vm_id)), kill
+
+
+def test_a_kill_the_cloud_does_not_carry_out_is_asked_again_with_a_growing_wait() -> None:
+    d = Driver()
+    policy(d, max_workers=1, max_backoff=100)
+    d.apply(ev.ContextSet("kill_retry", "10"))
+    d.apply(tasks(1))
+    d.autoscale()
+    d.apply(ev.VMAllocated("vm-1", 7))
+    d.apply(ev.VMKillRequested(7, "by hand", source="operator"), dt=1)
+    asked = d.now
+    assert reconcile(d.state) == [] and timer_deadline(d.state) <= asked + 10
+    waits = []
+    for _ in range(6):
+        while not (again := reconcile(d.state)):
+            d.apply(ev.Tick(), dt=1)
+        waits.append(round(d.now - asked))
+        asked = d.now
+        (kill,) = again
+        assert "still not gone" in kill.reason and kill.source == "reconciler"
+        assert [type(e) for e in d.apply(kill)] == [KillVM]
+    assert waits == [10, 20, 40, 80, 100, 100]  # doubling, at most max_backoff
+    d.apply(ev.VMStateObserved(7, 6, 0, None, "vm-1"), dt=1)  # DONE at last
+    d.apply(ev.Tick(), dt=1000)
+    assert reconcile(d.state) == []
+
+
+def test_rules_3_a_vm_found_in_the_cloud_is_used_if_its_worker_comes_else_terminated() -> None:
+    d = Driver()
+    d.apply(ev.BossStarted("b", 3))
+    d.apply(ev.ContextSet("boot_timeout", "60"))
+    d.apply(ev.VMDiscovered(41, "vm-41", 3, 3, "10.0.0.41"))
+    d.apply(ev.VMDiscovered(42, "vm-42", 8, 0, None))  # POWEROFF: failed at once
+    assert (d.state.vms["vm-41"].status, d.state.vms["vm-42"].status) == ("observed", "failed")
+    assert [(k.vm_id, k.source) for k in reconcile(d.state)] == [(42, "reconciler")]
+    # vm-41's guest knows no VMID: its worker is tied to it by its name
+    d.apply(ev.WorkerAnnounced("vm-41", "h", 1, 1, "inc", None), dt=10)
+    assert d.state.workers["vm-41"].vm_id == 41 and d.state.vms["vm-41"].announced_at == d.now
+    d.apply(ev.Tick(), dt=100)
+    assert [k.vm_id for k in reconcile(d.state)] == [42]  # vm-41 is in service
+    # a second one with no worker: terminated at boot_timeout, not before
+    d.apply(ev.VMDiscovered(43, "vm-43", 3, 3, None))
+    d.apply(ev.Tick(), dt=59)
+    assert 43 not in [k.vm_id for k in reconcile(d.state)]
+    assert timer_deadline(d.state) == d.now + 1
+    d.apply(ev.Tick(), dt=1)
+    assert 43 in [k.vm_id for k in reconcile(d.state)]
+    # the same name again with another id is refused; the log's gone VM seen again is back
+    d.apply(ev.VMDiscovered(99, "vm-41", 3, 3, None))
+    assert "the log's VM of that name is 41" in d.state.rejected[-1].reason
+
+
+def test_rules_3_a_refusal_for_want_of_resources_shows_a_ceiling_and_asks_one_at_a_time() -> None:
+    d = Driver()
+    d.apply(ev.BossStarted("b", 3))
+    policy(d, max_workers=4, max_booting=4, spawn_backoff=30)
+    d.apply(tasks(4))
+    assert len(decide(d)) == 4
+    d.apply(ev.VMAllocated("vm-1", 1))
+    d.apply(ev.VMAllocated("vm-2", 2))
+    d.apply(ev.VMFailed("vm-3", "Cannot get IP/MAC lease from virtual network 0", "allocation"))
+    d.apply(ev.VMFailed("vm-4", "Cannot get IP/MAC lease from virtual network 0", "allocation"))
+    ceiling = cloud_ceiling(d.state)
+    assert ceiling["at_vms"] == 2 and "IP/MAC lease" in ceiling["reason"]
+    assert ceiling["next_try"] == d.now + 60  # two refusals in a row: 30 s doubled
+    assert render.status_data(d.state)["cloud_ceiling"] == ceiling
+    d.apply(ev.Tick(), dt=60)
+    assert len(requests(autoscale(d.state, "vm-"))) == 1  # a probe, not a burst of two
+    (probe,) = decide(d)
+    d.apply(ev.VMAllocated(probe.vm_name, 5))  # capacity came back
+    assert cloud_ceiling(d.state) is None and d.state.ceiling is None
+    assert len(requests(autoscale(d.state, "vm-"))) == 1  # the last one wanted
+
+
+def test_the_page_and_workers_list_say_why_each_vm_is_kept_or_terminated() -> None:
+    from ecloud.views.summary import page
+    from ecloud.views.vms import vm_rows
+
+    d = Driver()
+    d.apply(ev.BossStarted("b", 3))
+    for name, vm_id in (("vm-1", 1), ("vm-2", 2), ("vm-3", 3)):
+        d.apply(ev.VMRequested(name))
+        d.apply(ev.VMAllocated(name, vm_id))
+    d.apply(ev.WorkerAnnounced("vm-1", "h", 1, 1, "i", None))  # tied by its name
+    d.apply(ev.VMStateObserved(2, 8, 0, None, "vm-2"))  # POWEROFF
+    d.apply(ev.VMKillRequested(3, "by hand", source="operator"))
+    d.apply(ev.VMKillRequested(3, "still not gone", source="reconciler"), dt=30)
+    why = {row["name"]: (row["worker"], row["why"]) for row in vm_rows(d.state, d.now)}
+    assert why["vm-1"] == ("vm-1", "in service")
+    assert why["vm-2"][1].startswith("failed (STATE POWEROFF: it holds quota and runs nothing)")
+    assert why["vm-3"][1] == ("being terminated: still not gone; asked 2 times, asked again "
+                              "until the cloud has it DONE")
+    shown = page(d.state, head=d.state.seq, source="test", decisions=[])["vms"]
+    assert [(r["name"], r["why"]) for r in shown] == [(n, w) for n, (_, w) in why.items()]

@@ -131,7 +131,7 @@ def test_200_tasks_scale_up_to_max_and_back_down_to_min(cloud: CloudCluster, cap
               if r.event.TYPE == "vm.state_observed" and r.event.lcm_state == 36]
     assert len(failed) == 1  # the boot failure was seen...
     kills = [r.event for r in log if r.event.TYPE == "vm.kill_requested"]
-    assert any(k.vm_id == failed[0] and "replace failed VM" in k.reason for k in kills)  # ...killed
+    assert any(k.vm_id == failed[0] and "terminate failed VM" in k.reason for k in kills)  # ...killed
     assert sum(1 for r in log if r.event.TYPE == "vm.allocated") >= 2  # ...and replaced
     assert all(vm.status == "gone" for vm in state.vms.values())
     alive_in_cloud = [vm for vm in cloud.oned.vms() if vm.state != 6]

@@ -94,6 +94,25 @@ def test_a_worker_can_neither_speak_for_another_nor_read_its_dispatches(
             assert b.payloads() == [b"real dispatch"]
 
 
+def test_a_worker_hears_the_boss_beat_and_cannot_fake_it(secure_broker: SecureBroker) -> None:
+    """Workers stop their attempts when they hear no boss for their grace: the
+    ACL must let every worker read the boss's (retained) beat, and no worker
+    write it."""
+    secure_broker.accounts().sync(["w-a"])
+    beat = f"ecloud/{CLUSTER}/boss"
+    boss = Client(secure_broker.url, unique("boss"), clean_session=True,
+                  auth=secure_broker.boss_auth)
+    with boss.start():
+        boss.conn.publish(beat, b"the boss is here", retain=True)
+        _forge(secure_broker, "w-a", beat, b"a fake beat")
+        a = wait_for(lambda: _started(Client(secure_broker.url, "w-a", (beat,), clean_session=True,
+                                             auth=secure_broker.worker_auth("w-a"))),
+                     10, "w-a to connect")
+        with a:
+            wait_for(lambda: a.payloads(beat), 10, "the retained beat")
+            assert a.payloads() == [b"the boss is here"]
+
+
 def _forge(broker: SecureBroker, worker: str, topic: str, payload: bytes) -> None:
     """Connect as ``worker``, publish where it may not, and see the broker
     hang up on it."""
@@ -208,3 +227,41 @@ def test_the_boss_settings_are_checked_at_start(tmp_path) -> None:
                               "ECLOUD_WORKER_SECRET": "hunter2-workers"})
     shown = repr(config) + repr(config.describe())
     assert "hunter2" not in shown and "*** (set)" in shown
+
+
+def test_a_worker_cannot_take_over_the_boss_s_session(tmp_path, secure_broker) -> None:
+    """A worker's account connects with the client id the boss used to have
+    (``ecloud-<cluster>-boss``, persistent) and plants a subscription to
+    every worker's dispatches in that session. The boss's id is its start's
+    own and its session clean: it never reads that subscription, so it
+    neither logs its own dispatches back as rejected input nor shows their
+    environment - across a restart too."""
+    from tests.e2e import Cluster
+
+    cluster = Cluster(f"sqlite:///{tmp_path / 'log.db'}", secure_broker.url, tmp_path / "run",
+                      cluster=CLUSTER)
+    (tmp_path / "run").mkdir()
+    cluster.env.update(secure_broker.settings())
+    secure_broker.accounts().sync(["local-1"])
+    thief = wait_for(lambda: _started(Client(secure_broker.url, f"ecloud-{CLUSTER}-boss",
+                                             clean_session=False,
+                                             auth=secure_broker.worker_auth("local-1"))),
+                     10, "the thief to connect")
+    thief.conn.client.subscribe(f"ecloud/{CLUSTER}/to/+", qos=1)
+    thief.stop()  # disconnects; its session - and subscription - would stay for that id
+    try:
+        secret = "tok-very-secret-789"
+        cluster.push([{"id": f"t{i}", "command": "true", "env": {"API_TOKEN": secret}}
+                      for i in range(4)])
+        cluster.start_boss(workers=1)
+        cluster.wait_all(timeout=60)
+        assert cluster.stop_boss() == 0
+        cluster.push([{"id": "again", "command": "true", "env": {"API_TOKEN": secret}}],
+                     name="more.json")
+        cluster.start_boss(workers=1)
+        cluster.wait_all(timeout=60)
+        rejected = [r.event for r in cluster.log() if r.event.TYPE == "input.rejected"]
+        assert not [r for r in rejected if "/to/" in r.source], rejected
+        assert all(secret not in r.excerpt for r in rejected)
+    finally:
+        cluster.close()

@@ -25,7 +25,7 @@ INVALID = {
     "cycle.json": "dependency cycle: a -> c -> b -> a",
     "dangling.json": 'unknown task "zz"',
     "duplicate.json": 'duplicate id "a"',
-    "wrong-type.json": 'retries: expected an integer >= 0, got string "three"',
+    "wrong-type.json": 'retries: expected an integer from 0 to 10,000, got string "three"',
     "unknown-key.json": 'unknown key "depend_on" (did you mean "depends_on"?)',
 }
 
@@ -49,7 +49,7 @@ def status_json(url: str) -> dict:
 def test_push_diamond_then_status_shows_one_ready_three_waiting(durable_url: str) -> None:
     result = run("push", EXAMPLES / "diamond.json", "--db", durable_url)
     assert result.exit_code == 0, result.output
-    assert "pushed 4 task(s)" in result.stdout
+    assert "pushed 4 new task(s)" in result.stdout
     data = status_json(durable_url)
     assert data["tasks"]["total"] == 4
     assert (data["tasks"]["ready"], data["tasks"]["waiting"]) == (1, 3)
@@ -84,20 +84,65 @@ def test_invalid_example_on_an_empty_log_names_only_its_problem(name: str, sqlit
     assert log_rows(sqlite_url) == []
 
 
-def test_pushing_the_same_file_twice_names_every_duplicate(sqlite_url: str) -> None:
+def test_pushing_the_same_file_twice_adds_nothing_and_says_so(sqlite_url: str) -> None:
     run("push", EXAMPLES / "diamond.json", "--db", sqlite_url)
     result = run("push", EXAMPLES / "diamond.json", "--db", sqlite_url)
+    assert result.exit_code == 0, result.output
+    assert "no new task, 4 unchanged" in result.stdout
+    assert [tag for _, _, tag, _, _ in log_rows(sqlite_url)] == ["tasks.submitted"]
+
+
+def test_a_task_defined_in_another_file_is_no_duplicate_of_the_log_it_is_compared(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """A file that defines a task the log has from elsewhere: the same spec is
+    fine (nothing to do), another is a change (refused without --replace)."""
+    run("push", EXAMPLES / "diamond.json", "--db", sqlite_url)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"id": "a", "command": "echo a-but-different"}]))
+    result = run("push", other, "--db", sqlite_url)
     assert result.exit_code == 2
-    for tid in "abcd":
-        assert f'id "{tid}" already exists in the log' in result.stderr
-    assert [tag for _, _, tag, _, _ in log_rows(sqlite_url)] == ["tasks.submitted",
-                                                                 "input.rejected"]
+    assert "task 'a': command: " in result.stderr and "--replace" in result.stderr
 
 
 def test_dry_run_writes_nothing(sqlite_url: str, tmp_path: Path) -> None:
     result = run("push", EXAMPLES / "dag50.json", "--db", sqlite_url, "--dry-run")
     assert result.exit_code == 0 and "valid" in result.stdout
     assert not (tmp_path / "events.db").exists()
+
+
+def test_dry_run_shows_the_plan_of_an_edited_file_and_a_refusal_is_listed(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """An edited file: --dry-run says what is new, unchanged and changed,
+    with a line per changed field, and writes nothing; the real push is
+    refused and `ecloud log --type input.rejected` shows why."""
+    tasks = [{"id": "a", "command": "echo a"}, {"id": "b", "command": "echo b",
+                                               "depends_on": ["a"]}]
+    first = tmp_path / "f.json"
+    first.write_text(json.dumps(tasks))
+    assert run("push", first, "--db", sqlite_url).exit_code == 0
+    tasks[1]["command"] = "echo B"
+    tasks.append({"id": "c", "command": "echo c"})
+    first.write_text(json.dumps(tasks))
+    head = len(log_rows(sqlite_url))
+    plan = run("push", first, "--db", sqlite_url, "--dry-run")
+    assert plan.exit_code == 2, plan.output  # as the push would be: refused
+    assert "would add 1 new task(s), 1 unchanged, 1 changed" in plan.stdout, plan.stdout
+    assert "task 'b': command: 'echo b' -> 'echo B'" in plan.stdout
+    assert "the push would be refused" in plan.stderr and "--replace" in plan.stderr
+    plan = run("push", first, "--db", sqlite_url, "--dry-run", "--replace")
+    assert plan.exit_code == 0, plan.output
+    assert "1 would be replaced, to run again with what depends on them" in plan.stdout
+    assert len(log_rows(sqlite_url)) == head  # a dry run writes nothing
+    refused = run("push", first, "--db", sqlite_url)
+    assert refused.exit_code == 2 and "--replace" in refused.stderr
+    listed = run("log", "--type", "input.rejected", "--db", sqlite_url)
+    assert listed.exit_code == 0
+    assert "input.rejected" in listed.stdout and "task 'b': command:" in listed.stdout
+    assert "source=operator" in listed.stdout and "push file=" in listed.stdout
+    (row,) = [json.loads(x) for x in run("log", "--type", "input.rejected", "--json", "--db",
+                                         sqlite_url).stdout.splitlines()]
+    assert row["seq"] == head + 1
+    assert status_json(sqlite_url)["tasks"]["ready"] == 1  # b kept its old spec, c not added
 
 
 def test_a_later_file_may_depend_on_tasks_already_pushed(sqlite_url: str, tmp_path: Path) -> None:
@@ -112,17 +157,17 @@ def test_concurrent_pushes_of_one_file_add_it_exactly_once(durable_url: str) -> 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "ecloud.cli.main", "push", str(EXAMPLES / "dag50.json"),
            "--db", durable_url]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(4)]
-    codes = sorted(p.wait(timeout=120) for p in procs)
-    assert codes == [0, 2, 2, 2]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0]
     with open_store(durable_url, create=False) as store:
         state = load_state(store)
+        submitted = list(store.read(1, types=["tasks.submitted"]))
     assert len(state.tasks) == len(parse_task_file(EXAMPLES / "dag50.json"))
-    # the three that lost are each recorded as refused
-    assert len(state.rejected) == 3
-    assert all(r.source == "operator" and "already exists in the log" in r.reason
-               for r in state.rejected)
+    assert len(submitted) == 1 and not state.rejected  # one push added it; the others saw it there
+    assert sum("pushed 56 new task(s)" in o for o in outputs) == 1
+    assert sum("no new task, 56 unchanged" in o for o in outputs) == 3
 
 
 def test_missing_log_and_bad_url_are_one_line_errors(tmp_path: Path) -> None:
@@ -134,13 +179,13 @@ def test_missing_log_and_bad_url_are_one_line_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "missing.json" in result.stderr
 
 
-def test_log_filters_and_json_lines(sqlite_url: str) -> None:
+def test_log_filters_and_json_lines(sqlite_url: str, tmp_path: Path) -> None:
     run("push", EXAMPLES / "diamond.json", "--db", sqlite_url)
-    run("datastore", "set", "store.example:/data", "--db", sqlite_url)
+    run("datastore", "set", str(tmp_path), "--db", sqlite_url)
     run("cancel", "b", "--db", sqlite_url)
     lines = run("log", "--db", sqlite_url, "--json").stdout.splitlines()
     types = [json.loads(line)["type"] for line in lines]
-    assert types == ["tasks.submitted", "context.set", "task.cancelled"]
+    assert types == ["tasks.submitted", "context.set", "context.set", "task.cancelled"]
     only = run("log", "--db", sqlite_url, "--type", "task.cancelled", "--json").stdout.splitlines()
     assert [json.loads(x)["body"]["task_id"] for x in only] == ["b"]
     about_b = run("log", "--db", sqlite_url, "--task", "b").stdout
@@ -183,26 +228,37 @@ def test_cancel_and_retry(sqlite_url: str) -> None:
     assert run("retry", "--db", sqlite_url).exit_code == 2
 
 
-def test_context_and_datastore(sqlite_url: str) -> None:
-    assert run("datastore", "set", "user@10.0.0.9:/srv/data", "--db", sqlite_url).exit_code == 0
+def test_context_and_datastore(sqlite_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    gone = run("datastore", "set", str(root), "--db", sqlite_url)
+    assert gone.exit_code == 2 and "no such directory" in gone.stderr and not root.exists()
+    root.mkdir()
+    assert run("datastore", "set", str(root), "--db", sqlite_url).exit_code == 0
+    marker = (root / ".ecloud-datastore").read_text().strip()
+    assert run("datastore", "set", str(root), "--db", sqlite_url).exit_code == 0  # kept
+    assert (root / ".ecloud-datastore").read_text().strip() == marker
+    by_hand = run("context", "set", "datastore_address", "/elsewhere", "--db", sqlite_url)
+    assert by_hand.exit_code == 2 and "ecloud datastore set" in by_hand.stderr
     assert run("context", "set", "boss_address", "10.0.0.2:1883", "--db", sqlite_url).exit_code == 0
     bad = run("context", "set", "heartbeat_timeout", "soon", "--db", sqlite_url)
     assert bad.exit_code == 2 and "heartbeat_timeout" in bad.stderr
     bad = run("context", "set", "colour", "blue", "--db", sqlite_url)
     assert bad.exit_code == 2 and "unknown context key 'colour'" in bad.stderr
     shown = json.loads(run("context", "show", "--json", "--db", sqlite_url).stdout)
-    assert shown["datastore_address"] == "user@10.0.0.9:/srv/data"
+    assert shown["datastore_address"] == str(root) and shown["datastore_id"] == marker
     assert shown["boss_address"] == "10.0.0.2:1883"
     assert shown["heartbeat_timeout"] == "30"  # the default
     assert run("context", "drop", "boss_address", "--db", sqlite_url).exit_code == 0
     shown = json.loads(run("context", "show", "--json", "--db", sqlite_url).stdout)
     assert shown["boss_address"] is None and shown["datastore_address"]
-    assert run("context", "drop", "--db", sqlite_url).stdout.strip() == "dropped datastore_address"
+    assert run("context", "drop", "--db", sqlite_url).stdout.strip() == \
+        "dropped datastore_address, datastore_id"
     assert "datastore_address" in run("context", "show", "--db", sqlite_url).stdout
 
 
 COMMANDS = [["push"], ["status"], ["log"], ["cancel"], ["retry"], ["context", "show"],
-            ["context", "set"], ["context", "drop"], ["datastore", "set"], ["config", "show"], []]
+            ["context", "set"], ["context", "drop"], ["datastore", "set"], ["config", "show"],
+            ["opennebula"], ["opennebula", "hook"], []]
 
 
 @pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "ecloud")
@@ -226,7 +282,7 @@ def _diamond_history(url: str) -> None:
     run("push", EXAMPLES / "diamond.json", "--db", url)
     run("cancel", "c", "--db", url)
     run("retry", "c", "--db", url)
-    run("datastore", "set", "ds:/x", "--db", url)
+    run("context", "set", "queue_ahead", "3", "--db", url)
 
 
 def test_replay_until_shows_the_state_at_that_seq(durable_url: str) -> None:
@@ -234,7 +290,7 @@ def test_replay_until_shows_the_state_at_that_seq(durable_url: str) -> None:
     at2 = json.loads(run("--until", "2", "--json", "--db", durable_url, command=replay).stdout)
     assert (at2["seq"], at2["tasks"]["cancelled"], at2["tasks"]["blocked"]) == (2, 1, 1)
     now = json.loads(run("--json", "--db", durable_url, command=replay).stdout)
-    assert (now["seq"], now["tasks"]["cancelled"], now["context"]) == (4, 0, {"datastore_address": "ds:/x"})
+    assert (now["seq"], now["tasks"]["cancelled"], now["context"]) == (4, 0, {"queue_ahead": "3"})
     past = run("--until", "99", "--db", durable_url, command=replay)
     assert past.exit_code == 2 and "past the end" in past.stderr
 
@@ -303,7 +359,7 @@ def test_replay_diff_lists_what_changed_between_two_seqs(sqlite_url: str) -> Non
     assert "  task c: waiting -> cancelled" in lines and "  task d: waiting -> blocked" in lines
     assert "  cancelled: 0 -> 1 (+1)" in lines
     ctx = run("--diff", "3", "4", "--db", sqlite_url, command=replay).stdout
-    assert "context datastore_address: None -> ds:/x" in ctx
+    assert "context queue_ahead: None -> 3" in ctx
     bad = run("--diff", "3", "1", "--db", sqlite_url, command=replay)
     assert bad.exit_code == 2 and "A <= B" in bad.stderr
 
@@ -327,7 +383,7 @@ def test_a_refused_operator_command_is_logged_as_rejected_and_changes_nothing(
     assert run("context", "set", "heartbeat_timeout", "30", "--db", durable_url).exit_code == 0
     before = load_state_of(durable_url).canonical()
     refused = [
-        (("context", "set", "heartbeat_timeout", "--", "-5"), "must be a positive number"),
+        (("context", "set", "heartbeat_timeout", "--", "-5"), "must be a number of seconds > 0"),
         (("context", "set", "bogus", "1"), "unknown context key 'bogus'"),
         (("cancel", "nope"), "unknown task 'nope'"),
         (("retry", "nope"), "unknown task 'nope'"),

@@ -56,6 +56,8 @@ def strategy_for(tp: object) -> st.SearchStrategy:
         return st.one_of(*(strategy_for(a) for a in args))
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return st.lists(strategy_for(args[0]), max_size=3).map(tuple)
+    if origin is tuple and args and Ellipsis not in args:  # a fixed-length tuple
+        return st.tuples(*(strategy_for(a) for a in args))
     if origin is dict:
         return st.dictionaries(strategy_for(args[0]), strategy_for(args[1]), max_size=3)
     if isinstance(tp, type) and attrs.has(tp):

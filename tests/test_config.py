@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ecloud.config import Config, load_config
+from ecloud.config import SETTINGS, Config, _count, _seconds, _template_id, load_config
 from ecloud.errors import ConfigError
 
 
@@ -77,6 +77,8 @@ def test_flags_beat_env_beat_file_beat_defaults(tmp_path, home):
         ("broker_pid_file", "(none)", "default"),
         ("worker_secret", "(none)", "default"),
         ("web_address", "(none)", "default"),
+        ("web_hosts", "(none)", "default"),
+        ("local_boss_grace", "120.0", "default"),
     ]
 
 
@@ -84,6 +86,17 @@ def test_numbers_from_env_and_flags_are_parsed(home):
     env = {"HOME": str(home), "ECLOUD_RESEND_AFTER": "2.5", "ECLOUD_SNAPSHOT_EVERY": "50"}
     config = load_config({"snapshot_every": "70"}, env)
     assert (config.resend_after, config.snapshot_every) == (2.5, 70)
+
+
+@pytest.mark.parametrize("setting", [s for s in SETTINGS if s.parse in (_seconds, _count,
+                                                                          _template_id)],
+                         ids=lambda s: s.env)
+def test_every_number_setting_is_read_from_its_environment_variable(home, setting):
+    """Environment variables are text: a number setting without a text parser
+    refused every value (ECLOUD_LOCAL_BOSS_GRACE did, once)."""
+    value = setting.default if setting.default is not None else 7
+    config = load_config({}, {"HOME": str(home), setting.env: str(value)})
+    assert getattr(config, setting.name) == value
 
 
 def test_empty_env_var_counts_as_unset(home):
@@ -284,3 +297,22 @@ def test_an_unusable_datastore_key_file_stops_the_boss_at_start_with_one_clear_l
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
         f"error: setting datastore_key_file (file {path}): the datastore key file {empty} is empty")
+
+
+def test_the_readme_lists_every_setting_with_its_variable_and_default() -> None:
+    """The README's configuration table is written by hand (its meanings say
+    more than the help strings); its names, variables and defaults are the
+    code's."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1): (m.group(2), m.group(3)) for m in re.finditer(
+        r"^\| `(\w+)` \|[^|]*\| `(\w+)` \| ([^|]+?) \|", section, re.M)}
+
+    def shown(default) -> str:
+        if default is None:
+            return "none"
+        return f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
+
+    assert rows == {s.name: (s.env, shown(s.default)) for s in SETTINGS}

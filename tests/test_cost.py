@@ -114,3 +114,15 @@ def test_status_cost_on_a_real_run_with_staging(tmp_path: Path) -> None:
     table = ecloud(tmp_path, "status", "--cost", "--top", "3")
     assert table.returncode == 0, table.stderr
     assert "Costliest tasks (3 of 50)" in table.stdout and "VM-seconds (3 VMs" in table.stdout
+
+
+def test_a_vm_found_in_the_cloud_is_costed_from_its_discovery_to_its_end() -> None:
+    """Seen in CI: a vm.discovered VM (never requested) was missing from the
+    ledger's VM count."""
+    d = Driver()
+    _at(d, 0.0, ev.BossStarted("b", 3))
+    _at(d, 10.0, ev.VMDiscovered(1, "vm-a", 3, 3))
+    _at(d, 40.0, ev.VMStateObserved(1, 6, 0, None, "vm-a"))
+    ledger, _ = ledger_of(d.log)
+    vms = ledger.data()["vm_seconds"]
+    assert (vms["vms"], vms["vm_seconds"]) == (1, 30.0)

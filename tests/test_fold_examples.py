@@ -10,7 +10,7 @@ from ecloud.events import types as ev
 from ecloud.events.types import Recorded, TaskSpec
 from ecloud.projections.effects import Ack, CancelAttempt, Dispatch, RefuseWorker
 from ecloud.projections.fold import step
-from ecloud.projections.state import State
+from ecloud.projections.state import READY, State
 from tests.folding import Driver, check_invariants
 
 DIAMOND = (
@@ -159,7 +159,7 @@ def test_repeated_reports_are_idempotent() -> None:
 def test_incompatible_worker_is_refused() -> None:
     d = Driver()
     out = d.apply(ev.WorkerAnnounced("old", "h", 4, 99, "i"))
-    assert out == [RefuseWorker(1, "old", "protocol 99 not supported (boss speaks 1)")]
+    assert out == [RefuseWorker(1, "old", "protocol 99 not supported (boss speaks 1)", "i")]
     assert "old" not in d.state.workers and d.state.rejected[-1].reason.startswith("protocol 99")
 
 
@@ -356,3 +356,24 @@ def test_a_retry_re_judges_tasks_blocked_behind_a_task_cancelled_since() -> None
     assert d.statuses() == {"t0": "ready", "t1": "cancelled", "t2": "blocked"}
     assert d.state.tasks["t2"].blocked_by == "t1"
     check_invariants(d.state)
+
+
+def test_a_reducer_that_raises_records_a_rejection_and_the_fold_goes_on(monkeypatch) -> None:
+    """The fold's last line of defence: were a reducer to raise on an event
+    (a bug), the event is recorded as refused and every later event still
+    folds - status, replay, cancel and the next boss keep working."""
+    from ecloud.projections import fold as fold_module
+
+    def broken(state, event, seq, out):
+        out.append("half an effect")
+        raise ZeroDivisionError("a reducer bug")
+
+    monkeypatch.setitem(fold_module.HANDLERS, ev.ContextDropped, broken)
+    state = State()
+    _, out = step(state, Recorded(1, 10.0, ev.ContextDropped("x")))
+    assert out == [] and state.seq == 1
+    rejection = state.rejected[-1]
+    assert (rejection.seq, rejection.source) == (1, fold_module.FOLD_SOURCE)
+    assert rejection.reason == "could not apply context.dropped: ZeroDivisionError: a reducer bug"
+    step(state, Recorded(2, 11.0, ev.TasksSubmitted("b", (TaskSpec("a", "true"),))))
+    assert state.tasks["a"].status == READY

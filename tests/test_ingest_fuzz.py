@@ -7,7 +7,10 @@ once with junk mixed in at random places: random bytes, random JSON,
 oversized payloads and fields, wrong types, unknown report kinds, messages
 naming another worker, reports from workers that never announced
 themselves, about tasks that do not exist, attempts never dispatched or held
-by another worker, implausible values, and topics outside the cluster's.
+by another worker, implausible values, topics outside the cluster's, and
+reports from a second agent under a live worker's id (another incarnation:
+its heartbeats, goodbye, will or results must neither keep the worker alive
+nor take it down).
 
 Asserted: the ingest never raises; every junk message becomes exactly one
 ``input.rejected`` event (with a bounded excerpt) and the honest run has
@@ -30,17 +33,17 @@ from ecloud.boss.edge import to_events
 from ecloud.effects.messaging import Outbox
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded, TaskSpec
-from ecloud.projections.effects import Dispatch
+from ecloud.projections.effects import Ack, Dispatch
 from ecloud.projections.fold import step
 from ecloud.projections.scheduler import schedule
-from ecloud.projections.state import ACTIVE, State
+from ecloud.projections.state import ACTIVE, LIVE, State
 
 CLUSTER = "fz"
 WORKERS = ("w1", "w2")
 ROUNDS = 30
 KINDS = ("bytes", "json", "oversize", "wrong_type", "huge_field", "unknown_kind",
          "foreign_worker", "unknown_worker", "unknown_task", "future_attempt",
-         "other_workers_attempt", "implausible", "bad_topic")
+         "other_workers_attempt", "implausible", "bad_topic", "other_incarnation")
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False)
@@ -66,6 +69,7 @@ class Run:
         self.failing = failing
         self.effects: list = []
         self.rejected: list[ev.InputRejected] = []
+        self.rejected_seqs: set[int] = set()
         self.outbox = Outbox(lambda t, p: None, CLUSTER, clock=lambda: 0.0)
         self.decisions: list = []
         self.held: list[Dispatch] = []  # dispatches the workers will answer next round
@@ -82,6 +86,7 @@ class Run:
         for item in events:
             if isinstance(item, ev.InputRejected):
                 self.rejected.append(item)
+                self.rejected_seqs.add(self.state.seq + 1)
             _, effects = step(self.state, Recorded(self.state.seq + 1, self.ts, item))
             self.effects.extend(effects)
             self.held.extend(e for e in effects if isinstance(e, Dispatch))
@@ -110,7 +115,7 @@ class Run:
 
     def outcome(self) -> tuple[Any, list]:
         data = self.state.canonical()
-        for key in ("seq", "rejected"):
+        for key in ("seq", "rejected", "strangers"):  # what junk may leave: its record
             data.pop(key)
         # a worker's rank is the seq of its announcement, a failure names the
         # seq of its report: rejected events before them shift the numbers,
@@ -120,7 +125,10 @@ class Run:
             w["rank"] = order.index(w["rank"])
         for failure in data["recent_failures"]:
             failure["seq"] = 0
-        return data, [attrs.evolve(e, cause=0) for e in self.effects]
+        # the acks of rejected reports (so that an agent stops resending) aside
+        effects = [e for e in self.effects
+                   if not (isinstance(e, Ack) and e.cause in self.rejected_seqs)]
+        return data, [attrs.evolve(e, cause=0) for e in effects]
 
 
 def junk(kind: str, state: State, rng: random.Random, data: st.DataObject) -> tuple[str, bytes]:
@@ -158,8 +166,9 @@ def junk(kind: str, state: State, rng: random.Random, data: st.DataObject) -> tu
     if kind == "unknown_worker":
         stranger = f"s{rng.randint(0, 99)}"
         return topic(stranger), payload(stranger, rng.choice([
-            finished, {"kind": "started", "msg_id": "y1", "task_id": task_id, "attempt": 1},
-            {"kind": "bye", "msg_id": "y2", "reason": "bye"}]))
+            finished, {"kind": "started", "msg_id": f"y{rng.random()}", "task_id": task_id,
+                       "attempt": 1},
+            {"kind": "bye", "msg_id": f"y{rng.random()}", "reason": "bye"}]))
     if kind == "unknown_task":
         return topic(w), payload(w, {**finished, "task_id": f"nope-{rng.randint(0, 9)}"})
     if kind == "future_attempt":
@@ -178,10 +187,19 @@ def junk(kind: str, state: State, rng: random.Random, data: st.DataObject) -> tu
         return topic(w), payload(w, rng.choice([
             {**finished, "duration": -1.0}, {**finished, "exit_code": 999},
             {**finished, "signal": 0}, {**finished, "attempt": 0},
-            {"kind": "hello", "msg_id": "h", "host": w, "slots": 10**6, "protocol": 1,
+            {"kind": "hello", "msg_id": f"h{rng.random()}", "host": w, "slots": 10**6, "protocol": 1,
              "incarnation": "i1"},
-            {"kind": "hello", "msg_id": "h", "host": w, "slots": 2, "protocol": 1,
+            {"kind": "hello", "msg_id": f"h{rng.random()}", "host": w, "slots": 2, "protocol": 1,
              "incarnation": "i1", "vm_id": -4}]))
+    if kind == "other_incarnation":
+        if w not in state.workers or state.workers[w].status not in LIVE:
+            return topic(w), payload(w, {**finished, "task_id": "nope"})  # not live: no one to impersonate
+        report = rng.choice([
+            {"kind": "heartbeat", "msg_id": ""}, {"kind": "bye", "msg_id": "b9", "reason": "x"},
+            {"kind": "lost"}, {"kind": "draining", "msg_id": "d9", "reason": "x"}, finished])
+        message = orjson.loads(payload(w, report))
+        # a fresh one each time: one agent's messages are recorded once in a while
+        return topic(w), orjson.dumps({**message, "incarnation": f"i2-{rng.random()}"})
     assert kind == "bad_topic"
     return rng.choice([f"ecloud/other/from/{w}", f"ecloud/{CLUSTER}/from/{w}/x",
                        f"ecloud/{CLUSTER}/to/{w}", f"ecloud/{CLUSTER}/from/", "x" * 5000]), \

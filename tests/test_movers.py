@@ -542,3 +542,90 @@ def test_a_forgotten_master_stops_when_python_exits(sshd, tmp_path: Path) -> Non
     assert pid is not None
     wait_for(lambda: not alive(pid), 5, "the master to stop")
     assert not os.path.exists(Path(socket).parent)
+
+
+# ---------------------------------------------------------------- identity
+
+
+def identified(store: SimpleNamespace, identity: str):
+    """The fixture's mover, for the same datastore, checking ``identity``."""
+    if store.server is None:
+        return mover_for(f"file://{store.root}", identity=identity)
+    return mover_for(store.server.address, key_file=store.server.key_file, timeout=5, retries=1,
+                     identity=identity)
+
+
+def test_mark_makes_the_marker_once_and_never_the_root(store: SimpleNamespace) -> None:
+    first = store.mover.mark()
+    assert first == store.mover.mark()  # kept, not made again
+    assert (store.root / ".ecloud-datastore").read_text().strip() == first
+    assert listing(store.root) == [".ecloud-datastore"]  # no temporary left
+    for child in store.root.iterdir():
+        child.unlink()
+    store.root.rmdir()
+    with pytest.raises(StagingError) as e:
+        store.mover.mark()
+    assert e.value.kind == "missing" and "no such directory" in e.value.reason
+    assert not store.root.exists()
+
+
+def test_a_push_into_a_root_that_went_away_is_refused_and_creates_nothing(
+        store: SimpleNamespace) -> None:
+    """Seen: the datastore unmounted (or renamed) mid-run, the push made its
+    root again with mkdir -p and the task succeeded, its outputs on the disk
+    beneath. Now the root must hold the datastore's marker."""
+    identity = store.mover.mark()
+    (store.work / "out.txt").write_bytes(b"result")
+    with identified(store, identity) as mover:
+        mover.push(store.work / "out.txt", "results/t/out.txt")  # the root is there: fine
+        moved = store.root.with_name(store.root.name + "-unmounted")
+        store.root.rename(moved)
+        try:
+            with pytest.raises(StagingError) as e:
+                mover.push(store.work / "out.txt", "results/t/again.txt")
+            assert e.value.kind == "error" and "datastore root gone" in e.value.reason
+            assert "does not exist" in e.value.reason
+            assert not store.root.exists()  # nothing was made in its place
+            store.root.mkdir()  # an empty mount point, say
+            with pytest.raises(StagingError) as e:
+                mover.push(store.work / "out.txt", "results/t/again.txt")
+            assert "datastore root gone" in e.value.reason and "marker" in e.value.reason
+            assert listing(store.root) == []
+            (store.root / ".ecloud-datastore").write_text("0" * 32 + "\n")  # another datastore
+            with pytest.raises(StagingError) as e:
+                mover.push(store.work / "out.txt", "results/t/again.txt")
+            assert "is another datastore" in e.value.reason
+            assert listing(store.root) == [".ecloud-datastore"]
+            assert mover.check() and "datastore root gone" in mover.check()[0]
+        finally:
+            for child in store.root.iterdir():
+                child.unlink()
+            store.root.rmdir()
+            moved.rename(store.root)
+        mover.push(store.work / "out.txt", "results/t/again.txt")  # back: fine again
+    assert (store.root / "results/t/again.txt").read_bytes() == b"result"
+
+
+def test_a_local_push_is_read_back_before_it_takes_its_name(tmp_path: Path, monkeypatch) -> None:
+    """What lands on the datastore is hashed where it lies: a copy that does
+    not read back as what was sent never takes the final name."""
+    import ecloud.effects.movers as movers
+
+    root = tmp_path / "store"
+    root.mkdir()
+    mover = LocalDirMover(root)
+    identity = mover.mark()
+    (tmp_path / "out.bin").write_bytes(b"x" * 1000)
+    real_copy = movers.copy_path
+
+    def copy_that_loses_a_byte(src: Path, dst: Path):
+        digest = real_copy(src, dst)
+        with open(dst, "r+b") as f:  # the disk kept less than it was given
+            f.truncate(999)
+        return digest
+
+    monkeypatch.setattr(movers, "copy_path", copy_that_loses_a_byte)
+    with pytest.raises(StagingError) as e:
+        LocalDirMover(root, identity=identity).push(tmp_path / "out.bin", "r/out.bin")
+    assert e.value.kind == "checksum" and "999 bytes" in e.value.reason
+    assert listing(root) == [".ecloud-datastore"]  # nor the folder made for it

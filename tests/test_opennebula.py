@@ -38,12 +38,13 @@ from ecloud.effects.opennebula import (
 from ecloud.errors import ConfigError
 from ecloud.events import types as ev
 from ecloud.events.store import open_store
-from ecloud.events.types import InputRejected, VMAllocated, VMFailed, VMStateObserved
+from ecloud.events.types import InputRejected, VMAllocated, VMDiscovered, VMFailed, VMStateObserved
 from ecloud.projections.effects import KillVM, SpawnVM
 from ecloud.taskfile import parse_tasks
 from tests import fake_oned as oned
 from tests.brokers import Client, wait_for
 from tests.fake_oned import FakeOned, ecloud_worker_command
+from tests.datastores import datastore_events
 
 fake_oned = oned.fake_oned  # the fixture: a started fake oned per test
 
@@ -407,7 +408,9 @@ def test_orphans_are_ours_by_prefix_and_unknown_to_the_log(fake_oned):
     prov = provider(fake_oned)
     (allocated,) = spawn(prov, PREFIX + "1")  # allocated, not yet in the log: not an orphan
 
-    events = prov.observe([])
+    events = prov.observe([])  # first: the log is told, and takes it in
+    assert events == [VMDiscovered(orphan, PREFIX + "7", 3, 3, fake_oned.vm(orphan).ip)]
+    events = prov.observe([])  # still not held alive: an orphan, reported once
     assert events == [InputRejected(
         "opennebula", f"orphan VM {orphan} '{PREFIX}7' (STATE 3, LCM_STATE 3): named like this "
         f"cluster's VMs ({PREFIX}*) but not among the VMs the log holds alive; unless something "
@@ -430,6 +433,7 @@ def test_by_policy_an_orphan_that_stays_one_is_terminated(fake_oned):
     now = [100.0]
     prov = OpenNebulaProvider(fake_oned.url, fake_oned.session, fake_oned.template_id, PREFIX,
                               CONTEXT, deadline=3, kill_orphans_after=60, clock=lambda: now[0])
+    assert [type(e).__name__ for e in prov.observe([])] == ["VMDiscovered"]
     assert [e.reason[:20] for e in prov.observe([])] == [f"orphan VM {orphan} '{PREFIX}7"[:20]]
     now[0] += 59
     assert prov.observe([]) == [] and fake_oned.vm(orphan).state != 6  # not yet: it may be claimed
@@ -656,7 +660,7 @@ def test_the_datastore_key_reaches_the_worker_through_the_context_and_never_the_
         # `env`: the task shows what it inherited, and its output tail is logged
         (task,) = parse_tasks([{"id": "t", "command": "cat seed.txt && env",
                                 "inputs": [{"path": "seed.txt"}]}])
-        boss.submit([ev.ContextSet("datastore_address", sshd.address),
+        boss.submit([*datastore_events(sshd.address, sshd.datastore),
                      ev.TasksSubmitted("b1", (task,), "test"),
                      ev.VMRequested(f"ecloud-{cluster}-1", "test")])
         (done,) = wait_for(lambda: logged("task.finished"), 60,
@@ -688,3 +692,16 @@ def test_the_datastore_key_reaches_the_worker_through_the_context_and_never_the_
     leaks = [(where, piece[:20]) for where, data in places.items() for piece in key_pieces(key)
              if piece in data]
     assert leaks == []
+
+
+def test_a_vm_the_log_asked_for_is_found_by_name_or_said_absent(fake_oned):
+    """After an instantiate with no usable answer the log holds the name
+    without an id: the poll finds the VM by its name (vm.allocated), or says
+    once that the pool has none (vm.failed, kind absent)."""
+    made = fake_oned.add_vm(PREFIX + "1")  # the instantiate acted; its answer was lost
+    prov = provider(fake_oned)
+    events = prov.observe([], [PREFIX + "1", PREFIX + "2"])
+    assert events == [VMAllocated(PREFIX + "1", made),
+                      VMFailed(PREFIX + "2", "not in the cloud's pool: its instantiate made no VM",
+                               "absent")]
+    assert prov.observe([], [PREFIX + "1", PREFIX + "2"]) == []  # once each

@@ -18,6 +18,7 @@ import pytest
 from ecloud.events import types as ev
 from ecloud.events.store import open_store
 from tests.e2e import ROOT, Cluster
+from tests.datastores import datastore_events
 
 PIPELINE = ROOT / "examples" / "pipeline"
 
@@ -31,9 +32,9 @@ def copy_datastore(into: Path) -> Path:
     return into
 
 
-def set_datastore(db: str, address: str) -> None:
+def set_datastore(db: str, address: str, root: str | Path | None = None) -> None:
     with open_store(db) as store:
-        store.append([ev.ContextSet("datastore_address", address)])
+        store.append(datastore_events(address, root))
 
 
 def check_pipeline(cluster: Cluster, datastore: Path) -> int:
@@ -91,7 +92,7 @@ def test_the_pipeline_on_the_embedded_default_with_a_local_datastore(local) -> N
 def test_the_pipeline_over_ssh_with_mariadb_and_mosquitto(mysql_url, mosquitto_broker, sshd,
                                                           tmp_path: Path) -> None:
     copy_datastore(sshd.datastore)
-    set_datastore(mysql_url, sshd.address)
+    set_datastore(mysql_url, sshd.address, sshd.datastore)
     cluster = Cluster(mysql_url, mosquitto_broker.url, tmp_path, f"p{uuid.uuid4().hex[:6]}")
     cluster.env["ECLOUD_DATASTORE_KEY"] = str(sshd.key_file)
     try:

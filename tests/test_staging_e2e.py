@@ -24,6 +24,7 @@ from ecloud.events.store import open_store
 from tests.brokers import wait_for
 from tests.e2e import Cluster, finished_events
 from tests.sshd import _descendants
+from tests.datastores import datastore_events
 
 BIG = 200 * 1024 * 1024
 #: per process: the agent and the staging wrapper are Python (~30 MB each);
@@ -71,7 +72,7 @@ def big_run(sqlite_url, broker, sshd, tmp_path: Path):
     input, and one task that needs it (not started yet)."""
     sha = write_random(Path(sshd.datastore) / "data" / "big.bin", BIG)
     with open_store(sqlite_url) as store:
-        store.append([ev.ContextSet("datastore_address", sshd.address)])
+        store.append(datastore_events(sshd.address, sshd.datastore))
     cluster = Cluster(sqlite_url, broker.url, tmp_path, f"s{uuid.uuid4().hex[:6]}")
     cluster.env["ECLOUD_DATASTORE_KEY"] = str(sshd.key_file)
     cluster.push([{"id": "big", "command": "sha256sum big.bin | cut -c1-64 > sum.txt",

@@ -77,11 +77,63 @@ def test_on_sqlite_a_second_boss_waits_until_the_first_lets_go(tmp_path) -> None
     thread.start()
     try:
         assert not took.wait(1.5)
-        assert "boss first pid" in (tmp_path / "log.db.boss-lock").read_text()
+        assert "boss first, pid" in (tmp_path / "log.db.boss-lock").read_text()
         first.release()
         wait_for(took.is_set, 10, "the second boss to take over")
-        assert "boss second pid" in (tmp_path / "log.db.boss-lock").read_text()
+        assert "boss second, pid" in (tmp_path / "log.db.boss-lock").read_text()
     finally:
         stopping.set()
         thread.join(10)
         second.release()
+
+
+def test_on_sqlite_a_boss_is_not_refused_by_a_look_at_who_holds_the_log(tmp_path) -> None:
+    """``ecloud status`` asks who holds the log by taking its lock for an
+    instant; a run starting in that instant must not take it for a boss -
+    not even when the lock file still names a boss killed outright."""
+    import subprocess
+    import sys
+
+    from ecloud.boss.lease import LogHeldError, _file_holder
+
+    path = tmp_path / "log.db.boss-lock"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stop = threading.Event()
+    looks: list[str | None] = []
+
+    def look() -> None:
+        while not stop.is_set():
+            looks.append(_file_holder(path))
+
+    path.write_text("ecloud run, boss gone, pid 1, since then\n")
+    assert _file_holder(path) is None  # a line without a lock names nobody
+    looker = threading.Thread(target=look)
+    looker.start()
+    try:
+        for i in range(200):
+            lease = FileLease(path, f"b{i}", "ecloud run")
+            try:
+                assert lease.acquire(threading.Event(), wait=False)
+            except LogHeldError as exc:
+                pytest.fail(f"try {i}: refused while only a look held the lock: {exc}")
+            lease.release()
+            path.write_text(f"ecloud run, boss b{i}, pid {dead.pid}, since then\n")  # killed
+    finally:
+        stop.set()
+        looker.join(10)
+    assert None in looks  # the look did run between the boss's turns
+
+
+def test_on_sqlite_a_run_refused_names_the_boss_that_holds_the_log(tmp_path) -> None:
+    from ecloud.boss.lease import LogHeldError
+
+    path = tmp_path / "log.db.boss-lock"
+    first = FileLease(path, "first", "ecloud run")
+    assert first.acquire(threading.Event(), wait=False)
+    try:
+        with pytest.raises(LogHeldError, match=r"a live boss holds this log \(ecloud run, boss first"):
+            FileLease(path, "second", "ecloud run").acquire(threading.Event(), wait=False)
+    finally:
+        first.release()
+    assert path.read_text() == ""  # a clean stop names nobody

@@ -120,3 +120,35 @@ def test_concurrent_appenders_never_make_a_follower_miss_mysql(mysql_url: str) -
 
 def test_concurrent_appenders_never_make_a_follower_miss_sqlite(sqlite_url: str) -> None:
     run_appenders_and_follow(sqlite_url)
+
+
+def _open_at_the_signal(path: str, go, results) -> None:
+    from ecloud.events.sqlite_store import SQLiteStore
+
+    go.wait()
+    try:
+        with SQLiteStore(path) as store:
+            results.put(store.log_id())
+    except Exception as exc:  # noqa: BLE001 - the test reports it
+        results.put(f"error: {exc}")
+
+
+def test_processes_opening_one_new_sqlite_log_at_once_all_get_it(tmp_path: Path) -> None:
+    """Two ``ecloud run`` started in one instant open the same new file;
+    seen: "database is locked" from the switch to WAL, which SQLite answers
+    at once rather than waiting. Every opener gets the one log."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(25):
+        path = str(tmp_path / f"log-{round_}.db")
+        go, results = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_the_signal, args=(path, go, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        go.set()
+        got = [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(30)
+        assert not [g for g in got if g.startswith("error")], (round_, got)
+        assert len(set(got)) == 1, got

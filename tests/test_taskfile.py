@@ -243,18 +243,18 @@ def test_bad_commands(command, message):
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("retries", "three", 'retries: expected an integer >= 0, got string "three"'),
-        ("retries", True, "retries: expected an integer >= 0, got boolean true"),
-        ("retries", -1, "retries: expected an integer >= 0, got integer -1"),
-        ("retries", 1.0, "retries: expected an integer >= 0, got number 1.0"),
-        ("retry_backoff", -1, "retry_backoff: expected a number of seconds >= 0, got integer -1"),
-        ("retry_backoff", False, "retry_backoff: expected a number of seconds >= 0, got boolean false"),
-        ("timeout", 0, "timeout: expected a number of seconds > 0 or null, got integer 0"),
-        ("timeout", "1h", 'timeout: expected a number of seconds > 0 or null, got string "1h"'),
-        ("priority", 1.5, "priority: expected an integer, got number 1.5"),
-        ("priority", None, "priority: expected an integer, got null"),
-        ("slots", 0, "slots: expected an integer >= 1, got integer 0"),
-        ("slots", True, "slots: expected an integer >= 1, got boolean true"),
+        ("retries", "three", 'retries: expected an integer from 0 to 10,000, got string "three"'),
+        ("retries", True, "retries: expected an integer from 0 to 10,000, got boolean true"),
+        ("retries", -1, "retries: expected an integer from 0 to 10,000, got integer -1"),
+        ("retries", 1.0, "retries: expected an integer from 0 to 10,000, got number 1.0"),
+        ("retry_backoff", -1, "retry_backoff: expected a number of seconds from 0 to 86,400, got integer -1"),
+        ("retry_backoff", False, "retry_backoff: expected a number of seconds from 0 to 86,400, got boolean false"),
+        ("timeout", 0, "timeout: expected a number of seconds > 0 and at most 31,536,000, or null, got integer 0"),
+        ("timeout", "1h", 'timeout: expected a number of seconds > 0 and at most 31,536,000, or null, got string "1h"'),
+        ("priority", 1.5, "priority: expected an integer from -1,000,000,000 to 1,000,000,000, got number 1.5"),
+        ("priority", None, "priority: expected an integer from -1,000,000,000 to 1,000,000,000, got null"),
+        ("slots", 0, "slots: expected an integer from 1 to 4,096, got integer 0"),
+        ("slots", True, "slots: expected an integer from 1 to 4,096, got boolean true"),
         ("depends_on", "b", 'depends_on: expected a list of task ids, got string "b"'),
         ("depends_on", [1], "depends_on[0]: expected a task id (string), got integer 1"),
         ("outputs", "a.txt", 'outputs: expected a list of paths, got string "a.txt"'),
@@ -273,10 +273,10 @@ def test_timeout_null_is_no_limit():
 def test_bad_env():
     assert problems([t("a", env={"1X": "v", "OK": 3, "A-B": "x"})]) == [
         'tasks[0] (id "a"): env: "1X" is not a valid variable name '
-        "(letters, digits and _, not starting with a digit)",
+        "(1-255 letters, digits and _, not starting with a digit)",
         'tasks[0] (id "a"): env["OK"]: expected a string, got integer 3',
         'tasks[0] (id "a"): env: "A-B" is not a valid variable name '
-        "(letters, digits and _, not starting with a digit)",
+        "(1-255 letters, digits and _, not starting with a digit)",
     ]
 
 
@@ -284,7 +284,8 @@ def test_bad_outputs():
     assert problems([t("a", outputs=["/etc/passwd", "x/../../y", "", 5])]) == [
         'tasks[0] (id "a"): outputs[0]: "/etc/passwd" is absolute; '
         "paths are relative to the task's working directory",
-        "tasks[0] (id \"a\"): outputs[1]: \"x/../../y\" must not contain '..'",
+        "tasks[0] (id \"a\"): outputs[1]: \"x/../../y\" must not contain '..' (it may not climb "
+        "out of the task's working directory)",
         'tasks[0] (id "a"): outputs[2]: must not be empty',
         'tasks[0] (id "a"): outputs[3]: expected a relative path (string), got integer 5',
     ]
@@ -302,13 +303,14 @@ def test_bad_results_folders():
                      t("d", results=3), t("e", results="out/"), t("f", results="a//b")]) == [
         'tasks[0] (id "a"): results: "/srv/out" is absolute; '
         "paths are relative to the datastore's root",
-        "tasks[1] (id \"b\"): results: \"x/../../y\" must not contain '..'",
+        "tasks[1] (id \"b\"): results: \"x/../../y\" must not contain '..' (it may not climb out "
+        "of the datastore's root)",
         'tasks[2] (id "c"): results: must not be empty',
         'tasks[3] (id "d"): results: expected a relative path (string), got integer 3',
-        'tasks[4] (id "e"): results: "out/" must not have empty parts '
-        "(a leading, trailing or doubled '/')",
-        'tasks[5] (id "f"): results: "a//b" must not have empty parts '
-        "(a leading, trailing or doubled '/')",
+        'tasks[4] (id "e"): results: "out/" is not normalized: no \'.\' parts and no leading, '
+        "trailing or doubled '/'",
+        'tasks[5] (id "f"): results: "a//b" is not normalized: no \'.\' parts and no leading, '
+        "trailing or doubled '/'",
     ]
 
 
@@ -332,14 +334,15 @@ def test_bad_inputs():
         {"path": "p", "name": "../escape"},
     ])]) == [
         f'tasks[1] (id "b"): {p}' for p in [
-            "inputs[0]: the path must not be empty",
+            "inputs[0]: must not be empty",
             'inputs[1]: expected a path or an object with "path", got integer 7',
             'inputs[2]: missing "path"',
             'inputs[3].sha256: expected 64 hexadecimal digits, got string "abc"',
             'inputs[4]: unknown key "sha" (did you mean "sha256"?)',
             'inputs[5]: "sha256" is only for datastore inputs, not with "from"',
-            'inputs[6].path: "/o" is absolute; paths are relative to the task\'s working directory',
-            "inputs[7].name: \"../escape\" must not contain '..'",
+            'inputs[6].path: "/o" is absolute; paths are relative to the upstream task\'s results',
+            "inputs[7].name: \"../escape\" must not contain '..' (it may not climb out of the "
+            "task's working directory)",
         ]
     ]
 
@@ -440,7 +443,7 @@ def test_many_problems_are_all_reported_in_file_order():
         t("f", depends_on=["e"], env={"BAD NAME": "1"}),
     ]
     assert problems(data) == [
-        'tasks[0] (id "a"): retries: expected an integer >= 0, got string "three"',
+        'tasks[0] (id "a"): retries: expected an integer from 0 to 10,000, got string "three"',
         'tasks[1] (id "a"): duplicate id "a", first defined at tasks[0]',
         'tasks[2] (id "c"): unknown key "comand" (did you mean "command"?)',
         'tasks[2] (id "c"): missing "command"',
@@ -448,7 +451,7 @@ def test_many_problems_are_all_reported_in_file_order():
         'tasks[3] (id "d"): depends_on[1]: a task cannot depend on itself',
         'tasks[4] (id "e"): dependency cycle: e -> f -> e',
         'tasks[5] (id "f"): env: "BAD NAME" is not a valid variable name '
-        "(letters, digits and _, not starting with a digit)",
+        "(1-255 letters, digits and _, not starting with a digit)",
     ]
 
 
@@ -459,7 +462,7 @@ def test_validation_error_message_lists_every_problem(tmp_path):
         parse_task_file(path)
     assert str(info.value) == (
         f"{path}: 2 problems found:\n"
-        '  - tasks[0] (id "a"): slots: expected an integer >= 1, got integer 0\n'
+        '  - tasks[0] (id "a"): slots: expected an integer from 1 to 4,096, got integer 0\n'
         '  - tasks[1] (id "b"): depends_on[0]: unknown task "zz"'
     )
 
@@ -486,7 +489,7 @@ INVALID = {
     "cycle.json": ('tasks[1] (id "a"): dependency cycle: a -> c -> b -> a', False),
     "dangling.json": ('tasks[1] (id "b"): depends_on[1]: unknown task "zz"', False),
     "duplicate.json": ('tasks[2] (id "a"): duplicate id "a", first defined at tasks[0]', False),
-    "wrong-type.json": ('tasks[0] (id "a"): retries: expected an integer >= 0, got string "three"', True),
+    "wrong-type.json": ('tasks[0] (id "a"): retries: expected an integer from 0 to 10,000, got string "three"', True),
     "unknown-key.json": (
         'tasks[1] (id "b"): unknown key "depend_on" (did you mean "depends_on"?)', True,
     ),

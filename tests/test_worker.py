@@ -358,8 +358,12 @@ def test_sigterm_drains_running_tasks_then_says_bye(boss, start, tmp_path):
     boss.report("w1", "started", "d")
     worker.signal(signal.SIGTERM)
     worker.wait_stderr("SIGTERM: draining")
-    boss.dispatch("w1", "late", "true")
-    worker.wait_stderr("ignored dispatch late/1: shutting down")
+    draining = boss.report("w1", "draining")  # the boss gives it no more work
+    assert draining.report.reason == "stopped by SIGTERM"
+    boss.dispatch("w1", "late", "true")  # one that crossed that report: given back unstarted
+    late = boss.report("w1", "finished", "late")
+    assert late.report.returned and late.report.exit_code is None
+    assert "shutting down" in late.report.reason
     assert worker.proc.poll() is None  # still waiting for d
 
     gate.touch()
@@ -434,7 +438,7 @@ def test_debug_prints_every_step(boss, start):
     pid = int(re.search(r"spawned dbg/1: pid (\d+) in (\S+)", text).group(1))
     assert pid > 0
     for step in ("connecting to mqtt://", "subscribed to ecloud/", "out: hello ",
-                 r"in: acks=\[", r"dispatch=\['dbg/1'\]",
+                 r"in: to=any acks=\[", r"dispatch=\['dbg/1'\]",
                  rf"exit dbg/1: pid {pid} status 0", "out: finished .* dbg/1 exit=0",
                  "out: heartbeat", "SIGINT: draining", "out: bye "):
         assert re.search(step, text), step
@@ -490,3 +494,41 @@ def test_the_context_file_may_carry_values_in_base64(tmp_path) -> None:
     path.write_text("BOSS_ADDRESS_B64='not base64!'\n")
     with pytest.raises(UserError, match="BOSS_ADDRESS_B64 is not valid base64"):
         read_context(str(path))
+
+
+def test_a_task_that_moves_data_needs_a_marked_datastore(boss, start, tmp_path):
+    """A dispatch without a datastore, or with a datastore but no mark (set
+    before marks existed), is not started: the reason says what to run."""
+    from ecloud.effects.movers import LocalDirMover
+    from ecloud.events.types import InputSpec
+
+    started(boss, start)
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "in.txt").write_text("data\n")
+    boss.send("w1", dispatch=[
+        DispatchMsg("none", 1, "cat in.txt", inputs=[InputSpec("in.txt")]),
+        DispatchMsg("unmarked", 1, "cat in.txt", inputs=[InputSpec("in.txt")],
+                    datastore=str(store)),
+        DispatchMsg("marked", 1, "cat in.txt", inputs=[InputSpec("in.txt")],
+                    datastore=str(store), datastore_id=LocalDirMover(store).mark())])
+    reports = {t: boss.report("w1", "finished", t).report for t in ("none", "unmarked", "marked")}
+    assert "no datastore is set" in reports["none"].reason
+    assert "ecloud datastore set " + str(store) in reports["unmarked"].reason
+    assert (reports["marked"].exit_code, reports["marked"].stdout_tail) == (0, "data\n")
+
+
+def test_an_attempt_directory_name_fits_name_max_whatever_the_task_id(tmp_path):
+    """Seen: a 200-character id with many '/' was accepted, and its escaped
+    directory name ('/' -> '%2F') passed NAME_MAX: 'File name too long'."""
+    from pathlib import Path
+
+    from worker.runner import attempt_path
+
+    ids = ["a/" * 99 + "b", "a/" * 99 + "c", "x" * 200, "plain", "with/one"]
+    paths = [attempt_path(str(tmp_path), tid, 1) for tid in ids]
+    assert len(set(paths)) == len(ids)
+    for path in paths:
+        Path(path).mkdir(parents=True)  # the kernel takes it
+        assert len(Path(path).parent.name.encode()) <= 255
+    assert paths[3].endswith("/plain/1") and paths[4].endswith("/with%2Fone/1")  # as before

@@ -15,6 +15,16 @@ that it started. For no-op-sized tasks that is a third fewer events for the
 boss to log and fold and half the reports to send and acknowledge (Celery
 does not report starts at all by default, ``task_track_started``); a task
 that runs longer is seen ``running`` 50 ms late, which nobody can tell.
+
+Who it answers to: every payload carries the agent's ``incarnation`` and
+the agent acts only on boss messages for it (acks excepted: their ids are
+its own), so a second agent under the same worker id can neither take nor
+disturb its work. A refused duplicate stays quiet and asks again after the
+``retry_after`` the boss gives, three times, then exits 3. The boss beats
+on a retained topic; with no beat for ``--boss-grace`` seconds the agent
+stops its attempts and exits 4, so nothing runs on with no boss. On
+SIGTERM it tells the boss it is draining (no new work), gives back what
+it had queued, lets what runs finish, and says goodbye.
 """
 
 from __future__ import annotations
@@ -33,11 +43,13 @@ from typing import Any
 import attrs
 import click
 
+from ecloud.cli.exits import WORKER_BROKER_REFUSED, WORKER_ORPHANED, WORKER_REFUSED
 from ecloud.effects.mqtt import Connection
 from ecloud.wire import (
     PROTOCOL,
     BossPayload,
     Bye,
+    Draining,
     Finished,
     Heartbeat,
     Hello,
@@ -46,16 +58,19 @@ from ecloud.wire import (
     Started,
     WireError,
     WorkerPayload,
+    boss_topic,
     check_logs_request,
     dumps,
     from_topic,
     logs_topic,
+    parse_boss_beat,
     parse_boss_payload,
     to_topic,
 )
 from worker import logserve
 from worker.journal import Journal
 from worker.outbox import Outbox, payloads
+from worker.reaper import become_subreaper
 from worker.runner import Launched, Runner
 from worker.settings import Settings, resolve
 
@@ -65,6 +80,9 @@ BYE_WAIT = 5.0  # seconds to wait for the boss to ack our goodbye
 REAP_WAIT = 10.0  # seconds to wait for killed attempts to exit at shutdown
 SEEN_CAP = 200_000  # tasks whose highest dispatched attempt is remembered
 START_REPORT_AFTER = 0.05  # seconds an attempt runs before its start is reported
+MAX_REFUSALS = 3  # a duplicate's announcements refused in a row before it gives up
+#: seconds without a connection before the agent asks why (TLS, refusal)
+DIAGNOSE_AFTER = 3.0
 
 
 class Inbox:
@@ -132,6 +150,14 @@ class Agent:
         self.inbox = Inbox()
         journal = Journal(settings.journal, settings.worker_id) if settings.journal else None
         self.outbox = Outbox(self.incarnation, journal)
+        self.started_at = clock()
+        #: when the boss was last heard (its beat, or any message for us);
+        #: the agent's start counts as heard, so a new agent waits a grace
+        self.boss_seen = self.started_at
+        self.refusals = 0  # announcements refused in a row (a duplicate id)
+        self.refused_until: float | None = None  # quiet until then, then announce again
+        self.connected_once = False
+        self.diagnosed = False
         self.runner = Runner(settings.work_dir, settings.slots, self.inbox.put, clock,
                              datastore_key=settings.datastore_key, watcher=self.inbox,
                              run_as=settings.run_as)
@@ -141,11 +167,15 @@ class Agent:
         self.unreported: dict[tuple[str, int], float] = {}
         self.from_topic = from_topic(settings.cluster, settings.worker_id)
         self.to_topic = to_topic(settings.cluster, settings.worker_id)
-        lost = dumps(WorkerPayload(settings.worker_id, [Lost()]))
+        self.boss_topic = boss_topic(settings.cluster)
+        lost = dumps(WorkerPayload(settings.worker_id, [Lost()], incarnation=self.incarnation))
         self.conn = Connection(
             settings.broker,
-            f"ecloud-{settings.cluster}-{settings.worker_id}",
-            on_message=lambda topic, payload: self.inbox.put(("message", payload)),
+            # one client id per agent process: two agents under one worker
+            # id (a duplicate, a restart beside a dying predecessor) must not
+            # take each other's broker session over, or they would flap
+            f"ecloud-{settings.cluster}-{settings.worker_id}-{self.incarnation[:8]}",
+            on_message=lambda topic, payload: self.inbox.put(("message", topic, payload)),
             on_connect=self._connected,
             will=(self.from_topic, lost),
             clean_session=False,
@@ -164,6 +194,11 @@ class Agent:
     def run(self) -> int:
         handlers = {sig: signal.signal(sig, self._signalled)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
+        # what an attempt orphans is re-parented to us (worker/reaper.py); a
+        # child's exit wakes the loop, whose runner.tick reaps the adopted ones
+        become_subreaper()
+        handlers[signal.SIGCHLD] = signal.signal(
+            signal.SIGCHLD, lambda signum, frame: self.runner.child_exited())
         old_fd = signal.set_wakeup_fd(self.inbox.wakeup_fd)
         log.debug("connecting to %s as %r (cluster %r, incarnation %s, %d slots)",
                   self.s.broker, self.s.worker_id, self.s.cluster, self.incarnation, self.s.slots)
@@ -182,6 +217,7 @@ class Agent:
                 self._flush(self.clock())
         finally:
             if self.status is not None:
+                self.runner.finish()  # kill and reap every process we leave
                 self.conn.stop()  # cleanly: the broker keeps the will to itself
                 log.debug("disconnected; exit status %s", self.status)
             # else a crash: the socket closes with the process and the will tells the boss
@@ -191,7 +227,10 @@ class Agent:
         return self.status
 
     def _next_wake(self) -> float | None:
-        times = [self.next_heartbeat, self.runner.next_deadline(), self.phase_deadline]
+        times = [self.next_heartbeat, self.runner.next_deadline(), self.phase_deadline,
+                 self.refused_until, self.boss_seen + self.s.boss_grace]
+        if not self.connected_once and not self.diagnosed:
+            times.append(self.started_at + DIAGNOSE_AFTER)
         if self.unreported:
             times.append(next(iter(self.unreported.values())))
         if self._online():
@@ -201,8 +240,11 @@ class Agent:
     def _handle(self, item: tuple) -> None:
         what = item[0]
         if what == "message":
+            if item[1] == self.boss_topic:
+                self._on_beat(item[2])
+                return
             try:
-                msg = parse_boss_payload(item[1])
+                msg = parse_boss_payload(item[2])
             except WireError as exc:
                 log.error("ignored a bad message from the boss: %s", exc)
                 return
@@ -217,8 +259,10 @@ class Agent:
                 _log_exit(item[1], self.clock())
                 self._outcomes(outcomes)
         elif what == "connected":
-            log.debug("subscribed to %s", self.to_topic)
-            self._hello()
+            log.debug("subscribed to %s and %s", self.to_topic, self.boss_topic)
+            self.connected_once = True
+            if self.refused_until is None:
+                self._hello()
             self.outbox.all_due(self.clock())
             self.greeted = True
         elif what == "signal":
@@ -227,13 +271,22 @@ class Agent:
     def _on_time(self, now: float) -> None:
         self._outcomes(self.runner.tick(now))
         self._report_starts(now)
+        self._check_connection(now)
+        if self.status is not None:
+            return
+        if self.refused_until is not None and now >= self.refused_until:
+            self.refused_until = None
+            log.warning("announcing again after a refusal")
+            self._hello()
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.s.heartbeat
-            if self._online():
+            if self._online() and self.refused_until is None:
                 running = self.runner.running()
                 log.debug("out: heartbeat running=%s", running)
                 self.conn.publish(self.from_topic, dumps(WorkerPayload(
-                    self.s.worker_id, [Heartbeat("", running)])))
+                    self.s.worker_id, [Heartbeat("", running)], incarnation=self.incarnation)))
+        if self.phase in ("run", "drain") and now - self.boss_seen >= self.s.boss_grace:
+            self._orphaned(now)
         if self.phase == "drain":
             if not (self.runner.busy() or len(self.outbox)) or now >= self.phase_deadline:
                 if self.runner.busy():
@@ -248,6 +301,31 @@ class Agent:
         elif self.phase == "bye" and (not self.outbox.unacked(self.bye_id)
                                       or now >= self.phase_deadline):
             self.status = 0
+        elif self.phase == "orphaned" and (not self.runner.busy() or now >= self.phase_deadline):
+            self.status = WORKER_ORPHANED
+
+    def _orphaned(self, now: float) -> None:
+        """No boss for the whole grace: stop every attempt (unreported: the
+        next boss runs them again) and exit - nothing runs on with no boss."""
+        log.error("no boss heard for %.0fs (--boss-grace): stopping %d attempt(s) and exiting",
+                  now - self.boss_seen, len(self.runner.running()))
+        self.runner.give_up()
+        self.phase, self.phase_deadline = "orphaned", now + REAP_WAIT
+
+    def _check_connection(self, now: float) -> None:
+        """A broker that refuses this agent (bad credentials, not authorised,
+        a failed TLS handshake) will not change its mind: say why and exit,
+        rather than retry in silence. One that does not answer yet may."""
+        if self.connected_once or self.diagnosed or now - self.started_at < DIAGNOSE_AFTER:
+            return
+        if self.conn.connected.is_set():
+            return
+        self.diagnosed = True
+        problem = self.conn.refused or self.conn.tls_problem()
+        if problem:
+            log.error("the MQTT broker at %s refused this worker: %s", self.s.broker, problem)
+            self.runner.give_up(now=True)
+            self.status = WORKER_BROKER_REFUSED
 
     def _online(self) -> bool:
         """Connected, and the hello for this connection goes first."""
@@ -263,7 +341,7 @@ class Agent:
             log.debug("resend %s", " ".join(_describe(r) for r in resent))
         for report in fresh:
             log.debug("out: %s", _describe(report))
-        for payload in payloads(self.s.worker_id, fresh + resent):
+        for payload in payloads(self.s.worker_id, fresh + resent, self.incarnation):
             self.conn.publish(self.from_topic, payload)
 
     # ------------------------------------------------------------- callbacks
@@ -271,6 +349,7 @@ class Agent:
     def _connected(self) -> None:
         """On paho's thread, after every (re)connection."""
         self.conn.subscribe(self.to_topic)
+        self.conn.subscribe(self.boss_topic)
         self.inbox.put(("connected",))
 
     def _signalled(self, signum: int, frame: Any) -> None:
@@ -278,30 +357,45 @@ class Agent:
 
     # ------------------------------------------------------------ boss input
 
+    def _on_beat(self, payload: bytes) -> None:
+        try:
+            beat = parse_boss_beat(payload)
+        except WireError as exc:
+            log.error("ignored a bad beat from the boss: %s", exc)
+            return
+        if beat.up:
+            self.boss_seen = self.clock()
+
     def _on_boss(self, msg: BossPayload) -> None:
         log.debug(
-            "in: acks=%s dispatch=%s cancel=%s%s%s", msg.acks,
+            "in: to=%s acks=%s dispatch=%s cancel=%s%s%s", msg.to[:8] or "any", msg.acks,
             [f"{d.task_id}/{d.attempt}" for d in msg.dispatch],
             [f"{c.task_id}/{c.attempt}" for c in msg.cancel],
             f" refuse={msg.refuse!r}" if msg.refuse is not None else "",
             " reannounce" if msg.reannounce else "",
         )
-        self.outbox.ack(msg.acks)
+        self.outbox.ack(msg.acks)  # ids are ours alone, whoever the message was for
+        if msg.to and msg.to != self.incarnation:
+            return  # for another agent under our worker id
+        now = self.clock()
+        self.boss_seen = now
         if msg.refuse is not None:
-            log.error("the boss refused this worker: %s", msg.refuse)
-            self.runner.give_up(now=True)
-            self.status = 3
+            self._refused(msg, now)
             return
+        if msg.to:
+            self.refusals = 0  # a message for us that is no refusal: we are in
         if msg.reannounce:
             self._hello()
         for dispatch in msg.dispatch:
             key = (dispatch.task_id, dispatch.attempt)
-            if self.phase != "run":
-                log.debug("ignored dispatch %s/%s: shutting down", *key)
-            elif self.runner.has(key) or self.seen.get(dispatch.task_id, -1) >= dispatch.attempt:
+            if self.runner.has(key) or self.seen.get(dispatch.task_id, -1) >= dispatch.attempt:
                 log.debug("ignored dispatch %s/%s: already had it", *key)
+                continue
+            self._remember(*key)
+            if self.phase != "run":
+                log.debug("gave back dispatch %s/%s: shutting down", *key)
+                self._outcomes([_given_back(dispatch, "the worker is shutting down")])
             else:
-                self._remember(*key)
                 self._outcomes(self.runner.submit(dispatch))
         for request in msg.logs:
             self._serve_logs(request)
@@ -312,6 +406,20 @@ class Agent:
             else:
                 log.debug("cancelling %s/%s", cancel.task_id, cancel.attempt)
                 self._outcomes(outcomes)
+
+    def _refused(self, msg: BossPayload, now: float) -> None:
+        """The boss refused this agent: for good (another protocol), or for
+        now (another agent holds the id: ask again after ``retry_after``)."""
+        if msg.retry_after is None or self.refusals + 1 >= MAX_REFUSALS:
+            tries = f" ({self.refusals + 1} of {MAX_REFUSALS})" if msg.retry_after is not None else ""
+            log.error("the boss refused this worker%s: %s; exiting", tries, msg.refuse)
+            self.runner.give_up(now=True)
+            self.status = WORKER_REFUSED
+            return
+        self.refusals += 1
+        self.refused_until = now + max(1.0, msg.retry_after)
+        log.error("the boss refused this worker (%d of %d): %s", self.refusals, MAX_REFUSALS,
+                  msg.refuse)
 
     def _serve_logs(self, request: LogsRequest) -> None:
         """Answer ``ecloud logs`` with a piece of an attempt's output (see
@@ -358,19 +466,22 @@ class Agent:
 
     def _hello(self) -> None:
         self.outbox.forget("hello")
+        held = self.runner.held()
         self.outbox.add(lambda m: Hello(m, socket.gethostname(), self.s.slots, PROTOCOL,
-                                        self.incarnation, self.s.vm_id), self.clock(),
+                                        self.incarnation, self.s.vm_id, held), self.clock(),
                         first=True)
 
     def _stop(self, signum: int) -> None:
         now = self.clock()
         name = signal.Signals(signum).name
         if self.phase == "run":
-            dropped = self.runner.close()
-            log.debug("%s: draining for up to %gs (%d queued dispatches dropped)",
-                      name, self.s.drain_timeout, dropped)
-            self.phase, self.phase_deadline = "drain", now + self.s.drain_timeout
             self.stop_reason = f"stopped by {name}"
+            self.outbox.add(lambda m: Draining(m, self.stop_reason), now)
+            dropped = self.runner.close()
+            log.debug("%s: draining for up to %gs (%d queued dispatches given back)",
+                      name, self.s.drain_timeout, len(dropped))
+            self._outcomes([_given_back(d, "the worker is shutting down") for d in dropped])
+            self.phase, self.phase_deadline = "drain", now + self.s.drain_timeout
         elif self.phase == "drain":
             log.debug("%s again: ending the drain now", name)
             self.phase_deadline = now
@@ -379,6 +490,13 @@ class Agent:
         bye = self.outbox.add(lambda m: Bye(m, self.stop_reason), now)
         self.bye_id = bye.msg_id
         self.phase, self.phase_deadline = "bye", now + BYE_WAIT
+
+
+def _given_back(dispatch: Any, why: str) -> Finished:
+    """The report that gives a dispatch back unstarted (not a failure: the
+    boss offers the task again elsewhere)."""
+    return Finished("", dispatch.task_id, dispatch.attempt, None, 0.0, returned=True,
+                    reason=f"given back unstarted: {why}")
 
 
 def _log_exit(attempt: Any, ended: float) -> None:
@@ -431,6 +549,11 @@ def _describe(report: Any) -> str:
 @click.option("--drain-timeout", metavar="SECONDS", type=click.FloatRange(min=0), default=30.0,
               show_default=True,
               help="On SIGTERM/SIGINT, how long to let running tasks finish before killing them.")
+@click.option("--boss-grace", metavar="SECONDS", type=click.FloatRange(min=1), default=900.0,
+              show_default=True, envvar="ECLOUD_BOSS_GRACE",
+              help="With no word from a boss for this long (its beat every few seconds, or any "
+              "message), stop every attempt and exit 4: nothing runs on with no boss. A boss "
+              "back within it finds the attempts running. Default: $ECLOUD_BOSS_GRACE, else 900.")
 @click.option("--datastore-key", metavar="PATH", envvar="ECLOUD_DATASTORE_KEY",
               help="SSH private key for an ssh datastore (user@host:/path). Default: "
               "$ECLOUD_DATASTORE_KEY, ECLOUD_DATASTORE_KEY (a path) in the context file, "

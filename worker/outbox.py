@@ -95,7 +95,7 @@ class Outbox:
         return fresh, resent
 
 
-def payloads(worker: str, reports: list[Any]) -> list[bytes]:
+def payloads(worker: str, reports: list[Any], incarnation: str = "") -> list[bytes]:
     """Encode reports as few WorkerPayloads as the boss's size limit allows."""
     limit = MAX_PAYLOAD - 1024
     groups: list[list[Any]] = [[]]
@@ -107,4 +107,5 @@ def payloads(worker: str, reports: list[Any]) -> list[bytes]:
             size = 0
         groups[-1].append(report)
         size += n
-    return [dumps(WorkerPayload(worker, group)) for group in groups if group]
+    return [dumps(WorkerPayload(worker, group, incarnation=incarnation))
+            for group in groups if group]

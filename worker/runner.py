@@ -18,7 +18,9 @@ an earlier process is renamed aside and deleted in the background), in its own
 session and process group, with stdout and stderr going to the files
 ``stdout`` and ``stderr`` there - files, not pipes, so output of any size never
 blocks the task. When the task's leader exits, whatever it left running in its
-process group is killed, so no attempt outlives its report.
+process group is killed, so no attempt outlives its report. What left the group
+(``setsid``) is told by the token in its environment and gets the group's
+signals all the same (:mod:`worker.reaper`).
 
 Stopping an attempt (cancel, timeout, shutdown) sends SIGTERM to the whole
 group and SIGKILL 5 s later if the leader still runs. An attempt stopped on
@@ -28,6 +30,7 @@ purpose is never reported as a success: its ``exit_code`` is None and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -45,8 +48,10 @@ from typing import Protocol
 
 from attrs import define, frozen
 
+from ecloud import limits
 from ecloud.events.types import StagedFile, default_results_folder
 from ecloud.wire import TAIL, DispatchMsg, Finished
+from worker.reaper import TOKEN_VAR, Reaper, new_token
 from worker.runas import RunAs
 
 log = logging.getLogger(__name__)
@@ -101,16 +106,31 @@ class Attempt:
     queued_at: float = 0.0
     kill_at: float | None = None  # when to escalate to SIGKILL
     report: bool = True  # False once given up at shutdown: the boss takes it back
+    #: in the environment of the attempt's processes (worker/reaper.py): tells
+    #: those that left its process group
+    token: str = ""
 
     @property
     def key(self) -> Key:
         return (self.msg.task_id, self.msg.attempt)
 
 
+#: longest directory name of an attempt's task (NAME_MAX is 255 bytes)
+TASK_DIR_BYTES = 240
+
+
 def attempt_path(work_dir: str, task_id: str, attempt: int) -> str:
+    """``<work dir>/<task>/<attempt>``, the task's id made one file name
+    ('/' and '%' escaped). An id whose escaped name would pass NAME_MAX (200
+    characters with many '/') is cut, and the cut name made unique by a hash
+    of the whole id."""
     name = task_id.replace("%", "%25").replace("/", "%2F")
     if name in ("", ".", ".."):
         name = "%" + name.replace(".", "%2E")
+    if len(name.encode()) > TASK_DIR_BYTES:
+        digest = hashlib.sha256(task_id.encode()).hexdigest()[:16]
+        name = name.encode()[:TASK_DIR_BYTES - 17].decode(errors="ignore").rstrip("%0123456789ABCDEF")
+        name = f"{name}~{digest}"
     return f"{work_dir}/{name}/{attempt}"
 
 
@@ -143,11 +163,17 @@ class Runner:
         self._running: dict[Key, Attempt] = {}
         self._used = 0
         self._closed = False
+        #: what escapes the attempts' process groups (worker/reaper.py)
+        self.reaper = Reaper()
 
     # ---------------------------------------------------------------- queries
 
     def has(self, key: Key) -> bool:
         return key in self._running or any(a.key == key for a in self._queue)
+
+    def held(self) -> list[Key]:
+        """Every attempt this runner holds: running, or queued for a slot."""
+        return list(self._running) + [a.key for a in self._queue]
 
     def running(self) -> list[Key]:
         return list(self._running)
@@ -161,6 +187,8 @@ class Runner:
         times += [a.kill_at for a in running if a.kill_at is not None]
         if self._queue:  # the oldest queued dispatch is given back first
             times.append(self._queue[0].queued_at + RETURN_AFTER)
+        if (reap := self.reaper.due()) is not None:
+            times.append(reap)
         return min(times, default=None)
 
     # --------------------------------------------------------------- changes
@@ -186,8 +214,10 @@ class Runner:
 
     def exited(self, attempt: Attempt, ended: float) -> list[Launched | Finished]:
         """``attempt``'s leader exited at ``ended``: its report, and whatever
-        starts in the slots it freed."""
+        starts in the slots it freed. What holds its token outside its
+        process group is killed at the next :meth:`tick`."""
         del self._running[attempt.key]
+        self.reaper.attempt_over(attempt.token)
         self._used -= attempt.slots
         out: list[Launched | Finished] = []
         if attempt.report:
@@ -210,7 +240,11 @@ class Runner:
 
     def tick(self, now: float) -> list[Finished]:
         """Act on deadlines that have passed: timeouts, SIGKILL escalations,
-        and dispatches that waited too long in the queue (given back)."""
+        and dispatches that waited too long in the queue (given back); kill
+        the escapees of attempts over and reap the children we adopted
+        (:class:`worker.reaper.Reaper`: nothing to do unless an attempt ended
+        or a child exited since the last tick)."""
+        self.reaper.reap(now, self._leaders)
         returned = []
         while self._queue and now >= self._queue[0].queued_at + RETURN_AFTER:
             msg = self._queue.popleft().msg
@@ -226,11 +260,20 @@ class Runner:
                 self._stop(attempt, f"timeout after {attempt.msg.timeout:g}s")
         return returned
 
-    def close(self) -> int:
+    def child_exited(self) -> None:
+        """SIGCHLD (a signal handler may call this): reap at the next tick."""
+        self.reaper.child_exited()
+
+    def finish(self) -> None:
+        """The agent is exiting: kill and reap every process it leaves,
+        attempt or escapee, token or not."""
+        self.reaper.kill_all(a.proc for a in self._running.values() if a.proc is not None)
+
+    def close(self) -> list[DispatchMsg]:
         """Start nothing more; forget the queued attempts (never started).
-        Returns how many were dropped."""
+        Returns their dispatches (to be given back to the boss)."""
         self._closed = True
-        dropped = len(self._queue)
+        dropped = [attempt.msg for attempt in self._queue]
         self._queue.clear()
         return dropped
 
@@ -246,6 +289,10 @@ class Runner:
                 self._stop(attempt, "shutdown")
 
     # --------------------------------------------------------------- helpers
+
+    def _leaders(self) -> set[int]:
+        """The running attempts' leaders: Popen's children, not the reaper's."""
+        return {a.proc.pid for a in self._running.values() if a.proc is not None}
 
     def _fill(self) -> list[Launched | Finished]:
         out: list[Launched | Finished] = []
@@ -270,9 +317,16 @@ class Runner:
                 return _exited(msg.task_id, msg.attempt, NOT_STARTED, 0.0,
                                reason="the task moves data but no datastore is set "
                                       "(ecloud datastore set ADDRESS)")
+            if not msg.datastore_id:
+                return _exited(msg.task_id, msg.attempt, NOT_STARTED, 0.0,
+                               reason="the datastore was set without its identity (before "
+                                      "datastores had markers): run `ecloud datastore set "
+                                      f"{msg.datastore}` again, then `ecloud retry`")
             argv = self._staging_argv(msg, Path(cwd))
+        attempt.token = new_token()
         env = {**self._base_env, **msg.env,
-               "ECLOUD_TASK_ID": msg.task_id, "ECLOUD_ATTEMPT": str(msg.attempt)}
+               "ECLOUD_TASK_ID": msg.task_id, "ECLOUD_ATTEMPT": str(msg.attempt),
+               TOKEN_VAR: attempt.token}
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC  # read back for the tails
         out = err = -1
         try:
@@ -326,6 +380,7 @@ class Runner:
         meta = cwd / ".ecloud"
         meta.mkdir()
         plan = {"task_id": msg.task_id, "command": msg.command, "datastore": msg.datastore,
+                "datastore_id": msg.datastore_id,
                 "key_file": self.datastore_key, "outputs": list(msg.outputs),
                 "results": msg.results or default_results_folder(msg.task_id),
                 "inputs": [{"source": _source(msg, i), "path": i.path, "name": i.name,
@@ -355,6 +410,7 @@ class Runner:
             log.debug("%s to process group %d of %s/%s (%s)", signal.Signals(sig).name,
                       attempt.proc.pid, *attempt.key, attempt.stop_reason)
             _killpg(attempt.proc.pid, sig)
+            self.reaper.sweep(attempt.token, sig, self._leaders(), attempt.proc.pid)
 
     def _result(self, attempt: Attempt, ended: float) -> Finished:
         assert attempt.proc is not None and attempt.cwd is not None
@@ -382,8 +438,17 @@ def _staging_outcome(cwd: Path) -> tuple[list[StagedFile], str]:
     """What the staging wrapper moved and, if staging failed, why."""
     meta = cwd / ".ecloud"
     staged: list[StagedFile] = []
+    room = limits.STAGED_REPORT_BYTES
     try:
-        for item in json.loads((meta / "staged.json").read_text()):
+        items = json.loads((meta / "staged.json").read_text())
+        for item in items:
+            size = len(item["name"].encode()) + len(item["path"].encode()) + 160  # as JSON
+            if size > room:  # the report must stay within what the boss accepts
+                log.warning("attempt in %s moved %d files; its report lists the first %d "
+                            "(the rest are on the datastore, not in the log)", cwd, len(items),
+                            len(staged))
+                break
+            room -= size
             staged.append(StagedFile(item["direction"], item["name"], item["path"],
                                      item["sha256"], item["bytes"]))
     except (OSError, ValueError, KeyError, TypeError):

@@ -85,6 +85,9 @@ class Settings:
     broker_auth: MqttAuth | None = None
     #: the user tasks run as when the agent is root (None: the agent's own)
     run_as: RunAs | None = None
+    #: seconds without a word from a boss after which the agent stops its
+    #: attempts and exits (see worker/agent.py)
+    boss_grace: float = 900.0
 
 
 def read_context(path: str) -> dict[str, str]:
@@ -279,4 +282,5 @@ def resolve(options: dict[str, Any]) -> Settings:
         datastore_key=datastore_key,
         broker_auth=auth,
         run_as=run_as,
+        boss_grace=float(given.get("boss_grace") or 900.0),
     )

@@ -10,7 +10,10 @@ instead of the bare command. In the attempt's own process group it
    runner, and passes its exit status through;
 3. after a success, pushes the declared outputs (paths or globs) and the
    attempt's stdout and stderr to the task's results folder on the datastore
-   (``results/<task id>/`` unless the task file says otherwise).
+   (``results/<task id>/`` unless the task file says otherwise) - each push
+   only into a root that still holds the datastore's marker (the root may
+   have gone while the command ran: unmounted, renamed), each copy read
+   back on the datastore before it takes its name.
 
 Being the attempt's process is the point: a cancel or a timeout kills the
 whole group, staging included, and the agent's loop never blocks on a
@@ -24,9 +27,9 @@ write to a temporary name and rename).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,16 +57,70 @@ def stage_in(plan: dict, cwd: Path, mover) -> list[dict]:
 
 
 def outputs_of(patterns: list[str], cwd: Path) -> list[str]:
-    """The files the output patterns name, relative to ``cwd``, sorted; a
-    pattern that matches nothing is an error (a declared output is missing)."""
+    """The files and directories the output patterns name, relative to
+    ``cwd``, sorted; a pattern that matches nothing is an error (a declared
+    output is missing). Patterns are globs (``*``, ``?``, ``[...]`` within a
+    name, ``**`` across directories); the working directory is walked once,
+    without following symbolic links, so a link loop there costs nothing
+    (what a matched directory holds is checked when it is pushed)."""
+    paths = _paths_under(cwd)
     found: set[str] = set()
     for pattern in patterns:
-        matches = [m for m in glob.glob(pattern, root_dir=cwd, recursive=True)
-                   if not m.startswith(META)]
+        match = _glob_regex(pattern).fullmatch
+        matches = [p for p in paths if match(p)]
         if not matches:
             raise StagingError("missing", f"declared output {pattern!r} was not produced")
         found.update(matches)
     return sorted(found)
+
+
+def _paths_under(cwd: Path) -> list[str]:
+    """Every file and directory under ``cwd`` (relative, ``/``-separated),
+    but the staging folder; symbolic links are listed, never followed."""
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(cwd, followlinks=False):
+        base = os.path.relpath(dirpath, cwd)
+        if base == ".":
+            dirnames[:] = [d for d in dirnames if d != META]
+            base = ""
+        for name in dirnames + filenames:
+            paths.append(f"{base}/{name}" if base else name)
+    return paths
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """``pattern`` as a regular expression over ``/``-separated paths."""
+    out = []
+    parts = pattern.split("/")
+    for k, part in enumerate(parts):
+        last = k == len(parts) - 1
+        if part == "**":
+            out.append(".*" if last else "(?:.*/)?")
+            continue
+        out.append(_segment(part) + ("" if last else "/"))
+    return re.compile("".join(out))
+
+
+def _segment(part: str) -> str:
+    """One path segment of a glob as a regex (no ``/`` matched)."""
+    regex = []
+    i = 0
+    while i < len(part):
+        c = part[i]
+        if c == "*":
+            regex.append("[^/]*")
+        elif c == "?":
+            regex.append("[^/]")
+        elif c == "[" and (end := part.find("]", i + 2)) > 0:
+            inner = part[i + 1:end]
+            if inner.startswith("!"):
+                inner = "^" + inner[1:]
+            regex.append("[" + inner.replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            regex.append(re.escape(c))
+        i += 1
+    return "".join(regex)
 
 
 def stage_out(plan: dict, cwd: Path, mover) -> list[dict]:
@@ -83,7 +140,9 @@ def run(plan: dict, cwd: Path) -> int:
         (meta / "staged.json").write_text(json.dumps(staged))
 
     try:
-        with mover_for(plan["datastore"], key_file=plan.get("key_file")) as mover:
+        with mover_for(plan["datastore"], key_file=plan.get("key_file"),
+                       identity=plan.get("datastore_id") or None) as mover:
+            mover.identify()  # a root gone before the start: say so, not "no such input"
             staged += stage_in(plan, cwd, mover)
             save()
             command = plan["command"]
@@ -99,6 +158,10 @@ def run(plan: dict, cwd: Path) -> int:
     except StagingError as exc:
         save()
         (meta / "failure").write_text(f"staging ({exc.kind}): {exc.reason}")
+        return STAGING_FAILED
+    except OSError as exc:  # the system refused a path or a file: a reason, not a traceback
+        save()
+        (meta / "failure").write_text(f"staging (error): {exc}")
         return STAGING_FAILED
 
 

@@ -16,6 +16,11 @@ On SQLite (one machine by design) the right is an exclusive ``flock`` on a
 file next to the database; a standby blocks on it and takes over when the
 active boss's process ends. A hung boss there is not detected. The in-memory
 store has one process by definition and needs no lease.
+
+``ecloud run`` does not wait as a standby: it asks :func:`holder` first
+(which takes nothing) and refuses at once, naming the boss that holds the
+log; its boss then takes the lease with ``wait=False``, so that a run
+started in the same instant is refused rather than queued.
 """
 
 from __future__ import annotations
@@ -24,17 +29,21 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
+import socket
 import threading
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pymysql
 
+from ecloud.cli.exits import LOG_HELD
 from ecloud.errors import EcloudError, StoreError
 from ecloud.events.mysql_connect import connect, describe_error
 from ecloud.events.mysql_store import MySQLStore
 from ecloud.events.sqlite_store import SQLiteStore
-from ecloud.events.store import LogStore
+from ecloud.events.store import LogStore, open_store
 
 log = logging.getLogger("ecloud.boss.lease")
 
@@ -48,10 +57,17 @@ _LEASE_TABLE = """CREATE TABLE IF NOT EXISTS boss_lease (
 ) ENGINE=InnoDB"""
 
 
+class LogHeldError(EcloudError):
+    """Another live boss holds the log (``ecloud run`` does not wait)."""
+
+    exit_status = LOG_HELD
+
+
 class Lease(Protocol):
-    def acquire(self, stopping: threading.Event) -> bool:
+    def acquire(self, stopping: threading.Event, wait: bool = True) -> bool:
         """Block (as a standby) until this boss may append; False if
-        ``stopping`` was set first."""
+        ``stopping`` was set first. With ``wait=False``, one try: raise
+        :class:`LogHeldError` naming the holder if another boss has it."""
 
     def check(self) -> None:
         """Raise :class:`FencedError` if the right was lost to another boss."""
@@ -60,16 +76,54 @@ class Lease(Protocol):
         """Give the right up (on a clean stop, so a standby need not wait)."""
 
 
-def lease_for(store: LogStore, boss_id: str, takeover_after: float) -> Lease:
+def lease_for(store: LogStore, boss_id: str, takeover_after: float, label: str = "") -> Lease:
     if isinstance(store, MySQLStore):
-        return MySQLLease(store, boss_id, takeover_after)
+        return MySQLLease(store, boss_id, takeover_after, label)
     if isinstance(store, SQLiteStore):
-        return FileLease(Path(store.path).with_name(Path(store.path).name + ".boss-lock"), boss_id)
+        return FileLease(lock_path(store), boss_id, label)
     return NoLease()  # the in-memory store (one process), or a test's wrapper
 
 
+def lock_path(store: SQLiteStore) -> Path:
+    """The lock beside the database file itself: a symbolic link to it, or
+    another path to the same file, names the same lock."""
+    real = Path(os.path.realpath(store.path))
+    return real.with_name(real.name + ".boss-lock")
+
+
+def take(url: str, boss_id: str, takeover_after: float, label: str) -> tuple[Lease, Any]:
+    """Take the right to append to the log at ``url`` now, or raise
+    :class:`LogHeldError` naming who has it - before anything else is done
+    (``ecloud run`` then touches nothing of a live boss's). Returns the
+    lease and what the boss must append with: the store holding the lease
+    (MariaDB: the lock belongs to its connection), or the URL (SQLite: the
+    boss opens its own, in its own thread; the lock is the lease's file)."""
+    store = open_store(url, create=True)
+    try:
+        lease = lease_for(store, boss_id, takeover_after, label)
+        lease.acquire(threading.Event(), wait=False)
+    except BaseException:
+        store.close()
+        raise
+    if isinstance(store, MySQLStore):
+        return lease, store
+    store.close()
+    return lease, url
+
+
+def holder(store: LogStore) -> str | None:
+    """Who holds the log's lease right now (a line for a person), or None
+    when nobody does. Takes nothing (MariaDB), or takes the file lock for
+    an instant and gives it back (SQLite)."""
+    if isinstance(store, MySQLStore):
+        return _mysql_holder(store)
+    if isinstance(store, SQLiteStore):
+        return _file_holder(lock_path(store))
+    return None
+
+
 class NoLease:
-    def acquire(self, stopping: threading.Event) -> bool:
+    def acquire(self, stopping: threading.Event, wait: bool = True) -> bool:
         return not stopping.is_set()
 
     def check(self) -> None:
@@ -83,26 +137,31 @@ class NoLease:
 
 
 class FileLease:
-    def __init__(self, path: Path, boss_id: str) -> None:
+    def __init__(self, path: Path, boss_id: str, label: str = "") -> None:
         self.path = path
         self.boss_id = boss_id
+        self.label = label
         self._fd: int | None = None
 
-    def acquire(self, stopping: threading.Event) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    def acquire(self, stopping: threading.Event, wait: bool = True) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         told = False
         while not stopping.is_set():
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            text = _try_flock(fd)
+            if text is not None:
+                if not wait:
+                    os.close(fd)
+                    raise LogHeldError(held_message(text))
                 if not told:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-                    log.info("standby: another boss holds the log (%s); waiting", holder or "?")
+                    log.info("standby: another boss holds the log (%s); waiting", text)
                     told = True
                 stopping.wait(0.5)
                 continue
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"boss {self.boss_id} pid {os.getpid()}\n".encode(), 0)
+            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+            what = f"{self.label}, " if self.label else ""
+            os.pwrite(fd, f"{what}boss {self.boss_id}, pid {os.getpid()}, since {since}, "
+                          f"in {os.getcwd()}\n".encode(), 0)
             self._fd = fd
             return True
         os.close(fd)
@@ -114,6 +173,8 @@ class FileLease:
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # nobody holds it now
             os.close(fd)  # closing drops the flock
 
 
@@ -127,9 +188,12 @@ def lock_name(store: MySQLStore) -> str:
 
 
 class MySQLLease:
-    def __init__(self, store: MySQLStore, boss_id: str, takeover_after: float) -> None:
+    def __init__(self, store: MySQLStore, boss_id: str, takeover_after: float,
+                 label: str = "") -> None:
         self.store = store
-        self.boss_id = boss_id[:64]
+        # who it is, for whoever finds the log held (the lease table keeps 64 characters)
+        who = f"{label}, " if label else ""
+        self.boss_id = f"{who}boss {boss_id}, pid {os.getpid()} on {socket.gethostname()}"[:64]
         self.takeover_after = takeover_after
         self.name = lock_name(store)
         self._beat_every = min(BEAT_EVERY, takeover_after / 4)
@@ -138,15 +202,18 @@ class MySQLLease:
 
     # ------------------------------------------------------------ standby
 
-    def acquire(self, stopping: threading.Event) -> bool:
+    def acquire(self, stopping: threading.Event, wait: bool = True) -> bool:
         self._sql(_LEASE_TABLE)
         told: str | None = None
         while not stopping.is_set():
             try:
-                if self.store.hold_writer_lock(self.name, 1.0, on_relock=self._claim):
+                if self.store.hold_writer_lock(self.name, 1.0 if wait else 0,
+                                               on_relock=self._claim):
                     self._claim()
                     self._start_beating()
                     return True
+                if not wait:
+                    raise LogHeldError(held_message(_mysql_holder(self.store) or "another boss"))
                 told = self._watch(told)
             except StoreError as exc:  # the database is away: keep waiting
                 log.warning("standby: %s", exc)
@@ -230,3 +297,86 @@ class MySQLLease:
             if ignore_gone and exc.args and exc.args[0] == 1094:  # unknown thread id
                 return None
             raise StoreError(f"{self.store.url}: boss lease: {describe_error(exc)}") from None
+
+
+# ------------------------------------------------------------ who holds it
+
+
+def _holder_text(fd: int) -> str:
+    """The line the holder wrote - unless the process it names is gone (a
+    boss killed outright leaves its line; a clean stop clears it), which
+    means the lock is held this instant by a probe or a boss yet to write."""
+    text = os.pread(fd, 400, 0).decode(errors="replace").strip()
+    pid = re.search(r"\bpid (\d+)", text)
+    if pid is not None:
+        try:
+            os.kill(int(pid.group(1)), 0)
+        except ProcessLookupError:
+            return ""
+        except OSError:
+            pass  # alive, another user's
+    return text
+
+
+def _try_flock(fd: int, within: float = 1.0) -> str | None:
+    """Take the flock on ``fd`` (None), or say who holds it, as the holder
+    wrote it. Within ``within`` seconds, a lock held with nothing written
+    is tried again: a boss that took it this instant writes its line just
+    after, and a probe (:func:`holder`) lets go at once - a run started
+    while ``ecloud status`` looks is not refused."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            text = _holder_text(fd)
+            if text:
+                return text
+            if time.monotonic() >= deadline:
+                return "a boss that is starting"
+            time.sleep(0.02)
+
+
+def held_message(holder: str) -> str:
+    return (f"a live boss holds this log ({holder}): only one boss may run on a log. "
+            "Add tasks to its run with `ecloud push FILE`, watch it with `ecloud status`, "
+            "or stop it first")
+
+
+def _file_holder(path: Path) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open the boss lock: {exc.strerror or exc}") from None
+    try:
+        text = _try_flock(fd)
+        if text is None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return text
+    finally:
+        os.close(fd)
+
+
+def _mysql_holder(store: MySQLStore) -> str | None:
+    name = lock_name(store)
+
+    def run(conn) -> str | None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT IS_USED_LOCK(%s)", (name,))
+            (conn_id,) = cur.fetchone()
+            if conn_id is None:
+                return None
+            try:
+                cur.execute("SELECT boss_id, TIMESTAMPDIFF(MICROSECOND, beat, NOW(6)) / 1e6 "
+                            "FROM boss_lease WHERE id = 1")
+                row = cur.fetchone()
+            except pymysql.err.ProgrammingError:  # no lease table yet
+                row = None
+        if row is None:
+            return f"connection {conn_id}"
+        return f"{row[0]}, last beat {float(row[1]):.1f}s ago"
+
+    return store._idempotent_op("cannot read the boss lease", run)  # noqa: SLF001

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import signal
+from typing import Any
 
 import click
 
 from ecloud.boss.address import own_address
 from ecloud.boss.loop import Boss
 from ecloud.cli.common import common_options, config_for, err, handle_errors
-from ecloud.effects.local import LocalProvider
+from ecloud.effects.local import LocalProvider, become_subreaper
 from ecloud.effects.opennebula import DatastoreKeyError, OpenNebulaProvider
 from ecloud.errors import ConfigError, UserError
 from ecloud.events import types as ev
@@ -28,22 +29,33 @@ from ecloud.security.setup import BrokerSecurity, broker_security
 
 
 def request_local_vms(state, provider: LocalProvider, workers: int, reason: str) -> list:
-    """Requests that bring the local workers up to ``workers``: those of an
-    earlier boss that still run (the provider adopted them) count; new ones
-    get fresh names (names are never reused in a log)."""
+    """Requests that bring the local workers up to ``workers``. A VM counts
+    while it is on its way (requested) or its process runs - those of an
+    earlier boss that still run count too (the provider adopted them). A
+    worker that exited with an error of its own is not replaced: it would
+    fail again (its VM's failure says why). New VMs get fresh names (names
+    are never reused in a log)."""
+    since = state.boss_started_at if state.boss_started_at is not None else float("inf")
+    if any(vm.failed_at is not None and vm.failed_at >= since for vm in state.vms.values()):
+        return []  # a worker failed under this boss: say why, do not loop on it
     running = set(provider.running())
-    live = sum(1 for vm in state.vms.values()
-               if vm.vm_name in running and vm.status not in ("gone", "failed", "killing"))
+    live = 0
+    for name in state.open_vms:
+        vm = state.vms[name]
+        if vm.status == "requested" or (vm.vm_name in running and vm.status != "killing"):
+            live += 1
     first = len(state.vms) + 1
     return [ev.VMRequested(f"local-{k}", reason) for k in range(first, first + max(0, workers - live))]
 
 
 def make_provider(kind: str | None, config, broker_url: str, slots: int,
-                  security: BrokerSecurity | None = None):
+                  security: BrokerSecurity | None = None, **local: Any):
+    """The provider of that kind; ``local`` goes to :class:`LocalProvider`
+    (``work_root``, ``debug``, ``boss_grace``)."""
     credentials = security.workers if security is not None else None
     if kind == "local":
         return LocalProvider(broker_url, config.cluster, slots=slots, credentials=credentials,
-                             ca_file=config.broker_ca)
+                             ca_file=config.broker_ca, **local)
     if kind == "opennebula":
         missing = [name for name in ("one_url", "one_session", "one_template")
                    if getattr(config, name) is None]
@@ -66,15 +78,17 @@ def make_provider(kind: str | None, config, broker_url: str, slots: int,
     return None
 
 
-def start_web(address: str | None, db_url: str):
+def start_web(address: str | None, db_url: str, hosts: tuple[str, ...] | None = None):
     """The status page beside the boss, if an address is given: it follows
-    the log on its own connection (a bad address stops the boss at start)."""
+    the log on its own connection (a bad address stops the boss at start);
+    ``hosts`` are more names it answers to (the setting web_hosts)."""
     if not address:
         return None
     from ecloud.web.server import WebServer, bind
 
-    server = WebServer(db_url, bind(address)).start()
-    err.print(f"status page at {server.url}")
+    server = WebServer(db_url, bind(address), hosts or ()).start()
+    err.print(f"status page at {server.url} (host names: {', '.join(server.hosts)})",
+              markup=False)
     return server
 
 
@@ -126,7 +140,10 @@ def boss(broker: str | None, workers: int, slots: int, provider_kind: str | None
         logging.getLogger("ecloud.boss").warning(
             "datastore_key_file is set but only --provider opennebula hands it to workers")
     store = open_store(config.db, create=True)
-    web = start_web(web_address or config.web_address, config.db)
+    if isinstance(provider, LocalProvider):
+        provider.log_id = store.log_id()  # its workers carry it: told from another log's
+        become_subreaper()  # what a worker killed outright leaves behind comes to us
+    web = start_web(web_address or config.web_address, config.db, config.web_hosts)
 
     def on_start(state) -> list:
         events = boss_address_events(state, config.boss_address, broker_url)
@@ -134,14 +151,20 @@ def boss(broker: str | None, workers: int, slots: int, provider_kind: str | None
             # new VMs are told where to connect: the context's address, or the one just found
             address = state.context.get("boss_address") or events[0].value
             provider.context["BOSS_ADDRESS"] = address
-        if isinstance(provider, LocalProvider) and workers:
-            events += request_local_vms(state, provider, workers, "ecloud-boss --local")
+        if isinstance(provider, LocalProvider):
+            provider.adopt()  # the lease is ours: so are the local workers of an earlier boss
         return events
 
-    the_boss = Boss(store, broker_url, provider=provider, cluster=config.cluster,
+    def keep_local(state) -> list:
+        """Every turn: as many local workers as --local says (a worker that
+        went away is replaced)."""
+        return request_local_vms(state, provider, workers, "ecloud-boss --local")
+
+    the_boss = Boss(store, broker_url, provider=provider, cluster=config.cluster, label="ecloud-boss",
                     snapshot_every=config.snapshot_every, snapshot_interval=config.snapshot_interval,
                     takeover_after=config.takeover_after, resend_after=config.resend_after,
-                    on_start=on_start, auth=security.auth, accounts=security.accounts)
+                    on_start=on_start, auth=security.auth, accounts=security.accounts,
+                    upkeep=keep_local if isinstance(provider, LocalProvider) and workers else None)
     signal.signal(signal.SIGTERM, lambda *_: the_boss.stop())
     signal.signal(signal.SIGINT, lambda *_: the_boss.stop())
     try:

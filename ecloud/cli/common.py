@@ -4,6 +4,7 @@ handling at the boundary, output consoles and progress bars."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -61,9 +63,19 @@ def _command_excerpt() -> str:
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return ""
-    args = " ".join(f"{k}={v!r}" for k, v in sorted(ctx.params.items())
+    args = " ".join(f"{k}={_shown(v)}" for k, v in sorted(ctx.params.items())
                     if k not in ("db", "config_path") and v not in (None, (), False))
     return f"{ctx.command_path} {args}".strip()
+
+
+def _shown(value: Any) -> str:
+    return repr(os.fspath(value)) if isinstance(value, os.PathLike) else repr(value)
+
+
+def log_refusal(store: LogStore, exc: UserError) -> None:
+    """Record ``exc``, a refusal of this command, as :func:`operator_log` does."""
+    if not isinstance(exc, (MissingLogError, ConfigError)):
+        _log_refusal(store, exc)
 
 
 @contextmanager
@@ -73,7 +85,7 @@ def operator_log(db: str | None, config_path: str | None, *, create: bool) -> It
     that does not fit) is recorded as an ``input.rejected`` event with the
     reason and the command - nothing else is written - and then reported.
     A log with no event yet (made by this very command) stays empty."""
-    with log_store(db, config_path, create=create) as store:
+    with log_store(db, config_path, create=create, read_only=False) as store:
         try:
             yield store
         except UserError as exc:
@@ -95,10 +107,14 @@ def _log_refusal(store: LogStore, exc: UserError) -> None:
 
 
 @contextmanager
-def log_store(db: str | None, config_path: str | None, *, create: bool) -> Iterator[LogStore]:
-    """Open the configured log; ``create`` only for commands that write."""
+def log_store(db: str | None, config_path: str | None, *, create: bool,
+              read_only: bool | None = None) -> Iterator[LogStore]:
+    """Open the configured log; ``create`` only for commands that write.
+    ``read_only`` (by default: unless ``create``) for commands that only
+    read: they work on a read-only filesystem too."""
     config = config_for(db, config_path)
-    store = open_store(config.db, create=create)
+    store = open_store(config.db, create=create,
+                       read_only=not create if read_only is None else read_only)
     try:
         yield store
     finally:
@@ -114,7 +130,7 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except EcloudError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
             sys.exit(exc.exit_status)
         except KeyboardInterrupt:
             err.print("interrupted")

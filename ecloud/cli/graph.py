@@ -72,4 +72,4 @@ def graph(fmt: str | None, output: Path | None, mode: str, until: int | None, db
         output.write_bytes(data)
     except OSError as exc:
         raise UserError(f"cannot write {output}: {exc.strerror}") from None
-    err.print(f"wrote {output} ({len(state.tasks)} tasks, seq {state.seq})")
+    err.print(f"wrote {output} ({len(state.tasks)} tasks, seq {state.seq})", markup=False)

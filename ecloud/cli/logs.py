@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from ecloud.cli.common import common_options, config_for, err, handle_errors
 from ecloud.errors import UserError
@@ -77,7 +78,7 @@ def logs(task_id: str, attempt: int | None, follow: bool, stream: str, work_dir:
                 continue
             try:
                 if isinstance(reader, TailsReader):
-                    err.print(f"[yellow]note:[/] {task_id} attempt {found.attempt}'s output is "
+                    err.print(f"[yellow]note:[/] {escape(task_id)} attempt {found.attempt}'s output is "
                               f"neither staged nor on a reachable worker ({'; '.join(reasons)}): "
                               "showing only the last 4 KiB the log kept", highlight=False)
                 outs = {s: (sys.stdout.buffer if s == "stdout" else sys.stderr.buffer)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 import orjson
+from rich.markup import escape
 
 from ecloud.cli import render
 from ecloud.cli.common import (
@@ -24,14 +25,14 @@ from ecloud.cli.common import (
     out,
     progress_bar,
 )
-from ecloud.errors import MissingLogError, UserError
+from ecloud.errors import MissingLogError, UserError, ValidationError
 from ecloud.events import types as ev
 from ecloud.events.codec import converter
 from ecloud.projections import context as ctx
 from ecloud.projections import tasks as task_rules
 from ecloud.projections.state import FAILED, State
 from ecloud.rebuild import load_state
-from ecloud.submit import append_checked, submit_tasks
+from ecloud.submit import append_checked
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -49,17 +50,26 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--dry-run", is_flag=True, help="Validate only; write nothing.")
+@click.option("--dry-run", is_flag=True, help="Validate only, and say what a push would do; "
+              "write nothing.")
+@click.option("--replace", is_flag=True,
+              help="Tasks of FILE already in the log whose spec changed take the new spec and "
+                   "run again (with every task downstream of them); unfinished tasks the file "
+                   "pushed before and no longer has are cancelled. Without it a changed task "
+                   "refuses the push and shows the differences.")
 @common_options
 @handle_errors
-def push(file: Path, dry_run: bool, db: str | None, config_path: str | None) -> None:
+def push(file: Path, dry_run: bool, replace: bool, db: str | None,
+         config_path: str | None) -> None:
     """Validate a task file and add its tasks to the log (the seed's push-tasks).
 
     Every problem in the file is reported at once, with its location; then
     nothing is written and the exit status is 2. Tasks may depend on tasks
-    pushed earlier.
+    pushed earlier. A file pushed again adds its new tasks and leaves the
+    unchanged ones alone; a changed task is an error unless --replace.
     """
-    from ecloud.taskfile import parse_task_file, validate_against
+    from ecloud.submit import check_dispatch_sizes, diff_lines, plan_push, push_file
+    from ecloud.taskfile import parse_task_file
 
     if dry_run:
         try:
@@ -68,20 +78,49 @@ def push(file: Path, dry_run: bool, db: str | None, config_path: str | None) -> 
             against = f"against the log at seq {state.seq}"
         except MissingLogError:
             state, against = State(), "(no log yet)"
-        specs = parse_task_file(file, known=state.tasks.__contains__)
-        out.print(f"{file}: {len(specs)} task(s) valid {against}; dry run: nothing written")
+        specs = parse_task_file(file, known=state.tasks.__contains__, redefine=True)
+        plan = plan_push(state, specs, file)
+        check_dispatch_sizes(plan, state, file)
+        out.print(f"{escape(str(file))}: {len(specs)} task(s) valid {against}: "
+                  f"{escape(_plan_text(plan, replace, dry=True))}; "
+                  "dry run: nothing written")
+        for line in diff_lines(plan):
+            out.print(f"  {escape(line)}")
+        if plan.changed and not replace:  # as the push itself would be: refused
+            raise ValidationError([f"{len(plan.changed)} task(s) of the file differ from the "
+                                   "log: the push would be refused; push with --replace to run "
+                                   "them (and what depends on them) again with the new specs"],
+                                  str(file))
         return
     with operator_log(db, config_path, create=True) as store:
         with progress_bar("reading the log") as progress:
             state = load_state(store, progress=progress)
-        specs = parse_task_file(file, known=state.tasks.__contains__)
-        state, seqs = submit_tasks(
-            store, specs, str(file),
-            validate=lambda current: validate_against(specs, current.tasks.__contains__, source=str(file)),
-            state=state,
-        )
-    out.print(f"pushed {len(specs)} task(s) from {file} (seq {seqs[0]}"
-              + (f"-{seqs[-1]})" if len(seqs) > 1 else ")"))
+        specs = parse_task_file(file, known=state.tasks.__contains__, redefine=True)
+        state, seqs, plan = push_file(store, specs, file, replace=replace, state=state)
+    where = (f" (seq {seqs[0]}" + (f"-{seqs[-1]})" if len(seqs) > 1 else ")")) if seqs else ""
+    out.print(f"{escape(str(file))}: {escape(_plan_text(plan, replace))}{where}")
+    if plan.removed and not replace:
+        out.print(f"  no longer in the file: {escape(', '.join(t for t, _ in plan.removed[:10]))}"
+                  + (" ..." if len(plan.removed) > 10 else "")
+                  + " (push with --replace to cancel the unfinished ones)")
+
+
+def _plan_text(plan, replace: bool = False, dry: bool = False) -> str:
+    """What a push did (or, ``dry``, would do)."""
+    pushed, replaced, cancelled = (("would add", "would be replaced", "would be cancelled")
+                                   if dry else ("pushed", "replaced", "cancelled"))
+    parts = [f"{pushed} {len(plan.new)} new task(s)" if plan.new else "no new task"]
+    if plan.same:
+        parts.append(f"{len(plan.same)} unchanged")
+    if plan.changed:
+        parts.append(f"{len(plan.changed)} {replaced}, to run again with what depends on them"
+                     if replace else f"{len(plan.changed)} changed")
+    unfinished = [t for t, done in plan.removed if not done]
+    if plan.removed:
+        parts.append(f"{len(plan.removed)} no longer in the file"
+                     + (f" ({len(unfinished)} unfinished {cancelled})" if replace and unfinished
+                        else ""))
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------- status
@@ -107,6 +146,25 @@ def status(as_json: bool, cost: bool, top: int, db: str | None, config_path: str
         sys.stdout.write(orjson.dumps(render.status_data(state)).decode() + "\n")
     else:
         render.render_status(state, out, title=store.url, now=time.time())
+
+
+@cli.command()
+@click.argument("task_id", metavar="TASK")
+@click.option("--until", type=click.IntRange(min=0), metavar="SEQ",
+              help="Explain the task's state at this seq of the log (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common_options
+@handle_errors
+def why(task_id: str, until: int | None, as_json: bool, db: str | None,
+        config_path: str | None) -> None:
+    """Why TASK is in its state: the dependency it waits for, the worker that
+    has it, the timeout or backoff that applies, the failed task that blocks
+    it, or why no worker can run it (unschedulable). The same as
+    ``ecloud-replay --why``."""
+    from ecloud.cli.replay import show_why
+
+    with log_store(db, config_path, create=False) as store:
+        show_why(store, task_id, until, as_json)
 
 
 def _cost(as_json: bool, top: int, db: str | None, config_path: str | None) -> None:
@@ -254,6 +312,8 @@ def context_show(as_json: bool, db: str | None, config_path: str | None) -> None
 
 
 def _set_context(store, key: str, value: str) -> None:
+    if key in ("datastore_address", "datastore_id"):
+        raise UserError(f"{key} is set with the datastore's mark: ecloud datastore set ADDRESS")
     problem = ctx.check(key, value)
     if problem:
         raise UserError(problem)
@@ -269,7 +329,7 @@ def context_set(key: str, value: str, db: str | None, config_path: str | None) -
     """Set one context KEY to VALUE (see `ecloud context show` for the keys)."""
     with operator_log(db, config_path, create=True) as store:
         _set_context(store, key, value)
-    out.print(f"{key} = {value}")
+    out.print(f"{escape(key)} = {escape(value)}")
 
 
 @context_group.command("drop")
@@ -289,7 +349,7 @@ def context_drop(keys: tuple[str, ...], db: str | None, config_path: str | None)
             return [ev.ContextDropped(k) for k in dropped]
 
         append_checked(store, build)
-    out.print(f"dropped {', '.join(dropped)}" if dropped else "nothing to drop")
+    out.print(f"dropped {escape(', '.join(dropped))}" if dropped else "nothing to drop")
 
 
 # ------------------------------------------------------------------- datastore
@@ -302,15 +362,25 @@ def datastore_group() -> None:
 
 @datastore_group.command("set")
 @click.argument("address")
+@click.option("--key", "key_file", metavar="PATH", envvar="ECLOUD_DATASTORE_KEY",
+              help="SSH private key for an ssh datastore. Default: $ECLOUD_DATASTORE_KEY.")
 @common_options
 @handle_errors
-def datastore_set(address: str, db: str | None, config_path: str | None) -> None:
-    """Set the datastore ADDRESS (host, or user@host:/path), the seed's set_datastore."""
-    if any(c.isspace() for c in address):
-        raise UserError(f"datastore address {address!r} must not contain spaces")
+def datastore_set(address: str, key_file: str | None, db: str | None,
+                  config_path: str | None) -> None:
+    """Set the datastore ADDRESS - a local directory, user@host:/path or
+    ssh://user@host:port/path - the seed's set_datastore.
+
+    The directory must exist: it is marked as the datastore (a file
+    .ecloud-datastore with a random id, kept if it is there already), and
+    workers push nothing into a root that does not hold that mark (one
+    unmounted or renamed). Run it again after moving the datastore."""
+    from ecloud.cli.run import set_datastore
+
     with operator_log(db, config_path, create=True) as store:
-        _set_context(store, "datastore_address", address)
-    out.print(f"datastore_address = {address}")
+        address, identity = set_datastore(store, address, key_file)
+    out.print(f"datastore_address = {escape(address)}\ndatastore_id = {identity}",
+              highlight=False)
 
 
 @datastore_group.command("check")
@@ -323,16 +393,20 @@ def datastore_check(key_file: str | None, db: str | None, config_path: str | Non
     from ecloud.effects.movers import mover_for
 
     with log_store(db, config_path, create=False) as store:
-        address = load_state(store).context.get("datastore_address")
+        context = load_state(store).context
+    address, identity = context.get("datastore_address"), context.get("datastore_id")
     if not address:
         raise UserError("no datastore set: ecloud datastore set ADDRESS")
-    with mover_for(address, key_file=key_file) as mover:
+    with mover_for(address, key_file=key_file, identity=identity) as mover:
         problems = mover.check()
+    if identity is None:
+        problems.append("the datastore was set without its mark (before datastores had one): "
+                        "workers push nothing to it; run `ecloud datastore set ADDRESS` again")
     if problems:
         for problem in problems:
-            out.print(f"[red]problem[/] {problem}", highlight=False)
+            out.print(f"[red]problem[/] {escape(problem)}", highlight=False)
         sys.exit(1)
-    out.print(f"datastore {address}: reachable and writable", highlight=False)
+    out.print(f"datastore {escape(address)}: reachable and writable", highlight=False)
 
 
 # ---------------------------------------------------------------------- config
@@ -363,6 +437,7 @@ def config_show(db: str | None, config_path: str | None) -> None:
 def _register_late_commands() -> None:
     from ecloud.cli.graph import graph
     from ecloud.cli.logs import logs
+    from ecloud.cli.opennebula import opennebula_group
     from ecloud.cli.run import run
     from ecloud.cli.scale import scale
     from ecloud.cli.security import broker_group, certs_group
@@ -377,6 +452,7 @@ def _register_late_commands() -> None:
     cli.add_command(run)
     cli.add_command(scale)
     cli.add_command(workers_group)
+    cli.add_command(opennebula_group)
 
 
 _register_late_commands()

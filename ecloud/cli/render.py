@@ -4,7 +4,6 @@ program (plain JSON-able dicts). Read-only; shared by ``ecloud`` and
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from rich.console import Console
@@ -13,7 +12,10 @@ from rich.table import Table
 
 from ecloud.events import types as ev
 from ecloud.events.codec import converter
+from ecloud.explain import at_text
 from ecloud.projections import context
+from ecloud.projections.autoscale import cloud_ceiling
+from ecloud.projections.scheduler import unschedulable
 from ecloud.projections.state import LIVE, READY, TASK_STATUSES, State
 
 STATUS_STYLE = {
@@ -24,9 +26,7 @@ STATUS_STYLE = {
 
 
 def when(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return at_text(ts, "-") if ts else "-"
 
 
 def ago(ts: float | None, now: float) -> str:
@@ -63,14 +63,18 @@ def status_data(state: State) -> dict[str, Any]:
         "workers": workers,
         "recent_failures": [converter.unstructure(f) for f in reversed(state.recent_failures)],
         "rejected_inputs": len(state.rejected),
+        "unschedulable": [{"task": t, "reason": why} for t, why in unschedulable(state).items()],
+        "unknown_workers": [{"id": w, "last_heard": at} for w, at in state.strangers.items()],
+        "cloud_ceiling": cloud_ceiling(state),
     }
+
 
 
 def render_status(state: State, console: Console, title: str = "", now: float | None = None) -> None:
     """``now``: the time "last seen" is measured from (default: the state's
     own clock, right for a past state; ``ecloud status`` passes the present)."""
     data = status_data(state)
-    console.print(f"[bold]{title or 'ecloud'}[/] · seq {state.seq} · {when(state.clock)}")
+    console.print(f"[bold]{escape(title or 'ecloud')}[/] · seq {state.seq} · {when(state.clock)}")
     counts = Table(title=f"Tasks ({data['tasks']['total']})", title_justify="left")
     counts.add_column("state")
     counts.add_column("count", justify="right")
@@ -86,9 +90,27 @@ def render_status(state: State, console: Console, title: str = "", now: float | 
         for col in ("seq", "task", "attempt", "worker", "reason", "outcome"):
             table.add_column(col)
         for f in reversed(state.recent_failures):
-            table.add_row(str(f.seq), f.task_id, str(f.attempt), f.worker or "-", f.reason,
+            table.add_row(str(f.seq), escape(f.task_id), str(f.attempt), escape(f.worker or "-"),
+                          escape(f.reason),
                           "[red]failed for good[/]" if f.final else "will retry")
         console.print(table)
+    never = data["unschedulable"]
+    if never:
+        console.print(f"[red]{len(never)} task(s) unschedulable[/] (no present or possible "
+                      "worker can run them; see: ecloud why TASK)")
+        for item in never[:10]:
+            console.print(f"  {escape(item['task'])}: {escape(item['reason'])}")
+        if len(never) > 10:
+            console.print(f"  ... and {len(never) - 10} more")
+    ceiling = cloud_ceiling(state)
+    if ceiling is not None:
+        console.print(f"[yellow]cloud ceiling:[/] at {ceiling['at_vms']} VMs: "
+                      f"{escape(ceiling['reason'])}; asking again in "
+                      f"{max(0.0, ceiling['next_try'] - state.clock):.0f}s, one VM at a time")
+    if state.strangers:
+        names = ", ".join(escape(w) for w in list(state.strangers)[-10:])
+        console.print(f"[yellow]{len(state.strangers)} unknown worker(s)[/] heard from without "
+                      f"announcing themselves: {names} (see: ecloud log --type input.rejected)")
     if state.rejected:
         console.print(f"[yellow]{len(state.rejected)} input(s) rejected[/] "
                       "(see: ecloud log --type input.rejected, ecloud-replay)")
@@ -109,8 +131,8 @@ def render_workers(state: State, console: Console, now: float | None = None) -> 
     for wid in sorted(state.workers):
         w = state.workers[wid]
         running = ", ".join(f"{t}#{a}" for t, a in sorted(w.running)) or "-"
-        table.add_row(wid, w.host, f"[{STATUS_STYLE[w.status]}]{w.status}[/]",
-                      _slots_text(w.used, w.slots), running,
+        table.add_row(escape(wid), escape(w.host), f"[{STATUS_STYLE[w.status]}]{w.status}[/]",
+                      _slots_text(w.used, w.slots), escape(running),
                       ago(w.last_seen, state.clock if now is None else now))
     console.print(table)
 
@@ -122,9 +144,9 @@ def render_context(state: State, console: Console) -> None:
     for key in sorted(context.KEYS):
         spec = context.KEYS[key]
         if key in state.context:
-            value = state.context[key]
+            value = escape(state.context[key])
         elif spec.default is not None:
-            value = f"[dim]{spec.default} (default)[/]"
+            value = f"[dim]{escape(spec.default)} (default)[/]"
         else:
             value = "[dim]unset[/]"
         table.add_row(key, value, spec.description)

@@ -60,14 +60,14 @@ def replay(until: int | None, at_time: str | None, task_id: str | None, worker_i
                "--diff": diff_range, "--verify": do_verify, "--save-snapshot": save})
     if until is not None and at_time is not None:
         raise UserError("give --until or --at, not both")
-    with log_store(db, config_path, create=False) as store:
+    with log_store(db, config_path, create=False, read_only=not save) as store:
         head = store.head()
         if at_time is not None:
             until = seq_at(store, parse_time(at_time))
         if diff_range is not None:
             return _show_diff(store, diff_range, head, as_json)
         if why_task is not None:
-            return _show_why(store, why_task, until, as_json)
+            return show_why(store, why_task, until, as_json)
         if until is not None and until > head:
             raise UserError(f"--until {until} is past the end of the log (head is seq {head})")
         if do_verify:
@@ -104,7 +104,7 @@ def _show_diff(store, diff_range: tuple[int, int], head: int, as_json: bool) -> 
         _print_lines(lines)
 
 
-def _show_why(store, task_id: str, until: int | None, as_json: bool) -> None:
+def show_why(store, task_id: str, until: int | None, as_json: bool) -> None:
     state = load_state(store, until)
     task = state.tasks.get(task_id)
     if task is None:
@@ -145,7 +145,7 @@ def _show_task(store, task_id: str, until: int | None, as_json: bool) -> None:
     else:
         render.render_history(entries, out)
         if results:
-            out.print(f"Results of {task_id} and where they came from:")
+            out.print(f"Results of {escape(task_id)} and where they came from:")
             for line in lineage_lines(results):
                 out.print(line, markup=False, highlight=False)
 

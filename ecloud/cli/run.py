@@ -1,24 +1,36 @@
 """``ecloud run FILE --local N``: a whole DAG on this machine, one command.
 
 The embedded default: the SQLite log ``./ecloud.db`` (or ``--db``), an MQTT
-broker of its own (Mosquitto when it is on PATH, else a pure-Python one, each
-in its own process, on a free loopback port; or ``--broker`` / the config's
-broker), a boss in this process and N local worker processes spawned through
-the same VM effects OpenNebula will use. A live progress bar while it runs, a
-summary at the end, exit status 1 if any task did not succeed. Running it
-again on the same log continues where it stopped.
+broker of its own (Mosquitto when it is on PATH, else a pure-Python one, kept
+by a keeper process in ``<work dir>/embedded-broker``; or ``--broker`` / the
+config's broker), a boss in this process and N local worker processes
+spawned through the same VM effects OpenNebula will use. A live progress bar
+while it runs, a summary at the end; the exit statuses are
+:mod:`ecloud.cli.exits`.
+
+One boss per log: a run on a log that a live boss holds is refused at once
+(exit 4), naming the holder, and touches nothing of it. A run that was killed
+leaves its broker, its workers and their attempts running: the next run on
+the same log and work directory reuses the broker, adopts the workers and
+takes their reports of the attempts they hold - nothing is dispatched again
+while its holder is alive. Left alone, the workers stop after
+``local_boss_grace`` seconds (setting, 120) without a boss, and the keeper when no client
+is left.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import uuid
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 import click
+from attrs import define, field
 from rich.progress import (
     BarColumn,
     Progress,
@@ -26,59 +38,107 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.markup import escape
 from rich.table import Table
 
-from ecloud.boss.loop import Boss
-from ecloud.cli import render
-from ecloud.cli.boss import request_local_vms, start_web
-from ecloud.cli.common import common_options, config_for, err, handle_errors, out
-from ecloud.effects.local import LocalProvider
+from ecloud.boss.lease import take
+from ecloud.boss.loop import BEAT_EVERY, Boss
+from ecloud.cli import exits, render
+from ecloud.cli.boss import make_provider, request_local_vms, start_web
+from ecloud.cli.common import common_options, config_for, err, handle_errors, log_refusal, out
+from ecloud.effects.local import become_subreaper
 from ecloud.errors import EcloudError, UserError, ValidationError
 from ecloud.events import types as ev
 from ecloud.events.store import open_store
 from ecloud.projections.state import LIVE, SUCCEEDED, State
 from ecloud.rebuild import load_state
-from ecloud.submit import submit_tasks
+from ecloud.security.setup import BrokerSecurity, broker_security
+
+#: seconds "nothing can move" must hold before the run gives up (exit 3)
+STUCK_FOR = 1.0
 
 FINISHED = ("succeeded", "failed", "blocked", "cancelled")
 
 
-def push_or_continue(store, file: Path) -> tuple[list[str], str]:
-    """Push the file's tasks, or find them all already in the log (a run that
-    is continued). Returns the task ids and what was done."""
-    from ecloud.taskfile import parse_task_file, validate_against
+def check_file_against_log(config, file: Path, replace: bool) -> list:
+    """Parse FILE (every problem at once) and compare it with the log as it
+    is: a changed task refuses the run before anything starts, unless
+    ``replace``. Returns the specs."""
+    from ecloud.submit import check_dispatch_sizes, diff_lines, plan_push
+    from ecloud.taskfile import parse_task_file
 
-    state = load_state(store)
-    specs = parse_task_file(file)  # the file on its own first: every problem at once
+    with open_store(config.db, create=True) as store:
+        state = load_state(store)
+        try:
+            specs = parse_task_file(file, known=state.tasks.__contains__, redefine=True)
+            plan = plan_push(state, specs, file)
+            check_dispatch_sizes(plan, state, file)
+            if plan.changed and not replace:
+                raise ValidationError(diff_lines(plan) + [
+                    f"{len(plan.changed)} task(s) of the file differ from the log: run with "
+                    "--replace to run them (and what depends on them) again with the new specs"],
+                    str(file))
+        except UserError as exc:
+            log_refusal(store, exc)  # recorded, as a refused push is
+            raise
+    return specs
+
+
+def push_or_continue(store, file: Path, specs: list, replace: bool = False) -> tuple[list[str], str]:
+    """Push the file's tasks (``specs``, already parsed): new ones are
+    added, unchanged ones continue where they were, changed ones are
+    replaced with ``replace`` (and refused without). Returns the task ids
+    and what was done."""
+    from ecloud.submit import push_file
+
+    _, _, plan = push_file(store, specs, file, replace=replace)
     ids = [s.id for s in specs]
-    present = [i for i in ids if i in state.tasks]
-    if len(present) == len(ids):
+    if not plan.new and not plan.changed:
         return ids, f"continuing: all {len(ids)} tasks of {file} are in the log already"
-    if present:
-        raise ValidationError(
-            [f"task {i!r} is in the log already" for i in present[:10]]
-            + ([f"... and {len(present) - 10} more"] if len(present) > 10 else [])
-            + ["a run continues only when all of the file's tasks are in the log, or none is"],
-            str(file),
-        )
-    validate_against(specs, state.tasks.__contains__, source=str(file))
-    submit_tasks(store, specs, str(file),
-                 validate=lambda cur: validate_against(specs, cur.tasks.__contains__, source=str(file)),
-                 state=state)
-    return ids, f"pushed {len(ids)} tasks from {file}"
+    done = [f"pushed {len(plan.new)} new task(s)"] if plan.new else []
+    if plan.same:
+        done.append(f"{len(plan.same)} unchanged continue")
+    if plan.changed:
+        done.append(f"{len(plan.changed)} replaced (they and what depends on them run again)")
+    return ids, f"{file}: " + ", ".join(done)
 
 
-def set_datastore(store, address: str) -> None:
-    """A local datastore is given as an absolute path: workers run elsewhere."""
-    from ecloud.submit import append_checked
+def set_datastore(store, address: str, key_file: str | None = None) -> tuple[str, str]:
+    """:func:`mark_datastore`, then record it in the log. Returns (address, id)."""
+    address, identity = mark_datastore(address, key_file)
+    record_datastore(store, address, identity)
+    return address, identity
 
-    if "@" not in address and "://" not in address:
+
+def mark_datastore(address: str, key_file: str | None = None) -> tuple[str, str]:
+    """Mark the datastore's root (``.ecloud-datastore``, made if missing;
+    the root must exist and is never created) and return its (address, id).
+    A local directory is given as an absolute path: workers run elsewhere."""
+    from ecloud.effects.movers import StagingError, is_remote, mover_for
+
+    if any(c.isspace() for c in address):
+        raise UserError(f"datastore address {address!r} must not contain spaces")
+    if not is_remote(address) and not address.startswith("file://"):
         folder = Path(address).expanduser().resolve()
         if not folder.is_dir():
-            raise UserError(f"--datastore {address}: no such directory")
+            raise UserError(f"datastore {address}: no such directory (it is never created: make "
+                            "it, or mount it, first)")
         address = str(folder)
-    append_checked(store, lambda state: [] if state.context.get("datastore_address") == address
-                   else [ev.ContextSet("datastore_address", address)])
+    try:
+        with mover_for(address, key_file=key_file) as mover:
+            return address, mover.mark()
+    except StagingError as exc:
+        kind = EcloudError if exc.kind == "unreachable" else UserError
+        raise kind(f"datastore {address}: {exc.reason}") from None
+
+
+def record_datastore(store, address: str, identity: str) -> None:
+    """The datastore's address and id into the context, in one batch."""
+    from ecloud.submit import append_checked
+
+    wanted = {"datastore_address": address, "datastore_id": identity}
+    append_checked(store, lambda state: [
+        ev.ContextSet(k, v) for k, v in wanted.items() if state.context.get(k) != v])
 
 
 def all_finished(view: dict) -> bool:
@@ -109,7 +169,8 @@ def _summary(state: State, elapsed: float, ids: list[str]) -> Table:
               "starting one. Default: the config's broker, else an embedded one.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(".ecloud-workers"), show_default=True,
-              help="Where the workers run tasks (one directory per attempt) and keep their logs.")
+              help="Where the workers run tasks (one directory per attempt) and keep their logs, "
+                   "and where the embedded broker lives.")
 @click.option("--datastore", metavar="ADDRESS",
               help="Set the datastore tasks stage their inputs from and results to: a local "
                    "directory (the embedded default) or user@host:/path. Default: the one the "
@@ -117,49 +178,95 @@ def _summary(state: State, elapsed: float, ids: list[str]) -> Table:
 @click.option("--web", "web_address", metavar="HOST:PORT",
               help="Serve the live status page there while the run lasts (see ecloud web). "
                    "Default: the setting web_address; none: no page.")
+@click.option("--replace", is_flag=True,
+              help="FILE was edited: tasks whose spec changed run again with the new one (and "
+                   "every task downstream of them); without it a changed task refuses the run "
+                   "and shows the differences (see ecloud push --replace).")
 @click.option("--debug", is_flag=True, help="Workers log every step (see --work-dir/*.log).")
 @common_options
 @handle_errors
 def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path,
-        datastore: str | None, web_address: str | None, debug: bool, db: str | None,
-        config_path: str | None) -> None:
-    """Run the tasks of FILE to the end on local worker processes."""
-    from ecloud.effects.broker import start_broker
+        datastore: str | None, web_address: str | None, replace: bool, debug: bool,
+        db: str | None, config_path: str | None) -> None:
+    """Run the tasks of FILE to the end on local worker processes.
+
+    Run it again to continue where it stopped - after Ctrl-C, or after the
+    run was killed: its workers, and the attempts they hold, are taken over.
+    One boss per log: while another run (or ecloud-boss) holds the log this
+    one is refused (exit 4); add tasks to that run with ecloud push.
+    """
+    from ecloud.effects.embedded import open_embedded
 
     config = config_for(db, config_path)
     started = time.monotonic()
-    with open_store(config.db, create=True) as store:
-        if datastore:
-            set_datastore(store, datastore)
-        ids, what = push_or_continue(store, file)
-    err.print(what)
+    # the file and its differences with the log first: every problem at once,
+    # before anything starts
+    specs = check_file_against_log(config, file, replace)
+    marked = mark_datastore(datastore) if datastore else None  # recorded once the log is ours
+    work_dir = work_dir.resolve()
+    broker_url = broker or config.broker
+    boss_id = uuid.uuid4().hex[:12]
+    # The log first: a live boss holds it, and this run stops here, having
+    # touched nothing of that boss's - not its broker, not its workers.
+    lease, boss_store = take(config.db, boss_id, config.takeover_after, "ecloud run")
     with ExitStack() as stack:
-        web = start_web(web_address or config.web_address, config.db)
+        if not isinstance(boss_store, str):  # MariaDB: the lock lives on its connection
+            stack.callback(boss_store.close)
+        stack.callback(lease.release)  # the last thing this run lets go of
+        log_id = _log_id(config.db)
+        security = broker_security(config, broker_url) if broker_url else BrokerSecurity()
+        embedded = None
+        if broker_url is None:
+            embedded = open_embedded(work_dir / "embedded-broker", log_id)
+            broker_url = embedded.url
+            err.print(f"embedded MQTT broker ({embedded.kind}) at {broker_url}"
+                      + (f" - the one a killed run of this log left, in {embedded.folder}"
+                         if embedded.reused else ""), markup=False)
+            stack.callback(embedded.stop)
+        become_subreaper()  # what a worker killed outright leaves behind comes to us
+        web = start_web(web_address or config.web_address, config.db, config.web_hosts)
         if web is not None:
             stack.callback(web.stop)
-        broker_url = broker or config.broker
-        if broker_url is None:
-            embedded = start_broker()
-            stack.callback(embedded.stop)
-            broker_url = embedded.url
-            err.print(f"embedded MQTT broker ({embedded.kind}) at {broker_url}")
-        provider = LocalProvider(broker_url, config.cluster, slots=slots, work_root=work_dir,
-                                 debug=debug)
+        provider = make_provider("local", config, broker_url, slots, security, work_root=work_dir,
+                                 debug=debug, boss_grace=config.local_boss_grace, log_id=log_id)
         stack.callback(provider.close, stop_workers=True)  # a safety net: they were retired
-        boss = Boss(config.db, broker_url, provider=provider, cluster=config.cluster,
+
+        def on_start(state: State) -> list:
+            adopted = provider.adopt()  # the lease is ours now: the workers are too
+            if adopted:
+                err.print(f"took over {len(adopted)} worker(s) of an earlier run: "
+                          f"{', '.join(adopted)}", markup=False)
+            return []
+
+        def keep_local(state: State) -> list:
+            return request_local_vms(state, provider, workers, "ecloud run --local")
+
+        boss = Boss(boss_store, broker_url, provider=provider, cluster=config.cluster,
                     snapshot_every=config.snapshot_every, resend_after=config.resend_after,
-                    observe_every=1.0,
-                    on_start=lambda state: request_local_vms(state, provider, workers,
-                                                             "ecloud run --local"))
+                    observe_every=1.0, on_start=on_start, label="ecloud run", boss_id=boss_id,
+                    connect_wait=10.0, auth=security.auth, accounts=security.accounts,
+                    upkeep=keep_local, lease=lease,
+                    # four beats within the workers' grace: one lost or late is no loss
+                    beat_every=min(BEAT_EVERY, config.local_boss_grace / 4))
         thread = threading.Thread(target=_run_quietly, args=(boss,), name="boss", daemon=True)
         thread.start()
         while not boss.ready.wait(0.1):
             if boss.finished.is_set():
+                if isinstance(boss.error, EcloudError):
+                    raise boss.error
                 raise EcloudError(f"the boss stopped while starting: {boss.error}")
-        interrupted = _watch(boss, thread, len(ids))
+        stack.callback(_stop_boss, boss, thread)
+        with open_store(config.db, create=True) as store:
+            if marked is not None:
+                record_datastore(store, *marked)
+            ids, what = push_or_continue(store, file, specs, replace)
+            pushed = store.head()
+        err.print(what, markup=False)
+        outcome = _watch(boss, thread, len(ids), pushed,
+                         lambda: _keep_broker(embedded, log_id) if embedded else None)
+        boss.upkeep = None  # the workers go now: none is replaced
         _retire_workers(boss, thread)
-        boss.stop()
-        thread.join(60)
+        _stop_boss(boss, thread)
         state = boss.state
     elapsed = time.monotonic() - started
     out.print(_summary(state, elapsed, ids))
@@ -168,13 +275,42 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
                           "continue)")
     failed = [f for f in state.recent_failures if f.final and f.task_id in set(ids)]
     for f in failed[-10:]:
-        out.print(f"  [red]failed[/] {f.task_id} (attempt {f.attempt}): {f.reason}"
-                  f"  - see: ecloud log --task {f.task_id}")
-    if interrupted:
+        out.print(f"  [red]failed[/] {escape(f.task_id)} (attempt {f.attempt}): "
+                  f"{escape(f.reason)}  - see: ecloud logs {escape(f.task_id)}")
+    if outcome.interrupted:
         err.print("interrupted: run the same command again to continue")
-        sys.exit(130)
+        sys.exit(exits.INTERRUPTED)
+    if outcome.workers_failed:
+        raise EcloudError("no local worker is left to run the tasks: "
+                          + "; ".join(f"{name}: {why}" for name, why in outcome.workers_failed))
+    if outcome.stuck:
+        for task_id, why in list(outcome.stuck.items())[:10]:
+            err.print(f"[bold red]unschedulable:[/] {escape(task_id)} {escape(why)}")
+        if len(outcome.stuck) > 10:
+            err.print(f"... and {len(outcome.stuck) - 10} more (ecloud status)")
+        err.print("nothing else can run (see: ecloud why TASK); run again with workers that "
+                  "offer enough slots (--slots N), or change the task")
+        sys.exit(exits.UNSCHEDULABLE)
     if any(state.tasks[i].status != SUCCEEDED for i in ids):
-        sys.exit(1)
+        sys.exit(exits.FAILED)
+
+
+def _log_id(url: str) -> str:
+    """The log's own id (it ties this log's broker and workers to it)."""
+    with open_store(url, create=False) as store:
+        return store.log_id()
+
+
+def _keep_broker(embedded, log_id: str) -> None:
+    """The embedded broker's keeper died (killed): start a new one on the
+    same port; the boss and the workers reconnect to it by themselves."""
+    if embedded.alive():
+        return
+    if embedded.revive(log_id):
+        err.print(f"the embedded broker stopped: started it again at {embedded.url}")
+    else:
+        raise EcloudError(f"the embedded broker stopped and its port {embedded.port} was taken "
+                          "meanwhile: run the same command again to continue")
 
 
 def _run_quietly(boss: Boss) -> None:
@@ -185,8 +321,26 @@ def _run_quietly(boss: Boss) -> None:
         pass
 
 
-def _watch(boss: Boss, thread: threading.Thread, total: int) -> bool:
-    """Draw progress until every task is finished; True if interrupted."""
+def _stop_boss(boss: Boss, thread: threading.Thread) -> None:
+    boss.stop()
+    thread.join(60)
+
+
+@define
+class Outcome:
+    """How the watch ended."""
+
+    interrupted: bool = False
+    #: unschedulable tasks, when nothing else could move
+    stuck: dict[str, str] = field(factory=dict)
+    #: (VM, why) of local workers that failed, when none is left
+    workers_failed: list[tuple[str, str]] = field(factory=list)
+
+
+def _watch(boss: Boss, thread: threading.Thread, total: int, pushed: int,
+           upkeep: Callable[[], None] = lambda: None) -> Outcome:
+    """Draw progress until every task is finished, nothing can move any
+    more, or the run is interrupted; ``upkeep`` runs on every look."""
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -196,6 +350,7 @@ def _watch(boss: Boss, thread: threading.Thread, total: int) -> bool:
                    "[red]{task.fields[failed]} failed[/]"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
     )
+    stuck_since: float | None = None
     try:
         with bar:
             task = bar.add_task("tasks", total=total, running=0, failed=0)
@@ -208,13 +363,30 @@ def _watch(boss: Boss, thread: threading.Thread, total: int) -> bool:
                            completed=sum(counts.get(s, 0) for s in FINISHED),
                            running=counts.get("running", 0) + counts.get("dispatched", 0),
                            failed=counts.get("failed", 0) + counts.get("blocked", 0))
-                if all_finished(view):
-                    return False
+                current = view.get("seq", 0) >= pushed
+                if current and all_finished(view):
+                    return Outcome()
+                if current and view.get("stuck"):
+                    now = time.monotonic()
+                    stuck_since = stuck_since if stuck_since is not None else now
+                    if now - stuck_since >= STUCK_FOR:
+                        failed = view.get("vm_failures", [])
+                        if failed and not _serving(view):
+                            return Outcome(workers_failed=failed)
+                        return Outcome(stuck=dict(view["stuck"]))
+                else:
+                    stuck_since = None
+                upkeep()
                 stop.wait(0.2)
-        return stop.is_set()
+        return Outcome(interrupted=stop.is_set())
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _serving(view: dict) -> bool:
+    """Whether any worker is live (and so might run something)."""
+    return any(status in LIVE for status, _ in view.get("workers", {}).values())
 
 
 def _retire_workers(boss: Boss, thread: threading.Thread, grace: float = 30.0) -> None:
@@ -231,4 +403,3 @@ def _retire_workers(boss: Boss, thread: threading.Thread, grace: float = 30.0) -
         if not any(status in LIVE for status, _ in workers.values()):
             return
         time.sleep(0.1)
-

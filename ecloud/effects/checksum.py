@@ -9,7 +9,10 @@ The digest of a directory is the sha256 of the lines
 separators, no ``./`` prefix; empty directories do not count), the lines
 sorted as strings - i.e. by code point, the same as ``LC_ALL=C sort`` on their
 UTF-8 bytes. Symbolic links are followed, as the movers copy what they point
-to. :func:`tree_digest` is the one place this is defined.
+to - but only within the directory: a link that leads out of it, or back
+into a directory already on the way down (a loop, which would otherwise be
+walked about 2^depth times), is refused with :class:`OSError` naming it.
+:func:`tree_digest` is the one place this is defined.
 """
 
 from __future__ import annotations
@@ -56,14 +59,35 @@ def copy_file(src: Path, dst: Path) -> tuple[str, int]:
 
 def tree_files(root: Path) -> Iterator[str]:
     """The relative paths (``/``-separated) of the regular files under the
-    directory ``root``, following symbolic links, in sorted order."""
+    directory ``root``, following symbolic links that stay inside it, in
+    sorted order; :class:`OSError` for a link out of it or a loop."""
+    top = os.path.realpath(root)
     found: list[str] = []
+    # (device, inode) of the directories on the way down from ``root``
+    stack: list[tuple[str, tuple[int, int]]] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        info = os.stat(dirpath)
+        here = (info.st_dev, info.st_ino)
+        while stack and not _below(dirpath, stack[-1][0]):
+            stack.pop()
+        if any(key == here for _, key in stack):
+            raise OSError(f"symbolic link loop at {dirpath}: it leads back to a directory above")
+        stack.append((dirpath, here))
         dirnames.sort()
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                if target != top and not target.startswith(top + os.sep):
+                    raise OSError(f"symbolic link {path} points out of {root} (to {target})")
         base = Path(dirpath).relative_to(root)
         for name in filenames:
             found.append((base / name).as_posix())
     return iter(sorted(found))
+
+
+def _below(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
 
 
 def tree_digest(files: Mapping[str, str]) -> str:

@@ -8,12 +8,20 @@ is exercised exactly as with real VMs.
 
 Like VMs, local workers outlive the boss that started them: each one's pid is
 kept in ``<work root>/<name>.pid`` (its output in ``<name>.log``), and a new
-provider *adopts* the live ones it finds there - after checking the process
-really is that worker, so a reused pid is never signalled. A restarted boss
+provider *adopts* the live ones (:meth:`LocalProvider.adopt`, called once the
+boss holds the log - never before, so a boss that is refused the log touches
+no process of the one that holds it). A worker is recognised by its command
+line - ``worker.agent`` with ``--work-dir <work root>/<name>`` - from its pid
+file or, for one started just before a crash wrote that file, by a look
+through ``/proc``; a reused pid is never signalled. A restarted boss
 therefore keeps its workers, and the reports they made while it was down
-(queued by the broker for the boss's persistent session) are not wasted.
+are not wasted. Workers with no boss for their ``--boss-grace`` stop their
+attempts and exit on their own.
+
 Spawning is idempotent by name; a VM of the log that has no live process here
-(exited, or from a run long gone) is reported DONE.
+(exited, or from a run long gone) is reported DONE - and, when the worker
+exited with an error of its own (the broker refused it, say), ``vm.failed``
+first, with the last lines of its log as the reason.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ if TYPE_CHECKING:
     from ecloud.security.setup import WorkerCredentials
 
 ACTIVE, DONE = 3, 6  # OpenNebula STATE codes
+#: the environment variable that names a local worker's log (and its tasks')
+LOG_ID_VARIABLE = "ECLOUD_LOG_ID"
 #: the boss's own variables besides its settings' (ecloud.config.SETTINGS)
 _BOSS_VARIABLES = frozenset({"ECLOUD_CONFIG"})
 LCM_RUNNING, LCM_INIT = 3, 0
@@ -63,6 +73,13 @@ class _Process:
         except (FileNotFoundError, IndexError):
             return False
 
+    def exit_status(self) -> int | None:
+        """The exit status of a worker we started and that ended (None: still
+        running, or adopted - not ours to wait for)."""
+        if self.popen is None:
+            return None
+        return self.popen.poll()
+
     def signal(self, sig: int) -> None:
         try:
             os.kill(self.pid, sig)
@@ -85,17 +102,33 @@ class _Process:
         return True
 
 
-def _worker_argv(pid: int, name: str) -> list[str] | None:
-    """The command line of ``pid`` if it runs the ecloud worker called
-    ``name`` (and is not some process that got a reused pid), else None."""
+def _worker_argv(pid: int, name: str | None = None) -> list[str] | None:
+    """The command line of ``pid`` if it runs an ecloud worker (called
+    ``name``, when given) and is not some process that got a reused pid or
+    has already ended (a zombie), else None."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
     text = [a.decode(errors="replace") for a in argv]
-    if "worker.agent" in text and _flag(text, "--worker-id") == name:
-        return text
-    return None
+    if "worker.agent" not in text or not _Process(pid).alive():
+        return None
+    if name is not None and _flag(text, "--worker-id") != name:
+        return None
+    return text
+
+
+def _log_tail(path: Path, lines: int = 3, limit: int = 600) -> str:
+    """The last lines of a worker's log, for a failure's reason."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    tail = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+    return tail[-limit:]
 
 
 def _flag(argv: list[str], flag: str) -> str | None:
@@ -118,11 +151,17 @@ class LocalProvider:
         kill_grace: float = 20.0,
         credentials: WorkerCredentials | None = None,
         ca_file: str | None = None,
+        boss_grace: float = 900.0,
+        log_id: str = "",
     ) -> None:
         self.broker = broker
+        #: the log whose workers these are: in every worker's environment (and
+        #: so its tasks'), how they are told from another log's
+        self.log_id = log_id
         self.cluster = cluster
         self.slots = slots
-        self.work_root = Path(work_root)
+        self.work_root = Path(work_root).resolve()
+        self.boss_grace = boss_grace
         self.heartbeat = heartbeat
         self.debug = debug
         self.kill_grace = kill_grace
@@ -133,23 +172,29 @@ class LocalProvider:
         self._lock = threading.Lock()
         self._procs: dict[int, tuple[str, _Process]] = {}
         self._reported_done: set[int] = set()
-        self._adopt()
 
-    def _adopt(self) -> None:
-        for pidfile in sorted(self.work_root.glob("*.pid")):
-            name = pidfile.stem
-            try:
-                pid = int(pidfile.read_text().strip())
-            except (OSError, ValueError):
-                continue
-            argv = _worker_argv(pid, name)
-            if argv is None:
-                continue
-            if _flag(argv, "--broker") == self.broker:
-                self._procs[vm_id_for(name)] = (name, _Process(pid))
-            else:
-                # left by a run whose (embedded) broker is gone: of no use to anyone
-                _Process(pid).signal(signal.SIGTERM)
+    def adopt(self) -> list[str]:
+        """Take over the live workers of an earlier boss of this log - they
+        carry its id in their environment, whatever their work directory -
+        and returns their names. Workers of another log are never touched.
+        One of this log's with a broker other than ours can never report
+        again: it is told to stop (SIGTERM: it drains and exits)."""
+        found: dict[str, int] = {}
+        for pid, argv in _workers_of(self.log_id, self.work_root):
+            found.setdefault(_flag(argv, "--worker-id") or "", pid)
+        adopted = []
+        with self._lock:
+            for name, pid in sorted(found.items()):
+                argv = _worker_argv(pid, name)
+                if argv is None:
+                    continue
+                if _flag(argv, "--broker") == self.broker:
+                    self._procs[vm_id_for(name)] = (name, _Process(pid))
+                    adopted.append(name)
+                else:
+                    # left by a run whose (embedded) broker is gone: of no use to anyone
+                    _Process(pid).signal(signal.SIGTERM)
+        return adopted
 
     def running(self) -> list[str]:
         """Names of the worker processes alive now."""
@@ -164,6 +209,7 @@ class LocalProvider:
             "--work-dir", str(self.work_root / name), "--heartbeat", f"{self.heartbeat:g}",
             # the worker must give up draining before we give up on it
             "--drain-timeout", f"{max(1.0, self.kill_grace - 5):g}",
+            "--boss-grace", f"{self.boss_grace:g}",
         ]
         if self.ca_file is not None:
             cmd += ["--broker-ca", self.ca_file]
@@ -180,6 +226,8 @@ class LocalProvider:
         env = {k: v for k, v in os.environ.items() if k not in _BOSS_VARIABLES}
         for setting in SETTINGS:
             env.pop(setting.env, None)
+        if self.log_id:
+            env[LOG_ID_VARIABLE] = self.log_id
         if self.credentials is not None:
             env["ECLOUD_BROKER_PASSWORD"] = self.credentials.password_for(name)
         return env
@@ -211,6 +259,7 @@ class LocalProvider:
             known = self._procs.get(effect.vm_id)
         if known is not None:
             self._stop(known[1])
+            _forget_pid_file(self.work_root, known[0])
         with self._lock:
             self._reported_done.add(effect.vm_id)
         return [ev.VMStateObserved(effect.vm_id, DONE, LCM_INIT, None, known[0] if known else "")]
@@ -223,17 +272,65 @@ class LocalProvider:
                 proc.signal(signal.SIGKILL)
                 proc.wait(5)
 
-    def observe(self, alive_in_log: list[tuple[str, int]]) -> list:
+    def sweep_orphans(self) -> list[int]:
+        """Kill what a worker of this log that died without stopping its
+        attempts (SIGKILL, a crash) left running: every process carrying the
+        log's id in its environment that no live worker of ours has among its
+        ancestors. Returns their pids. Orphans re-parented to this process
+        (a child subreaper, see :func:`become_subreaper`) are reaped."""
+        if not self.log_id:
+            return []
+        with self._lock:
+            agents = {proc.pid for _, proc in self._procs.values() if proc.alive()}
+            known = {proc.pid for _, proc in self._procs.values()}
+        parents: dict[int, int] = {}
+        ours: list[int] = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] == "Z":
+                continue
+            parents[pid] = int(fields[1])
+            if pid not in known and _log_of(pid) == self.log_id \
+                    and _worker_argv(pid) is None:
+                ours.append(pid)
+        orphans = [pid for pid in ours if not _under(pid, agents, parents)]
+        for pid in orphans:
+            _Process(pid).signal(signal.SIGKILL)
+        _reap_adopted(known)
+        return orphans
+
+    def observe(self, alive_in_log: list[tuple[str, int]], unallocated: list[str] = ()) -> list:
         """Report DONE for every VM the log thinks alive that has no running
-        process here (exited, killed, or from an earlier run)."""
+        process here (exited, killed, or from an earlier run) - after a
+        ``vm.failed`` saying why when the worker we started exited with an
+        error of its own. A worker of ours found dead may have left attempts
+        running (SIGKILL): they are killed first (:meth:`sweep_orphans`)."""
         events = []
+        died = False
         with self._lock:
             for name, vm_id in alive_in_log:
                 known = self._procs.get(vm_id)
                 running = known is not None and known[1].alive()
                 if not running and vm_id not in self._reported_done:
                     self._reported_done.add(vm_id)
+                    died = died or known is not None
+                    _forget_pid_file(self.work_root, name)
+                    status = known[1].exit_status() if known is not None else None
+                    if status:
+                        tail = _log_tail(self.work_root / f"{name}.log")
+                        events.append(ev.VMFailed(
+                            name, f"worker exited with status {status}"
+                                  + (f": {tail}" if tail else ""), "worker exited", vm_id))
                     events.append(ev.VMStateObserved(vm_id, DONE, LCM_INIT, None, name))
+        if died:
+            self.sweep_orphans()
         return events
 
     def close(self, stop_workers: bool = False) -> None:
@@ -248,3 +345,88 @@ class LocalProvider:
                 proc.signal(signal.SIGTERM)
         for proc in procs:
             self._stop(proc)
+        self.sweep_orphans()  # what a worker killed along the way may have left
+
+
+def _workers_of(log_id: str, work_root: Path) -> list[tuple[int, list[str]]]:
+    """Every live ecloud worker process of the log ``log_id`` (its
+    environment says so); without a log id, those working in ``work_root``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        argv = _worker_argv(int(entry))
+        if argv is None:
+            continue
+        if log_id:
+            if _log_of(int(entry)) == log_id:
+                found.append((int(entry), argv))
+        elif Path(_flag(argv, "--work-dir") or "").parent == work_root:
+            found.append((int(entry), argv))
+    return found
+
+
+def _log_of(pid: int) -> str | None:
+    """The log id in a process's environment, if it has one (and we may read it)."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    needle = b"\0" + LOG_ID_VARIABLE.encode() + b"="
+    data = b"\0" + env
+    at = data.find(needle)
+    if at < 0:
+        return None
+    start = at + len(needle)
+    end = data.find(b"\0", start)
+    return data[start:end if end >= 0 else len(data)].decode(errors="replace")
+
+
+def _under(pid: int, agents: set[int], parents: dict[int, int]) -> bool:
+    """Whether a live agent of ours is an ancestor of ``pid``."""
+    seen = 0
+    while pid in parents and seen < 10_000:
+        pid = parents[pid]
+        if pid in agents:
+            return True
+        seen += 1
+    return False
+
+
+def _reap_adopted(known: set[int]) -> None:
+    """Reap the exited children of this process that are no worker of ours
+    (``Popen`` waits for those): orphans re-parented to us."""
+    me = os.getpid()
+    try:
+        tasks = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return
+    for tid in tasks:
+        try:
+            children = Path(f"/proc/{me}/task/{tid}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            if child in known:
+                continue
+            try:
+                os.waitpid(child, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def become_subreaper() -> bool:
+    """Have orphans of this process's descendants re-parented to it (Linux):
+    the boss of local workers then finds, and reaps, what a worker that died
+    left behind. False where that cannot be done."""
+    from ecloud.effects.broker import _PRCTL
+
+    return _PRCTL is not None and _PRCTL(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+
+
+def _forget_pid_file(work_root: Path, name: str) -> None:
+    """The worker is gone: its pid file names nobody any more."""
+    try:
+        (work_root / f"{name}.pid").unlink()
+    except OSError:
+        pass

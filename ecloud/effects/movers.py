@@ -16,6 +16,13 @@ Both keep the same promises:
   ``.<name>.ecloud-push`` next to its target on the datastore and is renamed
   over the old result only once its sha256 matches what was sent, so a failed
   push never damages an existing result;
+- the datastore proves it is the datastore: its root holds a marker,
+  ``.ecloud-datastore``, with a random id, made when it is set up
+  (:meth:`mark`, ``ecloud datastore set``); a mover given that ``identity``
+  checks the marker before every push and never creates the root, so a root
+  that went away (unmounted, renamed) fails the push with "datastore root
+  gone" rather than leaving the results on the disk beneath it; a pushed
+  copy is hashed again where it lies before it takes its final name;
 - files are hashed and copied in chunks (:mod:`ecloud.effects.checksum`
   defines the digest of a directory), never read whole into memory.
 
@@ -47,6 +54,7 @@ when the mover is garbage-collected or the interpreter exits.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -77,6 +85,8 @@ from ecloud.errors import EcloudError
 __all__ = ["LocalDirMover", "Mover", "RsyncMover", "StagingError", "Transfer", "mover_for"]
 
 KINDS = frozenset({"missing", "checksum", "unreachable", "error"})
+MARKER = ".ecloud-datastore"  # in the root: the datastore's id (see the module doc)
+_MARKER_ID = re.compile(r"[0-9a-f]{32}")
 PARTIAL_DIR = ".ecloud-partial"
 _MUX_NOISE = ("Control socket connect(", "mux_client_")  # ssh's words about its master
 _AUTH_DENIED = re.compile(r": Permission denied \([a-z,-]+\)\.?$")  # ssh's, not a file's (13)
@@ -103,6 +113,12 @@ class StagingError(EcloudError):
 
 class Mover(Protocol):
     address: str
+    #: the id the root's marker must hold before a push (None: not checked)
+    identity: str | None
+
+    def mark(self) -> str: ...
+
+    def identify(self) -> None: ...
 
     def fetch(self, path: str, dest: Path, expected_sha256: str | None = None) -> Transfer: ...
 
@@ -152,6 +168,16 @@ def relative(path: str) -> str:
     return "/".join(parts)
 
 
+def _gone(where: str, why: str) -> StagingError:
+    return StagingError("error", f"datastore root gone: {where} {why} (unmounted, moved, or "
+                        "another directory?); nothing was written there. If the datastore "
+                        "moved, run `ecloud datastore set ADDRESS` with its new address")
+
+
+def _marker_text(identity: str) -> str:
+    return identity + "\n"
+
+
 def _stage_dir(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.ecloud-fetch"
 
@@ -173,9 +199,58 @@ def _finish_fetch(path: str, staged: Path, stage: Path, dest: Path, expected: st
 class LocalDirMover(_Closing):
     """A datastore that is a directory of this machine (``close`` does nothing)."""
 
-    def __init__(self, root: str | Path, address: str | None = None) -> None:
+    def __init__(self, root: str | Path, address: str | None = None,
+                 identity: str | None = None) -> None:
         self.root = Path(root)
         self.address = address if address is not None else str(root)
+        self.identity = identity
+
+    def mark(self) -> str:
+        """The id in the root's marker, made now if there is none. The root
+        must exist: it is never created."""
+        if not self.root.is_dir():
+            what = "not a directory" if self.root.exists() else "no such directory"
+            raise StagingError("missing", f"{what}: {self.root}")
+        marker = self.root / MARKER
+        try:
+            found = marker.read_text().strip()
+        except FileNotFoundError:
+            found = None
+        except OSError as e:
+            raise StagingError("error", f"cannot read {marker}: {e.strerror or e}") from e
+        if found is not None:
+            if not _MARKER_ID.fullmatch(found):
+                raise StagingError("error", f"{marker} holds no datastore id (remove it to "
+                                   "start afresh)")
+            return found
+        identity = secrets.token_hex(16)
+        tmp = self.root / f".{MARKER}.{secrets.token_hex(4)}"
+        try:
+            tmp.write_text(_marker_text(identity))
+            os.link(tmp, marker)  # never over a marker made meanwhile
+        except FileExistsError:
+            tmp.unlink()
+            return self.mark()
+        except OSError as e:
+            raise StagingError("error", f"cannot write {marker}: {e.strerror or e}") from e
+        tmp.unlink()
+        return identity
+
+    def identify(self) -> None:
+        """Raise "datastore root gone" unless the root's marker holds
+        :attr:`identity` (nothing to check without one)."""
+        if self.identity is None:
+            return
+        try:
+            found = (self.root / MARKER).read_text().strip()
+        except FileNotFoundError:
+            what = "does not exist" if not self.root.exists() else f"has no {MARKER} marker"
+            raise _gone(str(self.root), what) from None
+        except OSError as e:
+            raise _gone(str(self.root), f"cannot be read ({e.strerror or e})") from None
+        if found != self.identity:
+            raise _gone(str(self.root), f"is another datastore (its {MARKER} holds {found[:32]!r}, "
+                        f"not {self.identity!r})")
 
     def fetch(self, path: str, dest: Path, expected_sha256: str | None = None) -> Transfer:
         started = time.monotonic()
@@ -198,17 +273,51 @@ class LocalDirMover(_Closing):
         final, src = self.root / relative(path), Path(src)
         if not src.exists():
             raise StagingError("missing", f"nothing to push at {src}")
+        self.identify()
         tmp = final.with_name(f".{final.name}.ecloud-push-{secrets.token_hex(4)}")
+        made: list[Path] = []
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            made = self._parents(final.parent)
             sha, size = copy_path(src, tmp)
+            stored = path_sha256(tmp)  # read back where it lies, before it takes its name
+            if stored != (sha, size):
+                remove_path(tmp)
+                raise StagingError("checksum", f"{path}: sent sha256 {sha} ({size} bytes), the "
+                                   f"datastore has {stored[0]} ({stored[1]} bytes)")
             replace_path(tmp, final)
-        except OSError as e:
+        except (OSError, StagingError) as e:
             remove_path(tmp)
+            for folder in made:  # the folders made for it, if still empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            if isinstance(e, StagingError):
+                raise
             raise StagingError("error", f"cannot push {src} to {path}: {e}") from e
         return Transfer(path=path, sha256=sha, bytes=size, seconds=time.monotonic() - started)
 
+    def _parents(self, folder: Path) -> list[Path]:
+        """Make ``folder`` and the folders between it and the root - never
+        the root itself. Returns those it made, deepest first."""
+        if not self.root.is_dir():
+            raise _gone(str(self.root), "does not exist")
+        missing = []
+        while folder != self.root and not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        made = []
+        for one in reversed(missing):
+            try:
+                one.mkdir()
+            except FileExistsError:  # another push made it this instant: not ours to remove
+                continue
+            made.insert(0, one)
+        return made
+
     def check(self) -> list[str]:
+        try:
+            self.identify()  # first: a root gone is the one problem to tell
+        except StagingError as e:
+            return [e.reason]
         if not self.root.is_dir():
             what = "not a directory" if self.root.exists() else "no such directory"
             return [f"{what}: {self.root}"]
@@ -231,10 +340,31 @@ rm -f -- "$probe"
 for tool in rsync sha256sum; do
   command -v $tool >/dev/null 2>&1 || { echo "$tool is not installed on the datastore host" >&2; exit 3; }
 done"""
-# $1 parent, $2 temporary name, $3 "dir" or "file": a temporary of the wrong type is dropped
-_PREPARE = r"""mkdir -p -- "$1" || exit 3
+# $1 parent, $2 temporary name, $3 "dir" or "file": a temporary of the wrong type is dropped;
+# $4 the root, $5 the id its marker must hold ("": not checked): the root is never created
+_PREPARE = r"""if [ -n "$5" ]; then
+  if [ ! -d "$4" ]; then echo "ecloud-gone: does not exist" >&2; exit 3; fi
+  found=$(cat -- "$4/.ecloud-datastore" 2>/dev/null) || { echo "ecloud-gone: has no .ecloud-datastore marker" >&2; exit 3; }
+  [ "$found" = "$5" ] || { echo "ecloud-gone: is another datastore (its .ecloud-datastore does not hold $5)" >&2; exit 3; }
+  case "$1/" in "$4"/*) ;; *) echo "$1 is not under $4" >&2; exit 3;; esac
+fi
+mkdir -p -- "$1" || exit 3
 if [ "$3" = dir ] && [ -e "$2" ] && [ ! -d "$2" ]; then rm -f -- "$2"; fi
 if [ "$3" = file ] && [ -d "$2" ]; then rm -rf -- "$2"; fi"""
+# $1 the root: print the id in its marker, made now if there is none (the root is never created)
+_MARK = r"""root=$1; m=$1/.ecloud-datastore
+if [ ! -d "$root" ]; then echo "no such directory: $root" >&2; exit 3; fi
+if [ ! -e "$m" ]; then
+  tmp=$root/.ecloud-datastore.$$
+  head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp" && echo >> "$tmp" \
+    && { ln -- "$tmp" "$m" 2>/dev/null; rm -f -- "$tmp"; } || { rm -f -- "$tmp"; echo "cannot write $m" >&2; exit 3; }
+fi
+cat -- "$m"
+"""
+# $1 the root, $2 the id: fail with the reason unless the marker holds it
+_IDENTIFY = r"""if [ ! -d "$1" ]; then echo "ecloud-gone: does not exist" >&2; exit 3; fi
+found=$(cat -- "$1/.ecloud-datastore" 2>/dev/null) || { echo "ecloud-gone: has no .ecloud-datastore marker" >&2; exit 3; }
+[ "$found" = "$2" ] || { echo "ecloud-gone: is another datastore (its .ecloud-datastore does not hold $2)" >&2; exit 3; }"""
 _HASH = r"""if [ -d "$1" ]; then cd -- "$1" && find -L . -type f -print0 | xargs -0r sha256sum --
 else sha256sum -- "$1"; fi"""
 _COMMIT = r"""tmp=$1; final=$2; old=$3
@@ -294,7 +424,7 @@ class RsyncMover(_Closing):
     def __init__(self, address: str, host: str, root: str, *, user: str | None = None,
                  port: int | None = None, key_file: str | None = None, timeout: float = 30.0,
                  retries: int = 2, attempt_deadline: float = 3600.0,
-                 known_hosts: str | None = None) -> None:
+                 known_hosts: str | None = None, identity: str | None = None) -> None:
         self.address, self.host, self.user, self.port = address, host, user, port
         self.root = root.rstrip("/") or "/"
         self.key_file, self.timeout, self.retries = key_file, timeout, retries
@@ -304,6 +434,29 @@ class RsyncMover(_Closing):
         self.target = f"{user}@{host}" if user else host
         self.where = f"{self.target}:{port}" if port else self.target
         self.master = SshMaster(self._ssh(), self.target, timeout)
+        self.identity = identity
+
+    def mark(self) -> str:
+        """The id in the root's marker, made now if there is none (the root
+        is never created)."""
+        Path(self.known_hosts).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            found = self._script(_MARK, self.root, path=self.root).strip()
+        except StagingError as e:
+            if "no such directory" in e.reason:
+                raise StagingError("missing", e.reason.removeprefix(f"{self.root}: ")) from None
+            raise
+        if not _MARKER_ID.fullmatch(found):
+            raise StagingError("error", f"{self.where}:{self.root}/{MARKER} holds no datastore id "
+                               "(remove it to start afresh)")
+        return found
+
+    def identify(self) -> None:
+        """Raise "datastore root gone" unless the root's marker holds
+        :attr:`identity` (nothing to check without one)."""
+        if self.identity is not None:
+            Path(self.known_hosts).parent.mkdir(parents=True, exist_ok=True)
+            self._script(_IDENTIFY, self.root, self.identity, path=self.root)
 
     def close(self) -> None:
         """Stop the shared ssh connection; the mover may still be used (a new
@@ -341,6 +494,9 @@ class RsyncMover(_Closing):
             if line.startswith("ssh: connect to host"):
                 return StagingError("unreachable", f"cannot reach {self.where}: "
                                     f"{line.rpartition(': ')[2]}"), True
+        for line in lines:
+            if line.startswith("ecloud-gone: "):
+                return _gone(f"{self.where}:{self.root}", line.removeprefix("ecloud-gone: ")), False
         if rc == 23 and any("No such file or directory" in ln for ln in lines):
             return StagingError("missing", f"no such file in the datastore: {path}"), False
         detail = next((ln for ln in lines if not ln.startswith("rsync error:")), f"exit status {rc}")
@@ -410,7 +566,8 @@ class RsyncMover(_Closing):
             raise StagingError("error", f"cannot read {src}: {e}") from e
         final = PurePosixPath(self._remote_path(rel))
         tmp = str(final.with_name(f".{final.name}.ecloud-push"))
-        self._script(_PREPARE, str(final.parent), tmp, "dir" if is_dir else "file", path=path)
+        self._script(_PREPARE, str(final.parent), tmp, "dir" if is_dir else "file", self.root,
+                     self.identity or "", path=path)
         if is_dir:
             self._rsync(["-rtL", "--delete", "--", f"{src}/", f"{self.target}:{tmp}/"], path)
         else:
@@ -429,6 +586,7 @@ class RsyncMover(_Closing):
         probe = f".ecloud-probe-{secrets.token_hex(4)}"
         try:
             Path(self.known_hosts).parent.mkdir(parents=True, exist_ok=True)
+            self.identify()  # first: a root gone is the one problem to tell
             self._script(_CHECK, self.root, probe, path=self.root)
         except StagingError as e:
             return [e.reason.removeprefix(f"{self.root}: ")]
@@ -440,20 +598,27 @@ class RsyncMover(_Closing):
 _SCP_LIKE = re.compile(r"(?:(?P<user>[^@/:]+)@)?(?P<host>[^@/:]+):(?P<path>/(?!/).*)")
 
 
+def is_remote(address: str) -> bool:
+    """Whether ``address`` names a datastore on another machine (ssh)."""
+    return address.startswith("ssh://") or _SCP_LIKE.fullmatch(address) is not None
+
+
 def mover_for(address: str, *, key_file: str | None = None, timeout: float = 30.0,
               retries: int = 2, attempt_deadline: float = 3600.0,
-              known_hosts: str | None = None) -> Mover:
-    """The mover for a datastore address (see the module doc); a malformed
-    address raises :class:`StagingError` "error"."""
+              known_hosts: str | None = None, identity: str | None = None) -> Mover:
+    """The mover for a datastore address (see the module doc), checking the
+    root's marker against ``identity`` before every push when given; a
+    malformed address raises :class:`StagingError` "error"."""
     if address.startswith("/"):
-        return LocalDirMover(address)
+        return LocalDirMover(address, identity=identity)
     if address.startswith("file://"):
         url = urlsplit(address)
         if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
             raise StagingError("error", f"a file:// datastore must be file:///absolute/dir: {address!r}")
-        return LocalDirMover(unquote(url.path), address)
+        return LocalDirMover(unquote(url.path), address, identity)
     options = {"key_file": key_file, "timeout": timeout, "retries": retries,
-               "attempt_deadline": attempt_deadline, "known_hosts": known_hosts}
+               "attempt_deadline": attempt_deadline, "known_hosts": known_hosts,
+               "identity": identity}
     if address.startswith("ssh://"):
         url = urlsplit(address)
         try:

@@ -94,6 +94,7 @@ class Connection:
         on_message: OnMessage,
         on_connect: Callable[[], None] | None = None,
         will: tuple[str, bytes] | None = None,
+        will_retain: bool = False,
         clean_session: bool = False,
         keepalive: int = 30,
         auth: MqttAuth | None = None,
@@ -124,7 +125,7 @@ class Connection:
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         if will is not None:
-            client.will_set(will[0], will[1], qos=1)
+            client.will_set(will[0], will[1], qos=1, retain=will_retain)
         auth = auth or MqttAuth()
         self._tls, self._auth = tls, auth
         if tls:
@@ -154,14 +155,14 @@ class Connection:
             if self.refused:
                 raise ConnectionError(f"the MQTT broker at {self.host}:{self.port} refused us: "
                                       f"{self.refused}")
-            problem = self._tls_problem()
+            problem = self.tls_problem()
             if problem:
                 raise ConnectionError(f"TLS with the MQTT broker at {self.host}:{self.port} "
                                       f"failed: {problem}")
             raise ConnectionError(f"no MQTT broker answered at {self.host}:{self.port} within {wait:g}s")
         return self
 
-    def _tls_problem(self, timeout: float = 3.0) -> str | None:
+    def tls_problem(self, timeout: float = 3.0) -> str | None:
         """Why a TLS handshake with the broker fails, if it does: paho retries
         such failures quietly in its thread, and the operator needs the
         reason (an unknown CA, a host name the certificate does not name)."""
@@ -187,9 +188,9 @@ class Connection:
     def subscribe(self, topic: str) -> None:
         self.client.subscribe(topic, qos=1)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Queue a message; paho sends it now or after the next reconnect."""
-        self.client.publish(topic, payload, qos=qos)
+        self.client.publish(topic, payload, qos=qos, retain=retain)
 
     # ------------------------------------------------------------- callbacks
 

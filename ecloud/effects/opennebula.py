@@ -24,22 +24,27 @@ raises for a failure of the cloud:
   codes are raw data, unknown ones included); a VM gone from the pool is
   reported DONE. A failed call becomes one ``input.rejected`` - repeated only
   when the error changes, so an oned that is down for an hour is one line.
-- Orphans: VMs of ours whose name has this cluster's prefix but which the log
-  does not hold alive (a spawn whose id never reached the log, a VM the log
-  gave up on that still runs). ``observe`` reports each once per provider as
-  ``input.rejected`` naming the id, the name, the states and the command
-  that terminates it; :meth:`OpenNebulaProvider.orphans` lists them on
-  demand. Nothing is killed automatically: whether a VM is really nobody's is
-  the operator's call. VMs being spawned or allocated by this provider are
-  never orphans, though a boss that just restarted may report one of its own
-  once before its re-issued spawn adopts it.
+- VMs of ours whose name has this cluster's prefix but which the log does
+  not hold alive: one named like a VM the log asked for but holds no id for
+  (``unallocated``: an instantiate whose answer was lost, late or nonsense)
+  is reported ``vm.allocated``; any other (left by a boss of another log of
+  this cluster, made by hand, or one the log took for gone) is reported
+  ``vm.discovered`` with its states, once, and the log takes it in
+  (:mod:`ecloud.projections.reconcile` decides its fate). One still not
+  held alive after that is an *orphan*: reported once as ``input.rejected``
+  naming the id, the name, the states and the command that terminates it,
+  and terminated by policy (``kill_orphans_after``);
+  :meth:`OpenNebulaProvider.orphans` lists the VMs the log does not hold on
+  demand. VMs being spawned or allocated by this provider are never orphans.
 
 Deadlines: pyone's ``timeout=`` bounds nothing (it sets the process-wide
 socket default, and requests gets none). Every call therefore runs in a
 thread of its own and the caller stops waiting after ``deadline`` seconds
 (kind ``connection``); a spawn makes at most two calls. So that abandoned
 calls do not pile up threads while oned hangs, the client's transport is
-also given requests timeouts of ``deadline`` seconds (connect and each read).
+also given requests timeouts of twice ``deadline`` (connect and each read):
+long enough that the deadline, not the transport, ends every wait (CI saw
+the two race when they were equal).
 
 The worker template. ``instantiate`` passes ``ECLOUD_WORKER_ID="<VM name>"``
 and, for every ``context`` variable, ``<KEY>_B64="<base64 of the value>"``
@@ -277,8 +282,10 @@ class OpenNebulaProvider:
         self.deadline = float(deadline)
         self._one = pyone.OneServer(endpoint, session=session, https_verify=https_verify)
         if "_ServerProxy__transport" in vars(self._one):  # xmlrpc.client.ServerProxy's
+            # twice the deadline: the deadline (ours) always ends the wait
+            # first, with its own message; these only end abandoned calls
             self._one._ServerProxy__transport = _TimeoutTransport(
-                self.deadline, endpoint.startswith("https"), https_verify)
+                2 * self.deadline, endpoint.startswith("https"), https_verify)
         self._lock = threading.Lock()
         self._name_locks: dict[str, threading.Lock] = {}
         self._spawning: set[str] = set()
@@ -287,6 +294,9 @@ class OpenNebulaProvider:
         self._last: dict[int, tuple[tuple, int]] = {}  # id -> (observation, stamp)
         self._stamp = 0
         self._orphans_reported: set[int] = set()
+        self._found: dict[str, int] = {}  # unallocated names found in the pool (reported)
+        self._discovered: set[int] = set()  # orphans reported as vm.discovered
+        self._absent: set[str] = set()  # unallocated names reported not in the pool
         self._observe_error: str | None = None
         # policy: an orphan still an orphan this long after it was first seen
         # is terminated (long enough for a re-issued spawn to adopt its VM)
@@ -381,6 +391,13 @@ class OpenNebulaProvider:
                 if found:
                     vm_id = found[0]
                     log.info("VM %s exists already as %d", name, vm_id)
+                    with self._lock:
+                        reported = self._found.get(name) == vm_id
+                    if reported:  # observe found it by its name and said so
+                        with self._lock:
+                            self._names[vm_id] = name
+                            self._spawning.discard(name)
+                        return []
                 else:
                     extra = self.extra_template(name, effect.context)
                     vm_id = self._call("one.template.instantiate", self._one.template.instantiate,
@@ -433,10 +450,15 @@ class OpenNebulaProvider:
 
     # ------------------------------------------------------------- observe
 
-    def observe(self, alive_in_log: list[tuple[str, int]]) -> list:
-        """Changes of the VMs the log holds alive, as (name, vm id); a new
-        orphan or a (new) failure to ask as ``input.rejected``."""
+    def observe(self, alive_in_log: list[tuple[str, int]], unallocated: Iterable[str] = ()) -> list:
+        """Changes of the VMs the log holds alive, as (name, vm id); a VM
+        named like one the log requested but holds no id for
+        (``unallocated``: an instantiate whose answer was lost, malformed
+        or late) as ``vm.allocated`` - found by its name, it is that VM; a
+        new orphan or a (new) failure to ask as ``input.rejected``."""
         alive = {int(vm_id): name for name, vm_id in alive_in_log}
+        unallocated = set(unallocated)
+        wanted_names = set(unallocated)
         with self._lock:
             started = self._stamp
         try:
@@ -453,22 +475,45 @@ class OpenNebulaProvider:
             self._unlogged -= set(alive)
             in_pool = {vm.ID for vm in pool}
             for vm in pool:
-                if vm.ID in alive:
+                if (vm.ID not in alive and vm.NAME in wanted_names and vm.STATE != DONE
+                        and vm.NAME not in self._spawning and vm.ID not in self._names):
+                    # (one this provider is spawning or allocated is reported by spawn)
+                    wanted_names.discard(vm.NAME)  # one VM per name: the first found
+                    self._orphan_since.pop(vm.ID, None)
+                    if self._found.get(vm.NAME) != vm.ID:
+                        self._found[vm.NAME] = vm.ID
+                        events.append(ev.VMAllocated(vm.NAME, vm.ID))
+                elif vm.ID in alive:
                     self._orphan_since.pop(vm.ID, None)  # claimed
                     ip = None if vm.STATE == DONE else ip_of(vm)
                     self._note(vm.ID, (vm.STATE, vm.LCM_STATE, ip), vm.NAME or alive[vm.ID],
                                started, events)
                 elif self._orphan(vm):
+                    # one of ours by its name that the log does not hold: the
+                    # log takes it in (it holds quota like ours); one it will
+                    # not take stays an orphan, reported (and, by policy, killed)
                     self._orphan_since.setdefault(vm.ID, self._clock())
-                    if vm.ID not in self._orphans_reported:
+                    if vm.ID not in self._discovered:
+                        self._discovered.add(vm.ID)
+                        ip = ip_of(vm)
+                        events.append(ev.VMDiscovered(vm.ID, vm.NAME, vm.STATE, vm.LCM_STATE, ip))
+                    elif vm.ID not in self._orphans_reported:
                         self._orphans_reported.add(vm.ID)
                         events.append(ev.InputRejected(SOURCE, self._orphan_message(vm)))
                 else:
                     self._orphan_since.pop(vm.ID, None)  # done, or not ours
+            named = {vm.NAME for vm in pool if vm.STATE != DONE}
+            for name in sorted(unallocated - named - self._spawning - self._absent):
+                self._absent.add(name)  # a failed spawn made nothing: the log need not wait
+                events.append(ev.VMFailed(name, "not in the cloud's pool: its instantiate made "
+                                          "no VM", "absent"))
+            self._absent &= unallocated
             for vm_id in sorted(set(alive) - in_pool):
                 self._note(vm_id, (DONE, LCM_INIT, None), alive[vm_id], started, events)
             self._last = {k: v for k, v in self._last.items() if k in alive}
             self._orphans_reported &= in_pool
+            self._discovered &= in_pool - set(alive)
+            self._found = {n: i for n, i in self._found.items() if n in unallocated}
             self._orphan_since = {k: t for k, t in self._orphan_since.items() if k in in_pool}
             doomed = self._doomed_orphans()
         for vm_id in doomed:

@@ -20,7 +20,17 @@ from cattrs.gen import make_dict_unstructure_fn, override
 from cattrs.preconf.orjson import make_converter
 
 from ecloud.errors import CodecError
-from ecloud.events.types import EVENT_TYPES, Command, TaskFinished
+from ecloud.events.types import (
+    EVENT_TYPES,
+    BossStarted,
+    Command,
+    InputRejected,
+    WorkerAnnounced,
+    TaskFinished,
+    WorkerHeartbeat,
+    WorkerLeft,
+    WorkerLost,
+)
 
 converter = make_converter(forbid_extra_keys=True)
 """The converter all of ecloud uses for events, effects and snapshots."""
@@ -72,11 +82,21 @@ def _strict_bool(value: Any, _type: Any) -> bool:
 
 converter.register_structure_hook(bool, _strict_bool)  # else bool (an int) takes the int hook
 
-# ``returned`` is stored only when true: bodies of ordinary results stay as
-# they were before the field existed, so older readers still read them.
-converter.register_unstructure_hook(
-    TaskFinished,
-    make_dict_unstructure_fn(TaskFinished, converter, returned=override(omit_if_default=True)))
+# Fields added to an event later are stored only when they differ from their
+# default: bodies that do not need them stay as they were before the fields
+# existed, so older readers still read them (and the log does not grow).
+_LATER_FIELDS = {
+    TaskFinished: ("returned",),
+    WorkerHeartbeat: ("incarnation",),
+    WorkerLeft: ("incarnation",),
+    WorkerLost: ("incarnation", "silent_since", "will"),
+    BossStarted: ("rules",),
+    InputRejected: ("sender", "msg_id"),
+    WorkerAnnounced: ("running",),
+}
+for _cls, _names in _LATER_FIELDS.items():
+    converter.register_unstructure_hook(_cls, make_dict_unstructure_fn(
+        _cls, converter, **{name: override(omit_if_default=True) for name in _names}))
 
 Upcaster = Callable[[dict], dict]
 _UPCASTERS: dict[tuple[str, int], Upcaster] = {}

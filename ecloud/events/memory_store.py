@@ -13,6 +13,7 @@ The helpers every backend shares live in :mod:`ecloud.events.backend`.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterator
 
 from ecloud.errors import ConcurrencyError, StoreError
@@ -35,6 +36,10 @@ class MemoryStore(backend.RowStore):
         self._max_seq = 0  # highest key of _rows (== _head unless rows were planted)
         self._snapshots: list[tuple[Snapshot, str, bytes]] = []  # (meta, sha256, data)
         self._closed = False
+        self._log_id = uuid.uuid4().hex
+
+    def log_id(self) -> str:
+        return self._log_id
 
     def _ready(self) -> None:
         self._check_open()

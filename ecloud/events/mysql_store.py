@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -199,6 +200,10 @@ class MySQLStore(WriterLock, backend.RowStore):
                         raise MissingLogError(
                             f"no event log at {self.url} (the database holds no ecloud tables)"
                         )
+                if create:  # a log from before log ids gets its own
+                    cur.execute("INSERT IGNORE INTO meta (k, v) VALUES ('log_id', %s)",
+                                (uuid.uuid4().hex,))
+                    conn.commit()
                 cur.execute("SELECT v FROM meta WHERE k = 'schema_version'")
                 row = cur.fetchone()
             conn.rollback()
@@ -209,6 +214,17 @@ class MySQLStore(WriterLock, backend.RowStore):
             raise StoreError(
                 f"{self.url}: event log schema version {version}, this ecloud reads {backend.SCHEMA_VERSION}"
             )
+
+    def log_id(self) -> str:
+        """The log's own random id (see :meth:`SQLiteStore.log_id`)."""
+        def run(conn: pymysql.connections.Connection) -> str:
+            with conn.cursor() as cur:
+                cur.execute("SELECT v FROM meta WHERE k = 'log_id'")
+                row = cur.fetchone()
+            conn.rollback()
+            return row[0] if row else ""
+
+        return self._idempotent_op("cannot read the log id", run)
 
     def _reconnect(self) -> None:
         conn = self._db()

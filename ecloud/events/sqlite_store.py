@@ -29,6 +29,18 @@ for speed.
 
 **Threads.** A store belongs to the thread that opened it (sqlite3's default
 ``check_same_thread``); open one store per thread.
+
+**Whose file.** An ecloud log carries SQLite's ``application_id``
+:data:`APPLICATION_ID` ("ecld"). A file that holds tables of another program
+(or another application id) is refused before anything is written to it -
+not even its journal mode is changed; a log written before the id existed
+(its own tables, id 0) gets it. A new log file is made mode 0600 (its WAL
+and shared-memory files take the same): it holds the tasks' environments.
+
+**Read-only.** With ``read_only`` the file is opened ``mode=ro`` and nothing
+is set on it, so commands that only read work on a read-only filesystem (or a
+file they may not write); where SQLite cannot even make its shared-memory
+file there, the file is opened ``immutable`` - nobody can be writing it.
 """
 
 from __future__ import annotations
@@ -36,6 +48,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +61,8 @@ from ecloud.events.store import Snapshot
 log = logging.getLogger(__name__)
 
 SNAPSHOT_CHUNK = 4 * 1024 * 1024
+#: SQLite's application_id of an ecloud log: "ecld"
+APPLICATION_ID = 0x65636C64
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (
@@ -90,6 +106,27 @@ _INSERT = (
 )
 
 
+def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """Put the file in WAL mode (once; later opens find it so). The switch
+    needs the file to itself, and SQLite answers "database is locked" at
+    once, without its busy handler, while another process is opening the
+    same new file: two ``ecloud run`` started in one instant. Try again
+    until ``busy_timeout``."""
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    if str(mode).lower() == "wal":
+        return mode
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.005
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 class SQLiteStore(backend.RowStore):
     """The log in the SQLite file at ``path``; see the module docstring."""
 
@@ -102,6 +139,7 @@ class SQLiteStore(backend.RowStore):
         page_size: int = backend.DEFAULT_PAGE_SIZE,
         busy_timeout: float = 60.0,
         synchronous: str = "FULL",
+        read_only: bool = False,
     ) -> None:
         self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         self.url = url or f"sqlite:///{self.path}"
@@ -114,26 +152,25 @@ class SQLiteStore(backend.RowStore):
                 "`ecloud push` creates one; check the path)"
             )
         self._conn: sqlite3.Connection | None = None
+        self.read_only = read_only
         try:
-            if create:
-                conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
-            else:
-                conn = sqlite3.connect(
-                    Path(self.path).as_uri() + "?mode=rw",
-                    uri=True,
-                    timeout=busy_timeout,
-                    isolation_level=None,
-                )
+            if create and not read_only:
+                _make_private(self.path)
+            mode = "ro" if read_only else "rwc" if create else "rw"
+            conn = sqlite3.connect(Path(self.path).as_uri() + f"?mode={mode}", uri=True,
+                                   timeout=busy_timeout, isolation_level=None)
         except sqlite3.Error as exc:
             raise UserError(f"cannot open event log {self.path}: {exc}") from None
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: cannot switch the journal to WAL (got {mode})")
-            conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             self._conn = conn
-            self._init_schema(create)
+            self._check_owner()  # before anything is written, the journal mode included
+            if not read_only:
+                mode = _switch_to_wal(conn, busy_timeout)
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"{self.path}: cannot switch the journal to WAL (got {mode})")
+                conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            self._init_schema(create and not read_only)
         except sqlite3.DatabaseError as exc:
             conn.close()
             self._conn = None
@@ -152,6 +189,33 @@ class SQLiteStore(backend.RowStore):
             raise StoreError(f"{self.url}: the store is closed")
         return self._conn
 
+    def _check_owner(self) -> None:
+        """Refuse a file that is another program's (see the module docstring);
+        open a read-only file ``immutable`` when plain reading fails."""
+        try:
+            app, tables = self._owner()
+        except sqlite3.OperationalError:
+            if not self.read_only:
+                raise
+            self._conn.close()  # type: ignore[union-attr]
+            self._conn = sqlite3.connect(Path(self.path).as_uri() + "?mode=ro&immutable=1",
+                                         uri=True, isolation_level=None)
+            app, tables = self._owner()
+        if app not in (0, APPLICATION_ID) or (tables and "events" not in tables):
+            shown = ", ".join(sorted(tables)[:8]) or "none"
+            raise UserError(f"{self.path} is an SQLite database of another program "
+                            f"(application_id {app:#x}, tables: {shown}), not an ecloud log: "
+                            "ecloud will not write to it; give another --db")
+        if app == 0 and tables and not self.read_only:
+            self._db().execute(f"PRAGMA application_id = {APPLICATION_ID}")  # a log from before
+
+    def _owner(self) -> tuple[int, set[str]]:
+        conn = self._db()
+        app = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        tables = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        return app, tables
+
     def _init_schema(self, create: bool) -> None:
         conn = self._db()
         has_log = conn.execute(
@@ -164,16 +228,26 @@ class SQLiteStore(backend.RowStore):
             try:
                 for statement in _SCHEMA:
                     conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
+        if not self.read_only:  # a log from before log ids gets its own
+            conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('log_id', ?)",
+                         (uuid.uuid4().hex,))
         row = conn.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()
         version = int(row[0]) if row else 0
         if version != backend.SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: event log schema version {version}, this ecloud reads {backend.SCHEMA_VERSION}"
             )
+
+    def log_id(self) -> str:
+        """The log's own random id, made with it: what ties the processes
+        of a run (its broker, its workers) to this log, whatever its path."""
+        row = self._db().execute("SELECT v FROM meta WHERE k = 'log_id'").fetchone()
+        return row[0] if row else ""
 
     def _rollback(self) -> None:
         conn = self._conn
@@ -341,3 +415,15 @@ class SQLiteStore(backend.RowStore):
                 os.remove(self.path + suffix)
             except FileNotFoundError:
                 pass
+
+
+def _make_private(path: str) -> None:
+    """Create the log's file, mode 0600, if it does not exist yet (SQLite
+    gives its WAL and shared-memory files the same mode)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # sqlite3 reports it, with its own words
+    os.close(fd)

@@ -47,6 +47,11 @@ class LogStore(abc.ABC):
 
     url: str
 
+    def log_id(self) -> str:
+        """The log's own random id, made with it ("" where a backend has
+        none): what ties the processes of a run to this very log."""
+        return ""
+
     # ------------------------------------------------------------------ appending
 
     @abc.abstractmethod
@@ -147,7 +152,7 @@ class LogStore(abc.ABC):
         self.close()
 
 
-def open_store(url: str, *, create: bool = True) -> LogStore:
+def open_store(url: str, *, create: bool = True, read_only: bool = False) -> LogStore:
     """Open the log named by ``url`` (see the module docstring).
 
     ``create`` makes the schema (and, for SQLite, the file) if missing; with
@@ -156,4 +161,4 @@ def open_store(url: str, *, create: bool = True) -> LogStore:
     """
     from ecloud.events.url import open_store_url
 
-    return open_store_url(url, create=create)
+    return open_store_url(url, create=create, read_only=read_only)

@@ -126,6 +126,19 @@ class TasksSubmitted(Event):
     source: str = ""
 
 
+@event("tasks.replaced")
+@frozen
+class TasksReplaced(Event):
+    """An edited task file was pushed with ``--replace``: these tasks, all in
+    the log already, take these new specs and run again as new attempts,
+    with every task downstream of them (see
+    :mod:`ecloud.projections.replace`). All or nothing."""
+
+    batch_id: str
+    tasks: tuple[TaskSpec, ...]
+    source: str = ""
+
+
 @event("task.cancelled")
 @frozen
 class TaskCancelled(Event):
@@ -214,6 +227,10 @@ class WorkerAnnounced(Event):
     incarnation: str = ""
     vm_id: int | None = None
     msg_id: str = ""
+    #: (task id, attempt) the agent holds as it announces itself: after a
+    #: loss, the boss takes back what it did not give to another worker and
+    #: has the rest stopped
+    running: tuple[tuple[str, int], ...] = ()
 
 
 @event("worker.heartbeat")
@@ -225,6 +242,9 @@ class WorkerHeartbeat(Event):
 
     worker_id: str
     msg_id: str = ""
+    #: the agent process that sent it ("": an agent older than the field);
+    #: only the worker's current incarnation keeps it alive
+    incarnation: str = ""
 
 
 @event("worker.left")
@@ -235,17 +255,42 @@ class WorkerLeft(Event):
     worker_id: str
     reason: str = ""
     msg_id: str = ""
+    incarnation: str = ""
+
+
+@event("worker.draining")
+@frozen
+class WorkerDraining(Event):
+    """A worker is shutting down: it takes no new work, gives back what it
+    had queued, and lets what runs finish (then says goodbye)."""
+
+    worker_id: str
+    reason: str = ""
+    msg_id: str = ""
+    incarnation: str = ""
 
 
 @event("worker.lost")
 @frozen
 class WorkerLost(Event):
     """A worker is gone without a goodbye: its broker connection died (last
-    will) or an operator declared it lost. Silence past the heartbeat deadline
-    has the same effect without an event: the reducer sees it from the clock."""
+    will), an operator declared it lost, or - under fold rules 2 - the boss
+    decided so because it stayed silent past its heartbeat deadline.
+
+    ``incarnation`` (when set) names the agent process meant: a will or a
+    decision about an incarnation that is no longer the worker's changes
+    nothing. ``silent_since`` (set on the boss's decisions) is the clock of
+    the last word the boss had from the worker when it decided: a worker
+    heard from after that is not lost, the decision came too late."""
 
     worker_id: str
     reason: str = ""
+    incarnation: str = ""
+    silent_since: float | None = None
+    #: the broker published the worker's will (its connection died). Under
+    #: rules 2 that makes the worker only a suspect: a broker that went away
+    #: publishes the wills of workers that are alive and about to reconnect
+    will: bool = False
 
 
 # ----------------------------------------------------------------------------- VMs
@@ -282,6 +327,21 @@ class VMStateObserved(Event):
     lcm_state: int
     ip: str | None = None
     vm_name: str = ""
+
+
+@event("vm.discovered")
+@frozen
+class VMDiscovered(Event):
+    """A VM named with this cluster's prefix that the log never asked for
+    (left by a boss whose log is not this one, or made by hand), as the
+    cloud's pool shows it: it holds quota like ours, so it is taken in -
+    used if its worker comes, else terminated (:mod:`ecloud.projections.reconcile`)."""
+
+    vm_id: int
+    vm_name: str
+    state: int
+    lcm_state: int
+    ip: str | None = None
 
 
 @event("vm.failed")
@@ -343,20 +403,45 @@ class Tick(Event):
 @frozen
 class BossStarted(Event):
     """A boss took over the log. Deadlines restart from here, so workers are
-    not declared lost for the time no boss was listening to them."""
+    not declared lost for the time no boss was listening to them.
+
+    ``rules`` is the version of the fold's rules the boss follows from here
+    on (:data:`ecloud.projections.state.CURRENT_RULES`); a log written before
+    the field existed folds by rules 1, as it always did."""
 
     boss_id: str = ""
+    rules: int = 1
+
+
+@event("boss.resumed")
+@frozen
+class BossResumed(Event):
+    """The boss could not listen or log for ``paused`` seconds (the database
+    was down or locked, the process was stopped or starved) and now can
+    again. Like ``boss.started``, it restarts every live worker's deadline:
+    a worker is judged on what the boss could hear, never on the boss's own
+    silence."""
+
+    paused: float
+    reason: str = ""
 
 
 @event("input.rejected")
 @frozen
 class InputRejected(Event):
     """Outside input that failed validation. Logged for the record; it changes
-    nothing else."""
+    nothing else - but for the acknowledgement of a worker's report
+    (``msg_id``), so that its agent stops sending it again.
+
+    ``sender`` is the worker whose topic it came on ("" when none can be
+    told): the state remembers workers heard from that never announced
+    themselves, for ``ecloud status``."""
 
     source: str
     reason: str
     excerpt: str = ""
+    sender: str = ""
+    msg_id: str = ""
 
 
 def all_event_types() -> list[type]:

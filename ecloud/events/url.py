@@ -89,13 +89,14 @@ def parse_mysql_url(url: str, *, require_database: bool = True):
     )
 
 
-def open_store_url(url: str, create: bool = True) -> LogStore:
+def open_store_url(url: str, create: bool = True, read_only: bool = False) -> LogStore:
     """Open the event log at ``url``; see the module docstring.
 
     With ``create`` the log (SQLite file, MariaDB database, tables) is made if
     missing; without it a missing log is a :class:`UserError`. A server that
     cannot be reached or refuses the login is a
-    :class:`~ecloud.errors.StoreError` naming host:port.
+    :class:`~ecloud.errors.StoreError` naming host:port. ``read_only``: the
+    caller only reads (an SQLite file is opened so; MariaDB is read as usual).
     """
     if not isinstance(url, str) or not url.strip():
         raise UserError(f"no event log URL given; {ACCEPTED}")
@@ -104,7 +105,7 @@ def open_store_url(url: str, create: bool = True) -> LogStore:
     if scheme == "sqlite":
         from ecloud.events.sqlite_store import SQLiteStore
 
-        return SQLiteStore(parse_sqlite_url(url), create=create, url=url)
+        return SQLiteStore(parse_sqlite_url(url), create=create, url=url, read_only=read_only)
     if scheme in ("mysql", "mariadb"):
         from ecloud.events.mysql_store import MySQLStore
 

@@ -10,8 +10,9 @@ The policy is the context keys ``max_workers`` (0: off, the default),
 
 A VM it considers (:attr:`State.open_vms`) is
 
-- *failed* (``vm.failed``, or a *_FAILURE LCM state): killed, once no worker
-  on it holds an attempt; it counts for nothing, so it is replaced;
+- *failed* (``vm.failed``, or a *_FAILURE LCM state, or - rules 3 - a state
+  that holds quota and runs nothing): it counts for nothing, so it is
+  replaced, and it is the reconciler's to terminate (:mod:`.reconcile`);
 - *live*: a live worker announced itself with its id;
 - *booting*: no worker yet (or its worker went away: lost, or said goodbye)
   and less than ``boot_timeout`` since the request (since it was last heard
@@ -24,7 +25,8 @@ Then:
   the free slots of the live workers, minus ``slots_per_worker`` per booting
   VM; request ``ceil(demand / slots_per_worker)`` VMs, and at least enough to
   keep ``min_workers`` live plus booting, but never more than takes live plus
-  booting past ``max_workers`` or booting past ``max_booting``; no request
+  booting past ``max_workers`` or booting past ``max_booting`` (nor more
+  than :data:`MAX_REQUESTS` in one round); no request
   while the cloud's last refusal is younger than ``spawn_backoff * 2^(n-1)``
   (n refusals in a row, at most ``max_backoff``);
 - scale down, only while no VM is wanted for demand: kill the VM of a worker
@@ -50,6 +52,10 @@ from ecloud.projections import context
 from ecloud.projections.state import IDLE, VM_FAILED, VM_KILLING, State, VMRecord, WorkerRecord
 from ecloud.projections.vms import AUTOSCALER, next_vm_names
 
+#: most VMs one round asks for: the policy keys take any whole number, and
+#: a round must stay a bounded amount of work (the rest follows next round)
+MAX_REQUESTS = 1000
+
 
 @frozen
 class Policy:
@@ -74,7 +80,8 @@ class Policy:
 class Survey:
     """What the autoscaler sees in the VMs, at ``state.clock``."""
 
-    #: VMs to kill now, with why: failed ones, then those that did not boot
+    #: VMs to kill now, with why: those that did not boot (failed ones are
+    #: the reconciler's)
     kills: list[tuple[VMRecord, str]]
     #: live VMs and their live workers
     live: list[tuple[VMRecord, list[WorkerRecord]]]
@@ -100,7 +107,9 @@ def autoscale(state: State, prefix: str) -> list:
     live, booting = len(survey.live), survey.booting
     wanted = _wanted_for_demand(state, policy, booting)
     room = min(policy.max_workers - live - booting - survey.held, policy.max_booting - booting)
-    count = min(room, max(wanted, policy.min_workers - live - booting))
+    count = min(room, max(wanted, policy.min_workers - live - booting), MAX_REQUESTS)
+    if state.spawn_failures:  # after a refusal, one VM at a time until the cloud gives one
+        count = min(count, 1)
     if count > 0 and backoff_until(state, policy) <= state.clock:
         reason = ("scale up: ready tasks want more slots" if wanted
                   else f"keep min_workers {policy.min_workers}")
@@ -148,7 +157,6 @@ def _survey(state: State, policy: Policy) -> Survey:
     now = state.clock
     started = state.boss_started_at if state.boss_started_at is not None else -math.inf
     vms = state.vms
-    failed: list[tuple[VMRecord, str]] = []
     dead: list[tuple[VMRecord, str]] = []
     live: list[tuple[VMRecord, list[WorkerRecord]]] = []
     booting = held = 0
@@ -161,9 +169,7 @@ def _survey(state: State, policy: Policy) -> Survey:
             continue
         workers = state.workers_on(vm.vm_id)
         if vm.status == VM_FAILED:
-            held += 1  # open only while the cloud has it (it has an id)
-            if not any(w.used for w in workers):
-                failed.append((vm, f"replace failed VM {name} ({vm.reason})"))
+            held += 1  # open only while the cloud has it; the reconciler terminates it
             continue
         if workers:
             live.append((vm, workers))
@@ -186,9 +192,8 @@ def _survey(state: State, policy: Policy) -> Survey:
             held += 1
             dead.append((vm, why))
         # else: the cloud never gave it an id; nothing to kill, it is given up on
-    failed.sort(key=lambda item: item[0].vm_name)
     dead.sort(key=lambda item: item[0].vm_name)
-    return Survey(failed + dead, live, booting, held, boot_deadlines, idle_deadlines)
+    return Survey(dead, live, booting, held, boot_deadlines, idle_deadlines)
 
 
 def _idle_since(workers: list[WorkerRecord], started: float) -> float | None:
@@ -242,4 +247,14 @@ def _scale_down(state: State, policy: Policy, survey: Survey) -> list:
             for _, _, vm, idle in candidates[:excess]]
 
 
-__all__ = ["autoscale", "next_deadline", "backoff_until", "pool", "Policy"]
+def cloud_ceiling(state: State) -> dict | None:
+    """The cloud's last refusal of a VM for want of resources, while it
+    stands: at how many VMs of ours, why, and when the autoscaler asks again
+    (one VM at a time until one is given) - for ``ecloud status`` and the page."""
+    if not state.spawn_failures or not state.spawn_refusal:
+        return None
+    return {"at_vms": state.ceiling, "reason": state.spawn_refusal,
+            "next_try": backoff_until(state, Policy.of(state))}
+
+
+__all__ = ["autoscale", "cloud_ceiling", "next_deadline", "backoff_until", "pool", "Policy"]

@@ -27,6 +27,8 @@ class Dispatch:
     datastore: str = ""
     #: (upstream task, its results folder) for every input ``from`` a task
     sources: tuple[tuple[str, str], ...] = ()
+    #: the context's datastore_id: the marker the datastore's root must hold
+    datastore_id: str = ""
 
     @property
     def key(self) -> str:
@@ -64,11 +66,16 @@ class Ack:
 
 @frozen
 class RefuseWorker:
-    """Tell a worker it may not join (e.g. incompatible protocol version)."""
+    """Tell a worker's agent it may not join (an incompatible protocol, or
+    another agent holds its id). ``incarnation`` names the agent refused
+    (others listening under the same id ignore it); ``retry_after`` (set)
+    lets it announce itself again after that many seconds."""
 
     cause: int
     worker_id: str
     reason: str
+    incarnation: str = ""
+    retry_after: float | None = None
 
     @property
     def key(self) -> str:

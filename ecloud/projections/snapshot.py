@@ -75,7 +75,8 @@ def _spec_in(data: dict[str, Any]) -> TaskSpec:
 
 def _task_row(task: TaskRecord) -> list[Any]:
     return [_spec_row(task.spec), *[getattr(task, name) for name in _TASK_NAMES]]
-_WORKER_FIELDS = [a.name for a in WorkerRecord.__attrs_attrs__ if a.name != "running"]  # type: ignore[attr-defined]
+_WORKER_FIELDS = [a.name for a in WorkerRecord.__attrs_attrs__  # type: ignore[attr-defined]
+                  if a.name not in ("running", "released")]
 
 
 def _task_out(task: TaskRecord) -> dict[str, Any]:
@@ -87,6 +88,7 @@ def _task_out(task: TaskRecord) -> dict[str, Any]:
 def _worker_out(worker: WorkerRecord) -> dict[str, Any]:
     data = {name: getattr(worker, name) for name in _WORKER_FIELDS}
     data["running"] = [[t, a, s] for (t, a), s in sorted(worker.running.items())]
+    data["released"] = [[t, a] for t, a in worker.released]
     return data
 
 
@@ -106,10 +108,15 @@ def _rest_out(state: State) -> dict[str, Any]:
         "vms": [converter.unstructure(state.vms[n]) for n in sorted(state.vms)],
         "context": dict(sorted(state.context.items())),
         "rejected": [converter.unstructure(r) for r in state.rejected],
+        "strangers": [[w, at] for w, at in state.strangers.items()],
+        "batch_sources": [[seq, source] for seq, source in state.batch_sources.items()],
         "recent_failures": [converter.unstructure(f) for f in state.recent_failures],
         "spawn_failures": state.spawn_failures,
         "spawn_failed_at": state.spawn_failed_at,
+        "spawn_refusal": state.spawn_refusal,
+        "ceiling": state.ceiling,
         "boss_started_at": state.boss_started_at,
+        "rules": state.rules,
     }
 
 
@@ -169,7 +176,9 @@ def state_from_data(data: dict[str, Any]) -> State:
     from ecloud.projections import context
 
     state = State(seq=data["seq"], clock=data["clock"], spawn_failures=data["spawn_failures"],
-                  spawn_failed_at=data["spawn_failed_at"], boss_started_at=data["boss_started_at"])
+                  spawn_failed_at=data["spawn_failed_at"], boss_started_at=data["boss_started_at"],
+                  rules=data.get("rules", 1), spawn_refusal=data.get("spawn_refusal", ""),
+                  ceiling=data.get("ceiling"))
     if data.get("format") == COMPACT:
         _add_task_rows(state, data["tasks"])
     else:
@@ -181,7 +190,8 @@ def state_from_data(data: dict[str, Any]) -> State:
     for item in data["workers"]:
         fields = dict(item)
         running = {(t, a): s for t, a, s in fields.pop("running")}
-        worker = WorkerRecord(running=running, **fields)
+        released = [(t, a) for t, a in fields.pop("released", ())]
+        worker = WorkerRecord(running=running, released=released, **fields)
         state.workers[worker.worker_id] = worker
     for item in data["vms"]:
         vm = converter.structure(item, VMRecord)
@@ -191,12 +201,19 @@ def state_from_data(data: dict[str, Any]) -> State:
         state.track_vm(vm)
     state.context.update(data["context"])
     state.rejected.extend(converter.structure(r, Rejection) for r in data["rejected"])
+    state.strangers.update((w, at) for w, at in data.get("strangers", ()))
+    state.batch_sources.update((seq, source) for seq, source in data.get("batch_sources", ()))
     state.recent_failures.extend(converter.structure(f, Failure) for f in data["recent_failures"])
     timeout = context.heartbeat_timeout(state)
     for worker in state.workers.values():
         if worker.status in LIVE:
-            state.timers.append((worker.last_seen + timeout, T_HEARTBEAT, worker.worker_id,
-                                 worker.incarnation))
+            deadline = worker.last_seen + timeout
+            if worker.will_at is not None:
+                deadline = min(deadline, worker.will_at + timeout / 3)  # liveness.deadline
+            if state.rules >= 2 and deadline <= state.clock:
+                state.overdue[worker.worker_id] = None  # as the fold leaves it: see liveness
+            else:
+                state.timers.append((deadline, T_HEARTBEAT, worker.worker_id, worker.incarnation))
         if state.is_listed_free(worker):
             state.free.add((worker.rank, worker.worker_id))
         if worker.vm_id is not None:

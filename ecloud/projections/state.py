@@ -58,6 +58,20 @@ VM_FAILED = "failed"
 VM_KILLING = "killing"
 VM_GONE = "gone"
 
+#: The fold's rules a boss of this code follows (``BossStarted.rules``). 1: a
+#: worker silent past its deadline is lost by the fold itself, from the
+#: clock; a second incarnation announcing under a live worker's id replaces
+#: it. 2: a silent worker is only *overdue* (``State.overdue``) until the
+#: boss logs its loss as a decision (``worker.lost`` with ``silent_since``),
+#: and a second incarnation under a live id is refused. 3: only DONE is a
+#: VM gone; one seen HOLD, STOPPED, SUSPENDED, POWEROFF, UNDEPLOYED or
+#: CLONING_FAILURE holds quota and runs nothing - it has *failed* (its
+#: workers are lost at once, the reconciler terminates it) - and a worker
+#: is tied to its VM by the name the boss gave both (its worker id), not
+#: only by the VM id it announces. A log keeps the rules it was written
+#: under: its events fold as they did when they were appended.
+CURRENT_RULES = 3
+
 # Timer kinds in ``State.timers``.
 T_HEARTBEAT = "heartbeat"
 T_TIMEOUT = "timeout"
@@ -113,6 +127,13 @@ class WorkerRecord:
     idle_since: float | None = None
     #: its last attempt ended within QUICK_TASK seconds (its report's duration)
     quick: bool = False
+    #: (rules 2) when the broker published its will, if it has not been heard
+    #: from since: it is lost unless heard from within the will's grace
+    will_at: float | None = None
+    #: the attempts it held last (ended, or given back when it was let go),
+    #: newest last, at most :data:`MAX_RELEASED`: a report about one of them
+    #: is an honest late one; about any other attempt, a lie
+    released: list[tuple[str, int]] = field(factory=list)
     #: dispatches it may hold queued beyond its slots: ``queue_ahead`` x slots
     #: while it is quick, else 0 (see :func:`ecloud.projections.tasks.set_quick`)
     ahead: int = 0
@@ -142,6 +163,15 @@ class VMRecord:
     announced_at: float | None = None
     #: when the VM was reported failed (``vm.failed`` or a *_FAILURE LCM state)
     failed_at: float | None = None
+    #: when its kill was last asked for, and how many times it was
+    #: (:mod:`.reconcile` asks again while the cloud still has it)
+    kill_asked_at: float | None = None
+    kills: int = 0
+    #: found in the cloud, never asked for by this log (``vm.discovered``)
+    discovered: bool = False
+    #: (rules 3) its spawn failed in a way that may have made it all the same
+    #: (no answer): it counts as held until the cloud's pool is seen without it
+    uncertain: bool = False
 
 
 @define(slots=True)
@@ -154,6 +184,10 @@ class Rejection:
 
 
 MAX_REJECTIONS = 100
+#: attempts remembered per worker after they left it (WorkerRecord.released)
+MAX_RELEASED = 1024
+#: workers heard from without an announcement, remembered (State.strangers)
+MAX_STRANGERS = 100
 
 
 @define(slots=True)
@@ -183,14 +217,26 @@ class State:
     vms: dict[str, VMRecord] = field(factory=dict)
     context: dict[str, str] = field(factory=dict)
     rejected: list[Rejection] = field(factory=list)
+    #: the seq of each ``tasks.submitted`` -> the file it came from (its
+    #: ``source``): which tasks of the log a file pushed again no longer has
+    batch_sources: dict[int, str] = field(factory=dict)
+    #: workers heard from that never announced themselves -> the clock of
+    #: the last rejection naming them (oldest first, at most MAX_STRANGERS)
+    strangers: dict[str, float] = field(factory=dict)
     recent_failures: list[Failure] = field(factory=list)
     #: VM requests the cloud refused in a row (kinds that call for a backoff),
     #: and when the last one was refused; an allocation resets the count
     spawn_failures: int = 0
     spawn_failed_at: float | None = None
-    #: the clock at the last ``boss.started``: no deadline of the autoscaler
-    #: counts the time no boss was running
+    #: (rules 3) the cloud's last refusal of a VM (quota, no lease, no host...)
+    #: and how many VMs of ours it held then: the ceiling it showed
+    spawn_refusal: str = ""
+    ceiling: int | None = None
+    #: the clock at the last ``boss.started`` or ``boss.resumed``: no
+    #: deadline of the autoscaler counts the time no boss was listening
     boss_started_at: float | None = None
+    #: the fold's rules in force (see :data:`CURRENT_RULES`)
+    rules: int = 1
     # ---- indexes, derived from the records above
     children: dict[str, list[str]] = field(factory=dict)
     counts: dict[str, int] = field(factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
@@ -206,6 +252,10 @@ class State:
     #: names of the VMs the autoscaler must still consider: not gone, not
     #: being killed, and not a failed request that never got an id
     open_vms: dict[str, None] = field(factory=dict)
+    #: (rules 2) live workers silent past their heartbeat deadline, waiting
+    #: for the boss's decision: exactly the live workers whose ``last_seen +
+    #: heartbeat_timeout`` is not after the clock
+    overdue: dict[str, None] = field(factory=dict)
 
     # ------------------------------------------------------------ index upkeep
 
@@ -251,7 +301,8 @@ class State:
     def track_vm(self, vm: VMRecord) -> None:
         """Keep ``open_vms`` in step with a VM's status."""
         # a VM being killed still exists in the cloud: it counts against max_workers
-        if vm.status == VM_GONE or (vm.status == VM_FAILED and vm.vm_id is None):
+        if vm.status == VM_GONE or (vm.status == VM_FAILED and vm.vm_id is None
+                                    and not vm.uncertain):
             self.open_vms.pop(vm.vm_name, None)
         else:
             self.open_vms[vm.vm_name] = None
@@ -281,6 +332,19 @@ class State:
         self.rejected.append(Rejection(seq, source, reason))
         if len(self.rejected) > MAX_REJECTIONS:
             del self.rejected[0]
+
+    def heard_stranger(self, worker_id: str) -> None:
+        """A worker that never announced itself spoke (and was refused)."""
+        self.strangers.pop(worker_id, None)
+        self.strangers[worker_id] = self.clock
+        if len(self.strangers) > MAX_STRANGERS:
+            del self.strangers[next(iter(self.strangers))]
+
+    def released(self, worker: WorkerRecord, task_id: str, attempt: int) -> None:
+        """Remember that ``worker`` held (task, attempt), which it no longer does."""
+        worker.released.append((task_id, attempt))
+        if len(worker.released) > MAX_RELEASED:
+            del worker.released[: len(worker.released) - MAX_RELEASED]
 
     def record_failure(self, failure: Failure) -> None:
         self.recent_failures.append(failure)

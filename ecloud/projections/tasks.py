@@ -27,6 +27,7 @@ ready again without counting as a failure.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 
@@ -41,6 +42,8 @@ from ecloud.events.types import (
     default_results_folder,
 )
 from ecloud.projections import context
+from ecloud.projections.context import bounded_time, number_text, storable
+from ecloud.projections.liveness import heard_from
 from ecloud.projections.effects import Ack, CancelAttempt, Dispatch
 from ecloud.projections.state import (
     ACTIVE,
@@ -52,7 +55,6 @@ from ecloud.projections.state import (
     FAILED,
     FINAL,
     IDLE,
-    LIVE,
     READY,
     RUNNING,
     SUCCEEDED,
@@ -76,6 +78,9 @@ def submission_problem(state: State, event: TasksSubmitted) -> str | None:
     tasks = state.tasks
     batch: set[str] = set()
     for spec in event.tasks:
+        problem = spec_problem(spec)
+        if problem is not None:
+            return f"task {spec.id!r}: {problem}"
         if spec.id in tasks:
             return f"task {spec.id!r} already exists"
         if spec.id in batch:
@@ -90,6 +95,24 @@ def submission_problem(state: State, event: TasksSubmitted) -> str | None:
     return None
 
 
+def spec_problem(spec: TaskSpec) -> str | None:
+    """Why a task's numbers cannot be folded, or None. ``ecloud push`` never
+    writes such a spec (see :mod:`ecloud.taskfile`), and JSON cannot even
+    carry most of them; the fold refuses them so that no later event can
+    trip over one (a task of no slots would take none of its worker's, a
+    non-finite timeout could not be written into a snapshot)."""
+    for name in ("retries", "priority", "slots"):
+        if not storable(getattr(spec, name)):
+            return f"{name} {number_text(getattr(spec, name))} is out of range"
+    if spec.slots < 1:
+        return f"slots must be at least 1, got {spec.slots}"
+    if not math.isfinite(spec.retry_backoff):
+        return f"retry_backoff must be a finite number, got {spec.retry_backoff!r}"
+    if spec.timeout is not None and not math.isfinite(spec.timeout):
+        return f"timeout must be a finite number or null, got {spec.timeout!r}"
+    return None
+
+
 def on_submitted(state: State, event: TasksSubmitted, seq: int, out: list) -> None:
     problem = submission_problem(state, event)
     if problem is not None:
@@ -98,6 +121,8 @@ def on_submitted(state: State, event: TasksSubmitted, seq: int, out: list) -> No
     tasks = state.tasks
     children = state.children
     now = state.clock
+    if event.source:
+        state.batch_sources[seq] = event.source
     # A batch may list a task before its dependencies; settle tasks in an
     # order where every in-batch dependency comes first.
     for index, spec in dependency_order(event.tasks):
@@ -180,12 +205,13 @@ def dispatch_problem(state: State, event: TaskDispatched) -> str | None:
     if task.status != READY or task.not_before is not None:
         return f"task is {task.status}" + (" (in retry backoff)" if task.not_before else "")
     if event.attempt != task.attempt + 1:
-        return f"attempt {event.attempt} is not the next one ({task.attempt + 1})"
+        return f"attempt {number_text(event.attempt)} is not the next one ({task.attempt + 1})"
     worker = state.workers.get(event.worker_id)
     if worker is None:
         return "unknown worker"
     if not state.is_listed_free(worker) or worker.room < task.spec.slots:
-        return f"worker is {worker.status} with room for {max(0, worker.room)} slot(s)"
+        return (f"worker is {worker.status} with room for {number_text(max(0, worker.room))} "
+                f"slot(s)")
     return None
 
 
@@ -221,7 +247,8 @@ def dispatch_effect(state: State, seq: int, task: TaskRecord, worker_id: str) ->
         upstream = {i.from_task for i in spec.inputs if i.from_task}
         sources = tuple(sorted((u, _results_folder(state, u)) for u in upstream))
     return Dispatch(seq, spec.id, task.attempt, worker_id, spec,
-                    state.context.get("datastore_address", ""), sources)
+                    state.context.get("datastore_address", ""), sources,
+                    state.context.get("datastore_id", ""))
 
 
 def _results_folder(state: State, task_id: str) -> str:
@@ -246,17 +273,10 @@ def _current(state: State, task_id: str, attempt: int, worker_id: str) -> TaskRe
     return None
 
 
-def _heard_from(state: State, worker_id: str) -> None:
-    """Any report is a sign of life, as good as a heartbeat."""
-    worker = state.workers.get(worker_id)
-    if worker is not None and worker.status in LIVE:
-        worker.last_seen = state.clock
-
-
 def on_started(state: State, event: TaskStarted, seq: int, out: list) -> None:
     if event.msg_id:
         out.append(Ack(seq, event.worker_id, event.msg_id))
-    _heard_from(state, event.worker_id)
+    heard_from(state, event.worker_id)  # any report is a sign of life
     task = _current(state, event.task_id, event.attempt, event.worker_id)
     if task is None:
         stale = state.tasks.get(event.task_id)
@@ -272,14 +292,20 @@ def on_started(state: State, event: TaskStarted, seq: int, out: list) -> None:
     state.set_status(task, RUNNING)
     task.started_at = state.clock
     if task.spec.timeout is not None:
-        task.deadline = state.clock + task.spec.timeout + float(context.get(state, "timeout_grace"))
+        task.deadline = bounded_time(
+            state.clock + task.spec.timeout + float(context.get(state, "timeout_grace")))
         state.arm(task.deadline, T_TIMEOUT, task.spec.id, task.attempt)
 
 
 def on_finished(state: State, event: TaskFinished, seq: int, out: list) -> None:
     if event.msg_id:
         out.append(Ack(seq, event.worker_id, event.msg_id))
-    _heard_from(state, event.worker_id)
+    if not storable(event.exit_code):  # acknowledged all the same: a resend is no better
+        state.reject(seq, f"worker {event.worker_id}",
+                     f"report of {event.task_id} attempt {number_text(event.attempt)}: "
+                     f"exit code {number_text(event.exit_code)} is out of range")
+        return
+    heard_from(state, event.worker_id)  # any report is a sign of life
     if release_slot(state, event.worker_id, event.task_id, event.attempt):
         set_quick(state, event.worker_id, not event.returned and event.duration < QUICK_TASK)
     task = _current(state, event.task_id, event.attempt, event.worker_id)
@@ -297,7 +323,7 @@ def on_finished(state: State, event: TaskFinished, seq: int, out: list) -> None:
         succeed(state, task)
     else:
         reason = event.reason or (
-            f"killed by signal {event.signal}"
+            f"killed by signal {number_text(event.signal)}"
             if event.signal is not None
             else f"exit code {event.exit_code}"
         )
@@ -313,6 +339,7 @@ def release_slot(state: State, worker_id: str, task_id: str, attempt: int) -> bo
     slots = worker.running.pop((task_id, attempt), None)
     if slots is None:
         return False
+    state.released(worker, task_id, attempt)
     was_free = state.is_listed_free(worker)
     worker.used -= slots
     if worker.used == 0:
@@ -329,7 +356,7 @@ def set_quick(state: State, worker_id: str, quick: bool) -> None:
     worker = state.workers[worker_id]
     listed = state.is_listed_free(worker)
     worker.quick = quick
-    worker.ahead = context.queue_ahead(state) * worker.slots if quick else 0
+    worker.ahead = context.ahead_of(context.queue_ahead(state), worker.slots) if quick else 0
     state.refresh_free(worker, listed)
 
 
@@ -355,14 +382,36 @@ def attempt_failed(state: State, task: TaskRecord, reason: str, seq: int, out: l
     task.worker = None
     task.deadline = None
     if not final:
-        backoff = task.spec.retry_backoff * (2 ** (task.failures - 1))
-        backoff = min(backoff, float(context.get(state, "max_backoff")))
+        backoff = retry_backoff(state, task)
         if backoff > 0:
-            task.not_before = state.clock + backoff
+            task.not_before = bounded_time(state.clock + backoff)
         state.set_status(task, READY)
     else:
         state.set_status(task, FAILED)
         block_descendants(state, task.spec.id)
+
+
+def retry_backoff(state: State, task: TaskRecord) -> float:
+    """Seconds before the next attempt after ``task.failures`` failures:
+    ``retry_backoff * 2**(failures - 1)``, at most ``max_backoff``; 0 (no
+    wait) for a backoff of 0 or less.
+
+    Computed on the float's exponent, so it never overflows: the plain
+    product turned ``2**(failures - 1)`` into a float and raised
+    OverflowError from the 1,025th failure on. Scaling a float by a power
+    of two is exact, so this is the exact product, capped: the same value
+    wherever the plain product did not raise."""
+    base = task.spec.retry_backoff
+    if not base > 0:
+        return 0.0
+    cap = float(context.get(state, "max_backoff"))  # type: ignore[arg-type]
+    if base == math.inf:
+        return cap
+    mantissa, exponent = math.frexp(base)  # base = mantissa * 2**exponent, 0.5 <= mantissa < 1
+    exponent += min(task.failures - 1, 4096)
+    if exponent > 1024:  # at least 2**1024: more than the largest float
+        return cap
+    return min(math.ldexp(mantissa, exponent), cap)
 
 
 def requeue(state: State, task: TaskRecord, reason: str) -> None:

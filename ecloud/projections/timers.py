@@ -5,14 +5,15 @@ event's ts (never backward: appenders' clocks may disagree a little) and fires
 everything that fell due: retry backoffs end, workers silent past their
 heartbeat deadline are lost, attempts past their timeout fail. The boss
 appends a ``tick`` event while anything waits on time, so deadlines fire even
-when nothing else happens - the autoscaler's too (:mod:`.autoscale`).
+when nothing else happens - the autoscaler's and the reconciler's too
+(:mod:`.autoscale`, :mod:`.reconcile`).
 """
 
 from __future__ import annotations
 
 from heapq import heappop
 
-from ecloud.projections import autoscale
+from ecloud.projections import autoscale, reconcile
 from ecloud.projections.state import READY, T_HEARTBEAT, T_TIMEOUT, State
 from ecloud.projections.tasks import on_timeout
 from ecloud.projections.workers import on_heartbeat_deadline
@@ -49,7 +50,8 @@ def next_deadline(state: State) -> float | None:
         candidates.append(state.delayed[0][0])
     if state.timers:
         candidates.append(state.timers[0][0])
-    scaling = autoscale.next_deadline(state)
-    if scaling is not None:
-        candidates.append(scaling)
+    for decider in (autoscale.next_deadline, reconcile.next_deadline):
+        due = decider(state)
+        if due is not None:
+            candidates.append(due)
     return min(candidates) if candidates else None

@@ -52,6 +52,8 @@ def acl_text(cluster: str, boss_user: str = BOSS_USER) -> str:
         f"pattern read ecloud/{cluster}/to/%u",
         "# and answers ecloud logs (run with the boss's account) under its own name",
         f"pattern write ecloud/{cluster}/logs/%u/#",
+        "# and hears the boss's beat (without it a worker stops after --boss-grace)",
+        f"pattern read ecloud/{cluster}/boss",
         "",
     ])
 

@@ -28,7 +28,7 @@ from attrs import define, field
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded
 from ecloud.projections.fold import step
-from ecloud.projections.state import DISPATCHED, RUNNING, VM_FAILED, VM_GONE, State
+from ecloud.projections.state import DISPATCHED, RUNNING, State
 
 
 @define(slots=True)
@@ -93,11 +93,11 @@ class Ledger:
                 attempt.started = ts
         elif kind is ev.TaskFinished:
             self._finished(event, ts, state)
-        elif kind is ev.VMRequested:
-            self.vms.setdefault(event.vm_name, _VM(ts))
-        if kind in (ev.WorkerAnnounced, ev.VMAllocated):
+        elif kind is ev.VMRequested or (kind is ev.VMDiscovered and event.vm_name in state.vms):
+            self.vms.setdefault(event.vm_name, _VM(ts))  # a VM found in the cloud: from then
+        if kind in (ev.WorkerAnnounced, ev.VMAllocated, ev.VMDiscovered):
             self._announced(state, event, ts)
-        elif kind in (ev.VMStateObserved, ev.VMFailed):
+        if kind in (ev.VMStateObserved, ev.VMFailed, ev.VMDiscovered):
             self._ended_vms(state, ts)
         counts = state.counts
         if len(self._open) != counts[DISPATCHED] + counts[RUNNING]:
@@ -166,8 +166,9 @@ class Ledger:
         for name, vm in self.vms.items():
             if vm.ended is None:
                 record = state.vms.get(name)
-                if record is not None and (record.status == VM_GONE
-                                           or (record.status == VM_FAILED and record.vm_id is None)):
+                # gone, or given up on without ever holding quota (the cloud
+                # is not thought to have it: State.open_vms)
+                if record is not None and name not in state.open_vms:
                     vm.ended = ts
                     if vm.busy_since is not None:
                         vm.busy += ts - vm.busy_since

@@ -16,6 +16,9 @@ from typing import Any
 
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded
+from ecloud.projections.autoscale import cloud_ceiling
+from ecloud.projections.scheduler import unschedulable
+from ecloud.views.vms import vm_rows
 from ecloud.projections.state import (
     BLOCKED,
     CANCELLED,
@@ -44,6 +47,7 @@ RATE_WINDOW = 200
 RATE_MIN_SPAN = 60.0
 #: the decisions kept for the page
 MAX_DECISIONS = 12
+MAX_UNSCHEDULABLE = 50  # tasks the page names (ecloud status --json has them all)
 DECISION_TYPES = (ev.VMRequested.TYPE, ev.VMKillRequested.TYPE, ev.VMFailed.TYPE)
 
 #: ``(seq) -> (stdout tail, stderr tail)`` of the report at that seq
@@ -147,9 +151,13 @@ def page(state: State, *, head: int, source: str, decisions: list[dict[str, Any]
         "progress": progress(state),
         "workers": workers(state),
         "booting": booting(state),
+        "vms": [row for row in vm_rows(state, state.clock) if row["status"] != "gone"],
         "failures": failures(state, tails),
+        "unschedulable": [{"task": task_id, "reason": why}
+                          for task_id, why in list(unschedulable(state).items())[:MAX_UNSCHEDULABLE]],
         "decisions": decisions,
         "rejected_inputs": len(state.rejected),
         "ready_in_backoff": sum(1 for t in state.tasks.values()
                                 if t.status == READY and t.not_before is not None),
+        "cloud_ceiling": cloud_ceiling(state),
     }

@@ -1,7 +1,7 @@
 """Start the status page: parse the address, bind it (so a port taken or
-refused is a clear error, and port 0 names the free port it got), and run
-uvicorn on the bound socket - in the foreground for ``ecloud web``, or in a
-thread beside the boss."""
+refused is a clear error, and port 0 names the free port it got), settle the
+host names it answers to, and run uvicorn on the bound socket - in the
+foreground for ``ecloud web``, or in a thread beside the boss."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections.abc import Iterable
 
 import uvicorn
 
-from ecloud.config import mask_password
+from ecloud.config import host_name, mask_password
 from ecloud.errors import UserError
 from ecloud.views.follower import Follower
 from ecloud.web import DEFAULT_ADDRESS
-from ecloud.web.app import make_app
+from ecloud.web.app import LOOPBACK_NAMES, make_app
 
 log = logging.getLogger("ecloud.web")
 
@@ -69,14 +70,51 @@ def is_loopback(sock: socket.socket) -> bool:
         return False
 
 
-class WebServer:
-    """The page for the log at ``db_url``, on an already bound socket."""
+def is_wildcard(sock: socket.socket) -> bool:
+    """Bound to every interface (0.0.0.0 or ::)."""
+    try:
+        return ipaddress.ip_address(sock.getsockname()[0]).is_unspecified
+    except ValueError:
+        return False
 
-    def __init__(self, db_url: str, sock: socket.socket) -> None:
+
+def own_host_names() -> list[str]:
+    """This machine's names: its host name and fully qualified name."""
+    names = []
+    for find in (socket.gethostname, socket.getfqdn):
+        try:
+            names.append(host_name(find()))
+        except (OSError, ValueError):
+            continue
+    return names
+
+
+def served_names(sock: socket.socket, extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """The ``Host`` names the page on ``sock`` answers to: the loopback
+    names; the address it is bound to, or, bound to every interface, this
+    machine's names (the address each request reaches is served too, see
+    :class:`~ecloud.web.app.HostCheck`); and ``extra`` (the setting
+    ``web_hosts``)."""
+    names = list(LOOPBACK_NAMES)
+    if is_wildcard(sock):
+        names += own_host_names()
+    else:
+        names.append(sock.getsockname()[0])
+    return tuple(dict.fromkeys(host_name(name) for name in (*names, *extra)))
+
+
+class WebServer:
+    """The page for the log at ``db_url``, on an already bound socket,
+    answering to the names :func:`served_names` gives (``hosts``: the
+    setting ``web_hosts``)."""
+
+    def __init__(self, db_url: str, sock: socket.socket, hosts: Iterable[str] = ()) -> None:
         self.sock = sock
         self.url = url_of(sock)
+        self.hosts = served_names(sock, hosts)
         self.follower = Follower(db_url, source=mask_password(db_url))
-        config = uvicorn.Config(make_app(self.follower), log_level="warning", lifespan="off",
+        app = make_app(self.follower, self.hosts, own_address=is_wildcard(sock))
+        config = uvicorn.Config(app, log_level="warning", lifespan="off",
                                 access_log=False, timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

@@ -130,6 +130,19 @@ def check_one_worker_per_attempt(log: list[Recorded], journal: list[dict]) -> in
     return len(runners)
 
 
+def check_each_task_ran_once(journal: list[dict]) -> int:
+    """Every task's command was started by exactly one attempt, by the
+    workers' own word (their journals): no task ran twice, not even one
+    after the other. Tasks must run long enough to report their start."""
+    attempts: dict[str, set[tuple[str, int]]] = {}
+    for j in journal:
+        if j.get("kind") == "started":
+            attempts.setdefault(j["task_id"], set()).add((j["worker_id"], j["attempt"]))
+    twice = {t: sorted(a) for t, a in attempts.items() if len(a) > 1}
+    assert not twice, f"{len(twice)} task(s) ran more than once: {dict(list(twice.items())[:10])}"
+    return len(attempts)
+
+
 def final_checks(cluster: ChaosCluster, n_tasks: int, killed: Iterable[str] = ()) -> str:
     """The checks every scenario ends with; a line saying what they covered."""
     state = cluster.state()

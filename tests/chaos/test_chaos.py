@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import wait_for
-from tests.chaos.harness import ChaosCluster, final_checks
+from tests.chaos.harness import ChaosCluster, check_each_task_ran_once, final_checks
 from tests.e2e import random_dag
 
 pytestmark = pytest.mark.mysql
@@ -120,6 +120,47 @@ def test_stop_and_restart_mariadb_mid_run(request, tmp_path: Path, chaos_report)
     finally:
         chaos.close()
     chaos_report(f"MariaDB stopped at {done}/100 done, the boss retried until it was back; {checked}")
+
+
+def test_mariadb_down_longer_than_the_heartbeat_timeout_runs_no_task_twice(
+        request, tmp_path: Path, chaos_report) -> None:
+    """The log's MariaDB is SIGKILLed for 1.5 x heartbeat_timeout mid-run.
+    The boss keeps the reports that reach it meanwhile, logs them first when
+    the server is back (after a boss.resumed), and only then judges
+    deadlines: no worker is lost for the boss's own silence, and no task
+    whose result came in during the outage runs again."""
+    server = request.getfixturevalue("private_mariadb")
+    broker = request.getfixturevalue("mosquitto_broker")
+    chaos = ChaosCluster(server.url("chaos"), broker.url, tmp_path, f"chaos{uuid.uuid4().hex[:6]}")
+    chaos.record_as = record_name(request)
+    timeout = 6.0
+    try:
+        tasks = random_dag(120, SEED + 5, sleepy(0.2, 0.6))
+        chaos.push(tasks)
+        chaos.ecloud("context", "set", "heartbeat_timeout", f"{timeout:g}")
+        chaos.boss = chaos.spawn_boss("boss", workers=3)
+        done = wait_done(chaos, 0.3 * len(tasks))
+        server.kill()
+        down = time.monotonic()
+        wait_for(lambda: "will retry" in chaos.boss_log("boss"), 60,
+                 "the boss to find the database gone")
+        while time.monotonic() - down < 1.5 * timeout:  # the fault's length, not a wait for a state
+            time.sleep(0.1)
+        server.start()
+        outage = time.monotonic() - down
+        state = chaos.wait_all(timeout=180)
+        assert chaos.boss.poll() is None, chaos.boss_log("boss")[-2000:]
+        lost = [w.worker_id for w in state.workers.values() if w.status == "lost"]
+        assert not lost, f"workers lost for the boss's silence: {lost}"
+        resumed = [r.event for r in chaos.log() if r.event.TYPE == "boss.resumed"]
+        assert resumed and resumed[0].paused >= timeout, resumed
+        ran = check_each_task_ran_once(chaos.journal())
+        checked = final_checks(chaos, len(tasks))
+    finally:
+        chaos.close()
+    chaos_report(f"MariaDB SIGKILLed at {done}/120 done for {outage:.1f}s (heartbeat_timeout "
+                 f"{timeout:g}s); the boss logged {resumed[0].paused:.1f}s of its silence, no "
+                 f"worker lost, each of {ran} tasks ran once; {checked}")
 
 
 def test_sigkill_30_percent_of_the_workers(chaos: ChaosCluster, chaos_report) -> None:

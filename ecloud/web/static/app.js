@@ -72,6 +72,8 @@ function drawProgress(p) {
   }
 }
 
+let currentVms = [];
+
 function drawWorkers(workers, booting) {
   const live = workers.filter((w) => ["idle", "busy", "draining"].includes(w.status)).length;
   $("workers-title").textContent = `(${live} live, ${workers.length} known)`;
@@ -81,6 +83,11 @@ function drawWorkers(workers, booting) {
     w.running.join(", ") || "–",
     w.idle_seconds === null ? "–" : duration(w.idle_seconds)]), 7);
   $("booting-title").textContent = `(${booting.length})`;
+  const vms = currentVms;
+  $("vms-title").textContent = `(${vms.length})`;
+  fillRows($("vms").tBodies[0], vms.map((v) => [v.name, v.vm_id ?? "–",
+    v.cloud_state === "-" ? v.status : `${v.status} (${v.cloud_state})`,
+    v.worker ? `${v.worker} ${v.worker_status}` : "–", v.why]), 5);
   fillRows($("booting").tBodies[0], booting.map((v) => [v.vm, v.vm_id ?? "–", v.status,
     duration(v.seconds)]), 4);
 }
@@ -103,6 +110,21 @@ function drawFailures(failures) {
   }
 }
 
+function drawUnschedulable(items) {
+  const box = $("unschedulable");
+  box.replaceChildren();
+  $("unschedulable-box").hidden = !items.length;
+  for (const u of items) box.append(el("div", {class: "failure"}, `${u.task}: ${u.reason}`));
+}
+
+function drawCeiling(ceiling, clock) {
+  $("ceiling-box").hidden = !ceiling;
+  if (!ceiling) return;
+  const wait = Math.max(0, Math.round(ceiling.next_try - clock));
+  $("ceiling").textContent = `at ${ceiling.at_vms} VMs: ${ceiling.reason}; ` +
+    `asking again in ${wait}s, one VM at a time`;
+}
+
 function drawPage(data) {
   head = Math.max(head, data.head);
   $("source").textContent = data.source;
@@ -115,9 +137,12 @@ function drawPage(data) {
   $("slider-seq").textContent = slider.value;
   $("slider-time").textContent = `(${utc(data.clock)} UTC)`;
   drawProgress(data.progress);
+  currentVms = data.vms || [];
   drawWorkers(data.workers, data.booting);
   drawDecisions(data.decisions);
   drawFailures(data.failures);
+  drawUnschedulable(data.unschedulable || []);
+  drawCeiling(data.cloud_ceiling, data.clock);
 }
 
 // ------------------------------------------------------------------- the DAG

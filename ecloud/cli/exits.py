@@ -1,0 +1,76 @@
+"""Exit statuses of every command, as one table.
+
+The README's "Exit statuses" section is generated from :data:`TABLE`
+(:func:`markdown`), and a test checks that the two agree, so the prose
+cannot drift from what the commands do. Code exits with the named
+constants, never with a bare number.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+OK = 0
+#: a task did not succeed (``ecloud run``), or the environment failed
+#: (database unreachable, corrupt log): see the message
+FAILED = 1
+#: the operator's mistake: a bad flag, file, value or task file; nothing was changed
+USAGE = 2
+#: ``ecloud run``: a task can never run here (no present or possible worker
+#: offers what it needs), and nothing else can progress
+UNSCHEDULABLE = 3
+#: ``ecloud-boss``: another boss took the log over (fenced)
+FENCED = 3
+#: ``ecloud run``: a live boss holds this log already (``ecloud-boss`` waits as a standby)
+LOG_HELD = 4
+#: interrupted by SIGINT or SIGTERM; run the same command again to continue
+INTERRUPTED = 130
+
+#: ``ecloud-worker``: the boss refused this agent (another protocol, or
+#: another live agent holds its worker id)
+WORKER_REFUSED = 3
+#: ``ecloud-worker``: no boss was heard for ``--boss-grace`` seconds; its
+#: attempts were stopped
+WORKER_ORPHANED = 4
+#: ``ecloud-worker``: the broker refused it (credentials, ACL, TLS)
+WORKER_BROKER_REFUSED = 5
+
+
+@frozen
+class Row:
+    status: int
+    commands: str
+    meaning: str
+
+
+TABLE: tuple[Row, ...] = (
+    Row(OK, "all", "success; `ecloud run`: every task of the file succeeded"),
+    Row(FAILED, "all", "`ecloud run`: a task failed, was blocked or cancelled (the summary lists "
+        "them); any command: the environment failed (database or broker unreachable, a "
+        "corrupt log), the message says what"),
+    Row(USAGE, "all", "a mistake in the command: a bad flag, value, file or task file; nothing "
+        "was changed (a refused change is recorded as one `input.rejected` event)"),
+    Row(UNSCHEDULABLE, "`ecloud run`", "a task can never run: no worker present or possible "
+        "offers what it needs (e.g. more slots than any worker has); the message names it, "
+        "`ecloud status` and `ecloud-replay --why TASK` say why"),
+    Row(FENCED, "`ecloud-boss`", "another boss took the log over (this one was silent past "
+        "`takeover_after`): it appended nothing more"),
+    Row(LOG_HELD, "`ecloud run`", "a live boss holds this log already; the message names it "
+        "(add tasks with `ecloud push`, watch with `ecloud status`); or `--work-dir` is the work "
+        "directory of another log's live run (give another); nothing was changed"),
+    Row(INTERRUPTED, "all", "interrupted (Ctrl-C; for `ecloud run` also SIGTERM): what was in "
+        "hand was committed; run the same command again to continue"),
+    Row(WORKER_REFUSED, "`ecloud-worker`", "the boss refused this agent: another protocol "
+        "version, or another live agent holds its worker id (after 3 tries)"),
+    Row(WORKER_ORPHANED, "`ecloud-worker`", "no boss was heard for `--boss-grace` seconds: its "
+        "attempts were stopped (they run again under the next boss)"),
+    Row(WORKER_BROKER_REFUSED, "`ecloud-worker`", "the broker refused the agent: bad "
+        "credentials, not authorised, or TLS failed (unknown CA, wrong host name)"),
+)
+
+
+def markdown() -> str:
+    """The table as Markdown, as the README shows it."""
+    lines = ["| status | commands | meaning |", "| --- | --- | --- |"]
+    lines += [f"| {row.status} | {row.commands} | {row.meaning} |" for row in TABLE]
+    return "\n".join(lines)
