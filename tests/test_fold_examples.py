@@ -377,3 +377,18 @@ def test_a_reducer_that_raises_records_a_rejection_and_the_fold_goes_on(monkeypa
     assert rejection.reason == "could not apply context.dropped: ZeroDivisionError: a reducer bug"
     step(state, Recorded(2, 11.0, ev.TasksSubmitted("b", (TaskSpec("a", "true"),))))
     assert state.tasks["a"].status == READY
+
+
+def test_a_late_absence_of_a_vm_already_allocated_changes_nothing() -> None:
+    """A poll that read the pool before an instantiate acted can answer
+    after the spawn did: its "absent" is about a name without an id, and a
+    VM with one is no absence (CI saw the new VM failed and terminated)."""
+    d = Driver()
+    d.apply(ev.BossStarted("b", 3))
+    d.apply(ev.VMRequested("vm-1"))
+    d.apply(ev.VMAllocated("vm-1", 101))
+    effects = d.apply(ev.VMFailed("vm-1", "not in the cloud's pool", "absent"))
+    vm = d.state.vms["vm-1"]
+    assert (vm.status, vm.vm_id, effects) == ("allocated", 101, [])
+    assert "absent" in d.state.rejected[-1].reason
+    check_invariants(d.state)

@@ -705,3 +705,27 @@ def test_a_vm_the_log_asked_for_is_found_by_name_or_said_absent(fake_oned):
                       VMFailed(PREFIX + "2", "not in the cloud's pool: its instantiate made no VM",
                                "absent")]
     assert prov.observe([], [PREFIX + "1", PREFIX + "2"]) == []  # once each
+
+
+def test_a_spawn_that_ends_while_the_pool_is_read_is_not_said_absent(fake_oned):
+    """Seen in CI: the boss's poll read the pool just before a spawn's
+    instantiate made the VM; the spawn answered (vm.allocated) before the
+    poll's answer came back, and the poll then said the name was absent - the
+    log failed the new VM and the reconciler terminated it. A name this
+    provider allocated is never absent."""
+    import threading
+
+    prov = provider(fake_oned, deadline=5.0)
+    fake_oned.answer_delays["one.vmpool.info"] = 1.0  # the spawn's look at the pool: 1 s late
+    spawned: list = []
+    spawner = threading.Thread(target=lambda: spawned.extend(spawn(prov, PREFIX + "1")))
+    spawner.start()
+    wait_for(lambda: fake_oned.calls("one.vmpool.info"), 5, "the spawn's look at the pool")
+    # the poll reads the pool before the instantiate (which follows the spawn's
+    # late look) and hears back 1 s after the spawn has answered
+    fake_oned.answer_delays["one.vmpool.info"] = 2.0
+    seen = prov.observe([], [PREFIX + "1"])
+    spawner.join(10)
+    assert [type(e) for e in spawned] == [VMAllocated]
+    assert fake_oned.calls("one.template.instantiate")
+    assert not [e for e in seen if isinstance(e, VMFailed)], seen

@@ -27,9 +27,25 @@ DONE = 6
 
 
 def idle_vms(cloud: CloudCluster, n: int) -> list[dict]:
-    return wait_for(lambda: (r := cloud.vm_rows()) and len(r) == n
-                    and all(x["worker_status"] == "idle" for x in r) and r,
-                    60, f"{n} VM(s) with an idle worker")
+    """Wait for ``n`` VMs whose workers are idle; on a timeout, say what
+    ``workers list``, the fake oned and the log's VM events showed."""
+    seen: list = []
+
+    def check():
+        seen[:] = cloud.vm_rows()
+        return len(seen) == n and all(x["worker_status"] == "idle" for x in seen) and list(seen)
+
+    try:
+        return wait_for(check, 60, f"{n} VM(s) with an idle worker")
+    except pytest.fail.Exception:
+        vms = [(vm.id, vm.name, vm.state, vm.lcm_state) for vm in cloud.oned.vms()]
+        events = [f"{r.seq} {r.event.TYPE} {r.event}" for r in cloud.log()
+                  if r.event.TYPE.startswith(("vm.", "worker.", "input."))
+                  and r.event.TYPE != "worker.heartbeat"][-40:]
+        boss = (cloud.workdir / "boss.log").read_text(errors="replace")[-3000:]
+        pytest.fail(f"{n} VM(s) with an idle worker not seen in 60 s\nworkers list: {seen}\n"
+                    f"oned: {vms}\nlog:\n" + "\n".join(events) + f"\nboss:\n{boss}",
+                    pytrace=False)
 
 
 def test_a_refused_terminate_is_asked_again_until_the_vm_is_gone(cloud: CloudCluster) -> None:
@@ -62,7 +78,9 @@ def test_a_vm_put_out_of_service_from_outside_is_terminated_and_its_task_runs_el
     holder = wait_for(lambda: next((w for w in cloud.state().workers.values()
                                     if ("long", 1) in w.running), None), 30, "the task to start")
     vm_id = next(r["vm_id"] for r in rows if r["name"] == holder.worker_id)
-    assert len(cloud.oned.guest_processes(vm_id)) >= 3  # the worker, the task, its escapee
+    # the worker, the task, its escapee (the task is "running" once its shell
+    # is: the shell's children come a moment later)
+    wait_for(lambda: len(cloud.oned.guest_processes(vm_id)) >= 3, 10, "the task's escapee")
     cloud.oned.set_phase(vm_id, phase)
     wait_for(lambda: cloud.oned.vm(vm_id).state == DONE, 30, f"the {phase} VM terminated")
     assert cloud.oned.guest_processes(vm_id) == []  # a VM's death is the death of all in it

@@ -503,7 +503,11 @@ class OpenNebulaProvider:
                 else:
                     self._orphan_since.pop(vm.ID, None)  # done, or not ours
             named = {vm.NAME for vm in pool if vm.STATE != DONE}
-            for name in sorted(unallocated - named - self._spawning - self._absent):
+            # a name this provider allocated is no absence, even when the pool
+            # was read before its instantiate acted: the spawn's answer came
+            # meanwhile (CI saw the new VM failed and terminated for it)
+            allocated = set(self._names.values())
+            for name in sorted(unallocated - named - self._spawning - allocated - self._absent):
                 self._absent.add(name)  # a failed spawn made nothing: the log need not wait
                 events.append(ev.VMFailed(name, "not in the cloud's pool: its instantiate made "
                                           "no VM", "absent"))

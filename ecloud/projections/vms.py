@@ -220,6 +220,12 @@ def on_failed(state: State, event: VMFailed, seq: int, out: list) -> None:
     if vm is None:
         state.reject(seq, "cloud", f"failure of unknown VM {event.vm_name!r}")
         return
+    if state.rules >= 3 and event.kind == ABSENT and vm.vm_id is not None:
+        # a poll that read the pool before the instantiate acted, answering
+        # after the spawn did: an absence is about a name without an id
+        state.reject(seq, "cloud", f"VM {vm.vm_name!r} said absent from the pool, but it is "
+                                   f"VM {vm.vm_id}: a poll older than its allocation")
+        return
     if state.rules >= 3 and vm.vm_id is None:
         if event.kind == ABSENT:  # the pool is seen without it: it was never made
             vm.uncertain = False
