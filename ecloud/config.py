@@ -203,6 +203,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("one_deadline", "ECLOUD_ONE_DEADLINE", 30.0, _seconds,
             "seconds any one OpenNebula call may take before it counts as failed",
             text=_float_text),
+    Setting("one_poll", "ECLOUD_ONE_POLL", 2.0, _seconds,
+            "seconds between the boss's looks at OpenNebula's VM pool (a callback of the "
+            "state hook asks for one at once)", text=_float_text),
     Setting("one_kill_orphans_after", "ECLOUD_ONE_KILL_ORPHANS_AFTER", None, _seconds,
             "terminate a VM named like this cluster's but unknown to the log this many seconds "
             "after it was first seen; none: only report it", text=_float_text),
@@ -282,6 +285,7 @@ class Config:
     one_session: str | None = field(default=None, repr=hidden)
     one_template: int | None = None
     one_deadline: float = 30.0
+    one_poll: float = 2.0
     one_kill_orphans_after: float | None = None
     takeover_after: float = 10.0
     datastore_key_file: str | None = None

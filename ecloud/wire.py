@@ -53,6 +53,14 @@ class WireError(ValueError):
     """A payload that is not a valid message of this protocol."""
 
 
+#: the broker accounts that are no worker's (``ecloud broker config``): the
+#: boss's, and OpenNebula's state hook's. The ACL's patterns give every
+#: account a ``from`` topic of its name; the boss hears none of these as a worker.
+BOSS_USER = "ecloud-boss"
+HOOK_USER = "ecloud-hook"
+SERVICE_USERS = (BOSS_USER, HOOK_USER)
+
+
 # ------------------------------------------------------------------- topics
 
 

@@ -43,6 +43,17 @@ refused as on a locked VM (:meth:`refuse_next_terminates`); an instantiate
 can act and answer nonsense (:meth:`answer_next_instantiates_badly`); with
 ``token = False`` the guest's context has no VMID (no TOKEN=YES).
 
+State hooks (issue 24). :meth:`FakeOned.create_hook` takes a ``onehook
+create`` template (``NAME``, ``TYPE = "state"``, ``RESOURCE = "VM"``, ``ON``,
+``STATE``/``LCM_STATE`` for CUSTOM, ``COMMAND``, ``ARGUMENTS``), as oned
+does; on each state change a hook names, oned's hook manager runs
+``COMMAND`` with ``ARGUMENTS`` split on blanks and ``$TEMPLATE`` replaced by
+the VM's XML (as ``one.vm.info`` gives it) in base64 - a real process, one
+after another, each run recorded in :attr:`FakeOned.hook_runs` with its exit
+status and output. Hooks are no more reliable here than there:
+:meth:`lose_next_callbacks` drops runs, :meth:`duplicate_next_callbacks`
+runs one twice, ``hook_delay`` (seconds) holds each run back.
+
 Test knobs: ``session``, ``quota``, ``delays``, ``worker_command``, ``token`` (plain
 attributes), :meth:`fail_next_boots`, :meth:`hang_next_call`,
 :meth:`add_vm`, :meth:`advance`; accessors :meth:`vms`, :meth:`vm`,
@@ -56,7 +67,9 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import queue
 import re
+import shlex
 import signal
 import socketserver
 import subprocess
@@ -101,6 +114,45 @@ PHASES = {
 #: stopped: its memory saved and the VM off the host), or frozen
 OUTSIDE = {"STOPPED": signal.SIGKILL, "POWEROFF": signal.SIGKILL, "UNDEPLOYED": signal.SIGKILL,
            "SUSPENDED": signal.SIGSTOP, "HOLD": None}
+#: a state hook's ON -> the (STATE, LCM_STATE) it fires on (CUSTOM names its own)
+HOOK_ON = {"RUNNING": (3, 3), "STOP": (4, 0), "DONE": (6, 0), "UNKNOWN": (3, 16)}
+
+
+@frozen
+class HookRun:
+    """One run of a state hook's command by the fake hook manager."""
+
+    hook: str
+    vm_id: int
+    phase: str
+    returncode: int
+    output: str
+
+
+def parse_hook(text: str) -> dict[str, str]:
+    """A ``onehook create`` template (``KEY = "VALUE"`` lines) as a dict;
+    ValueError for what oned would refuse."""
+    fields = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r'([A-Z_]+)\s*=\s*"((?:[^"\\]|\\.)*)"', line)
+        if match is None:
+            raise ValueError(f"not a template line: {line!r}")
+        fields[match.group(1)] = match.group(2).replace('\\"', '"')
+    for key in ("NAME", "TYPE", "COMMAND", "ON"):
+        if key not in fields:
+            raise ValueError(f"a hook needs {key}")
+    if fields["TYPE"] != "state" or fields.get("RESOURCE") != "VM":
+        raise ValueError("only VM state hooks (TYPE = state, RESOURCE = VM) are faked")
+    if fields["ON"] != "CUSTOM" and fields["ON"] not in HOOK_ON:
+        raise ValueError(f"unknown ON {fields['ON']!r}")
+    if fields["ON"] == "CUSTOM" and not {"STATE", "LCM_STATE"} <= fields.keys():
+        raise ValueError("a CUSTOM hook needs STATE and LCM_STATE")
+    return fields
+
+
 #: the environment variable that marks every process of a guest: a VM's
 #: death kills them all, also those that left the worker's process group
 #: (tasks run in sessions of their own), as a real VM's death does
@@ -313,6 +365,13 @@ class FakeOned:
         self.token = True
         #: method -> seconds to wait before answering, after the call took effect
         self.answer_delays: dict[str, float] = {}
+        #: state hooks (:meth:`create_hook`), the runs made, and their faults
+        self.hooks: list[dict[str, str]] = []
+        self.hook_runs: list[HookRun] = []
+        self.hook_delay = 0.0
+        self._lose_callbacks = 0
+        self._duplicate_callbacks = 0
+        self._hook_queue: queue.SimpleQueue = queue.SimpleQueue()
         self._released = threading.Event()
         self._stop = threading.Event()
         self._server: _Server | None = None
@@ -336,7 +395,8 @@ class FakeOned:
         self._server = server
         self.url = f"http://127.0.0.1:{server.server_address[1]}/RPC2"
         for target, name in ((lambda: server.serve_forever(poll_interval=0.02), "fake-oned"),
-                             (self._ticker, "fake-oned-ticker")):
+                             (self._ticker, "fake-oned-ticker"),
+                             (self._hook_manager, "fake-oned-hooks")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -398,6 +458,23 @@ class FakeOned:
             if sig is not None:
                 self._kill_guest(vm, sig, wait=sig == signal.SIGKILL)
             self._enter(vm, phase)
+
+    def create_hook(self, template: str) -> None:
+        """``onehook create``: from now on, run this state hook on each
+        change it names."""
+        with self._lock:
+            self.hooks.append(parse_hook(template))
+
+    def lose_next_callbacks(self, n: int = 1) -> None:
+        """The next ``n`` hook runs never happen (oned's hook manager can
+        lose them: a restart, a full queue)."""
+        with self._lock:
+            self._lose_callbacks += n
+
+    def duplicate_next_callbacks(self, n: int = 1) -> None:
+        """The next ``n`` hook runs happen twice."""
+        with self._lock:
+            self._duplicate_callbacks += n
 
     def release_hangs(self) -> None:
         """Let the hung calls go on (later ones hang again when asked to)."""
@@ -634,6 +711,53 @@ class FakeOned:
         elif phase == "DONE":
             self._kill_guest(vm, signal.SIGKILL)
             vm.etime = int(time.time())
+        self._fire_hooks(vm)
+
+    # ------------------------------------------------------------- state hooks
+
+    def _fire_hooks(self, vm: _VM) -> None:
+        """Queue a run of each hook this change names, with the VM's XML of
+        this moment (the caller holds the lock)."""
+        now = (vm.state, vm.lcm_state)
+        for hook in self.hooks:
+            on = hook["ON"]
+            fires = (now == (int(hook["STATE"]), int(hook["LCM_STATE"])) if on == "CUSTOM"
+                     else now == HOOK_ON[on])
+            if not fires:
+                continue
+            if self._lose_callbacks > 0:
+                self._lose_callbacks -= 1
+                continue
+            template = base64.b64encode(vm_xml(vm, self.uname).encode()).decode()
+            runs = 1
+            if self._duplicate_callbacks > 0:
+                self._duplicate_callbacks -= 1
+                runs = 2
+            for _ in range(runs):
+                self._hook_queue.put((time.monotonic() + self.hook_delay, hook, vm.id, vm.phase,
+                                      template))
+
+    def _hook_manager(self) -> None:
+        """oned's hook execution manager: runs the queued hooks one by one."""
+        while not self._stop.is_set():
+            try:
+                due, hook, vm_id, phase, template = self._hook_queue.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                return
+            argv = [hook["COMMAND"], *[a.replace("$TEMPLATE", template)
+                                        for a in shlex.split(hook.get("ARGUMENTS", ""))]]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("ECLOUD_")}
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env,
+                                      cwd=self.dir, stdin=subprocess.DEVNULL)
+                code, output = done.returncode, done.stdout + done.stderr
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                code, output = -1, str(exc)
+            with self._lock:
+                self.hook_runs.append(HookRun(hook["NAME"], vm_id, phase, code, output))
 
     def _boot_guest(self, vm: _VM) -> None:
         vm_dir = self.dir / f"vm-{vm.id}"

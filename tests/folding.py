@@ -286,7 +286,7 @@ def _act(draw, d: Driver, action: str) -> None:
     elif action == "vm":
         name = draw(st.sampled_from(["vm-a", "vm-b"]))
         kind = draw(st.sampled_from(["request", "allocate", "observe", "fail", "kill",
-                                     "discover"]))
+                                     "discover", "callback", "absent"]))
         vm_id = draw(st.integers(1, 3))
         if kind == "request":
             d.apply(ev.VMRequested(name))
@@ -297,6 +297,12 @@ def _act(draw, d: Driver, action: str) -> None:
         elif kind == "discover":
             d.apply(ev.VMDiscovered(vm_id, draw(st.sampled_from([name, "vm-c"])),
                                     draw(st.sampled_from([3, 5, 8])), 3))
+        elif kind == "callback":  # a hook's hint: any order, duplicates, bad moments
+            d.apply(ev.VMCallback(vm_id, draw(st.sampled_from([name, "vm-c"])),
+                                  draw(st.sampled_from([3, 5, 6, 8, 2**40])), 3,
+                                  draw(st.sampled_from([5.0, 5.0, 9.5, 1.0, float("nan")]))))
+        elif kind == "absent":
+            d.apply(ev.VMFailed(name, "not in the pool", "absent"))
         elif kind == "fail":
             d.apply(ev.VMFailed(name, "quota", "authorization"))
         else:

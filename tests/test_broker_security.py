@@ -147,7 +147,7 @@ def test_a_removed_workers_credentials_stop_working(secure_broker: SecureBroker)
         assert accounts.sync(["w-b"])  # w-a's VM is gone
         # Mosquitto checks connected clients again on reload: w-a is dropped ...
         wait_for(lambda: not a.conn.connected.is_set(), 10, "w-a to be disconnected")
-        assert set(read_passwd(secure_broker.folder / "passwd")) == {"ecloud-boss", "w-b"}
+        assert set(read_passwd(secure_broker.folder / "passwd")) == {"ecloud-boss", "ecloud-hook", "w-b"}
     finally:
         a.stop()
     # ... and cannot come back, while w-b still can
@@ -265,3 +265,38 @@ def test_a_worker_cannot_take_over_the_boss_s_session(tmp_path, secure_broker) -
         assert all(secret not in r.excerpt for r in rejected)
     finally:
         cluster.close()
+
+
+def hook_auth(broker: SecureBroker) -> MqttAuth:
+    return MqttAuth("ecloud-hook", (broker.folder / "hook-password").read_text().strip(), broker.ca)
+
+
+def test_the_hook_s_account_may_publish_its_callbacks_and_nothing_else(
+        secure_broker: SecureBroker) -> None:
+    """OpenNebula's state hook has an account of its own (issue 24): it may
+    write ``ecloud/<cluster>/hook`` only - no worker's reports, no dispatch,
+    no beat - and no worker may write the hook's topic."""
+    hook_topic = f"ecloud/{CLUSTER}/hook"
+    secure_broker.accounts().sync(["w-a"])
+    boss = Client(secure_broker.url, unique("boss"), (hook_topic, from_topic("w-a")),
+                  clean_session=True, auth=secure_broker.boss_auth)
+    with boss.start():
+        hook = Client(secure_broker.url, unique("hook"), clean_session=True,
+                      auth=hook_auth(secure_broker)).start(wait=5)
+        try:
+            hook.conn.client.publish(hook_topic, b"a callback", qos=1)
+            wait_for(lambda: boss.payloads(hook_topic), 10, "the hook's callback at the boss")
+        finally:
+            hook.stop()
+        for topic in (from_topic("w-a"), to_topic("w-a"), f"ecloud/{CLUSTER}/boss"):
+            forger = Client(secure_broker.url, unique("hook"), clean_session=True,
+                            auth=hook_auth(secure_broker)).start(wait=5)
+            try:
+                forger.conn.client.publish(topic, b"forged by the hook", qos=1)
+                wait_for(lambda f=forger: not f.conn.connected.is_set(), 10,
+                         f"the broker to hang up on the hook writing {topic}")
+            finally:
+                forger.stop()
+        _forge(secure_broker, "w-a", hook_topic, b"a worker's forged callback")
+        assert boss.payloads(hook_topic) == [b"a callback"]
+        assert boss.payloads(from_topic("w-a")) == []

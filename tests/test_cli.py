@@ -350,7 +350,7 @@ def test_replay_why_explains_a_blocked_and_a_waiting_task(sqlite_url: str) -> No
     ready = run("--why", "a", "--db", sqlite_url, command=replay).stdout
     assert "no live worker has them" in ready
     missing = run("--why", "zz", "--db", sqlite_url, command=replay)
-    assert missing.exit_code == 2 and "no task 'zz'" in missing.stderr
+    assert missing.exit_code == 2 and "no task or VM 'zz'" in missing.stderr
 
 
 def test_replay_diff_lists_what_changed_between_two_seqs(sqlite_url: str) -> None:

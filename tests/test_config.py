@@ -67,6 +67,7 @@ def test_flags_beat_env_beat_file_beat_defaults(tmp_path, home):
         ("one_session", "(none)", "default"),
         ("one_template", "(none)", "default"),
         ("one_deadline", "30.0", "default"),
+        ("one_poll", "2.0", "default"),
         ("one_kill_orphans_after", "(none)", "default"),
         ("takeover_after", "10.0", "default"),
         ("datastore_key_file", "(none)", "default"),

@@ -104,6 +104,9 @@ def to_events(topic: str, payload: bytes, cluster: str, state: State, outbox: Ou
     worker_id = wire.worker_of(topic, cluster)
     if worker_id is None:
         return [rejected(topic, "not a worker topic of this cluster", payload)]
+    if worker_id in wire.SERVICE_USERS:
+        return [rejected(topic, f"{worker_id!r} is a broker account of ecloud's own, not a "
+                                "worker's", payload)]
     try:
         message = wire.parse_worker_payload(payload, worker_id)
     except wire.WireError as exc:

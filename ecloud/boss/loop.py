@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ecloud import wire
+from ecloud.boss.callbacks import callback_events, hook_topic
 from ecloud.boss.edge import to_events
 from ecloud.boss.lease import Lease, lease_for
 from ecloud.boss.recent_reports import committed_reports
@@ -58,7 +59,7 @@ from ecloud.events.types import Recorded
 from ecloud.projections import context
 from ecloud.projections.autoscale import autoscale
 from ecloud.projections.reconcile import reconcile
-from ecloud.projections.effects import KillVM, SpawnVM
+from ecloud.projections.effects import KillVM, ObserveCloud, SpawnVM
 from ecloud.projections.fold import step
 from ecloud.projections.liveness import losses
 from ecloud.projections.outstanding import outstanding
@@ -174,6 +175,10 @@ class Boss:
         self._lease: Lease | None = None
         self._lease_checked = 0.0
         self._last_observe = 0.0
+        #: a callback asked for a look at the pool (``ObserveCloud``) not yet taken
+        self._look_now = False
+        self._looking: Any = None  # the look at the pool under way (a Future)
+        self._hook_topic = hook_topic(cluster)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="provider")
         self.conn: Connection | None = None
         self.outbox: Outbox | None = None
@@ -273,6 +278,8 @@ class Boss:
         assert self.conn is not None
         self.conn.subscribe(wire.from_all(self.cluster))
         self.conn.subscribe(wire.boss_topic(self.cluster))
+        if self.provider is not None:  # OpenNebula's state hook (onehook.hook)
+            self.conn.subscribe(self._hook_topic)
         self._beat()
 
     def _beating(self) -> None:
@@ -428,7 +435,10 @@ class Boss:
         return events
 
     def _convert(self, item: tuple, events: list) -> None:
-        if item[0] == "mqtt":
+        if item[0] == "mqtt" and item[1] == self._hook_topic:
+            events.extend(callback_events(item[2], self.cluster, self.vm_prefix, self.state,
+                                          time.time()))
+        elif item[0] == "mqtt":
             assert self.outbox is not None
             events.extend(to_events(item[1], item[2], self.cluster, self.state, self.outbox))
         else:
@@ -512,6 +522,8 @@ class Boss:
                 self._provider_call(self.provider.spawn if self.provider else None, effect)
             elif type(effect) is KillVM:
                 self._provider_call(self.provider.kill if self.provider else None, effect)
+            elif type(effect) is ObserveCloud:
+                self._look_now = True  # taken at the end of this turn (_observe)
 
     def _provider_call(self, fn: Callable | None, effect: Any) -> None:
         if fn is None:
@@ -532,19 +544,27 @@ class Boss:
             self.inbox.put(("events", list(events)))
 
     def _observe(self) -> None:
+        """A look at the cloud's pool every ``observe_every`` seconds, and at
+        once when a callback asked for one. One look at a time: a look asked
+        for while one is under way (whose answer may predate the change the
+        callback told of) is taken when that one is done."""
         if self.provider is None:
             return
         now = time.monotonic()
-        if now - self._last_observe >= self.observe_every:
-            self._last_observe = now
-            # always, and every VM the cloud may still hold - failed and dying
-            # ones too: only the pool says what exists (a reconciler's view)
-            alive = [(vm.vm_name, vm.vm_id) for vm in self.state.vms.values()
-                     if vm.vm_id is not None and vm.status != "gone"]
-            unallocated = [vm.vm_name for vm in self.state.vms.values()
-                           if vm.vm_id is None and vm.status != "gone"]
-            self._pool.submit(self.provider.observe, alive, unallocated).add_done_callback(
-                self._provider_done)
+        if not (self._look_now or now - self._last_observe >= self.observe_every):
+            return
+        if self._looking is not None and not self._looking.done():
+            return
+        self._last_observe = now
+        self._look_now = False
+        # always, and every VM the cloud may still hold - failed and dying
+        # ones too: only the pool says what exists (a reconciler's view)
+        alive = [(vm.vm_name, vm.vm_id) for vm in self.state.vms.values()
+                 if vm.vm_id is not None and vm.status != "gone"]
+        unallocated = [vm.vm_name for vm in self.state.vms.values()
+                       if vm.vm_id is None and vm.status != "gone"]
+        self._looking = self._pool.submit(self.provider.observe, alive, unallocated)
+        self._looking.add_done_callback(self._provider_done)
 
     # ------------------------------------------------------------- upkeep
 

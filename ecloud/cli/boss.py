@@ -163,6 +163,7 @@ def boss(broker: str | None, workers: int, slots: int, provider_kind: str | None
     the_boss = Boss(store, broker_url, provider=provider, cluster=config.cluster, label="ecloud-boss",
                     snapshot_every=config.snapshot_every, snapshot_interval=config.snapshot_interval,
                     takeover_after=config.takeover_after, resend_after=config.resend_after,
+                    observe_every=config.one_poll,
                     on_start=on_start, auth=security.auth, accounts=security.accounts,
                     upkeep=keep_local if isinstance(provider, LocalProvider) and workers else None)
     signal.signal(signal.SIGTERM, lambda *_: the_boss.stop())

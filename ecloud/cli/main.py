@@ -149,9 +149,9 @@ def status(as_json: bool, cost: bool, top: int, db: str | None, config_path: str
 
 
 @cli.command()
-@click.argument("task_id", metavar="TASK")
+@click.argument("task_id", metavar="TASK|VM")
 @click.option("--until", type=click.IntRange(min=0), metavar="SEQ",
-              help="Explain the task's state at this seq of the log (default: now).")
+              help="Explain the state at this seq of the log (default: now).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @common_options
 @handle_errors
@@ -160,7 +160,12 @@ def why(task_id: str, until: int | None, as_json: bool, db: str | None,
     """Why TASK is in its state: the dependency it waits for, the worker that
     has it, the timeout or backoff that applies, the failed task that blocks
     it, or why no worker can run it (unschedulable). The same as
-    ``ecloud-replay --why``."""
+    ``ecloud-replay --why``.
+
+    Given a VM's name or id instead (no task has it), why the boss keeps or
+    kills that VM, and its story: who asked for it, what the cloud answered,
+    what OpenNebula's state hook told beside what the polls saw (and which
+    told first), who killed it."""
     from ecloud.cli.replay import show_why
 
     with log_store(db, config_path, create=False) as store:

@@ -58,7 +58,8 @@ def opennebula_group() -> None:
 @click.option("--user", default="ecloud-hook", show_default=True,
               help="The hook's broker account (it may publish to ecloud/<cluster>/hook only).")
 @click.option("--password-file", default="/var/lib/one/ecloud-hook.password", show_default=True,
-              help="Where, on the front-end, that account's password is (readable by oneadmin).")
+              help="Where, on the front-end, that account's password is (readable by oneadmin "
+                   "only): a copy of the hook-password file `ecloud broker config` wrote.")
 @click.option("--ca", metavar="PATH", help="The broker's CA certificate on the front-end (mqtts).")
 @click.option("--config", "config_path", metavar="PATH", help="Config file.")
 @handle_errors
@@ -68,8 +69,10 @@ def hook(broker: str | None, python: str, user: str, password_file: str, ca: str
     of each state change of this cluster's VMs, the moment it happens.
 
     Nothing is installed: as oneadmin on the front-end, save each template
-    to its file and run `onehook create FILE`. Without the hooks the boss
-    learns the same by polling, a few seconds later."""
+    to its file and run `onehook create FILE`. The boss logs each callback
+    (vm.callback) and looks at the pool at once; the look decides. Without
+    the hooks the boss learns the same by polling (setting one_poll), a few
+    seconds later."""
     config = config_for(None, config_path)
     broker = broker or config.broker
     if not broker:

@@ -105,16 +105,34 @@ def _show_diff(store, diff_range: tuple[int, int], head: int, as_json: bool) -> 
 
 
 def show_why(store, task_id: str, until: int | None, as_json: bool) -> None:
+    """Why the task ``task_id`` - or, when no task has that id, the VM of that
+    name or id - is where it is at ``until``."""
     state = load_state(store, until)
     task = state.tasks.get(task_id)
     if task is None:
-        raise history.not_in_log("task", task_id, until)
+        from ecloud.views.vm_story import find_vm
+
+        vm = find_vm(state, task_id)
+        if vm is None:
+            raise history.not_in_log("task or VM", task_id, until)
+        return _show_vm_why(store, state, vm, as_json)
     lines = explain.why(state, task_id)
     if as_json:
         _emit({"task": task_id, "seq": state.seq, "status": task.status, "attempt": task.attempt,
                "worker": task.worker, "reason": task.reason, "lines": lines})
     else:
         _print_lines(lines)
+
+
+def _show_vm_why(store, state, vm, as_json: bool) -> None:
+    from ecloud.views.vm_story import story, vm_why
+
+    rows = story(store.read(1, state.seq), vm)
+    if as_json:
+        _emit({"vm": vm.vm_name, "vm_id": vm.vm_id, "seq": state.seq, "status": vm.status,
+               "lines": vm_why(state, vm, rows), "story": rows})
+    else:
+        _print_lines(vm_why(state, vm, rows))
 
 
 def _show_verify(store, until: int | None, as_json: bool) -> None:

@@ -344,6 +344,22 @@ class VMDiscovered(Event):
     ip: str | None = None
 
 
+@event("vm.callback")
+@frozen
+class VMCallback(Event):
+    """OpenNebula's state hook said that a VM of this cluster's prefix
+    changed state (:mod:`onehook.hook`, :mod:`ecloud.boss.callbacks`):
+    its id, name, STATE and LCM_STATE as the hook read them, and the hook's
+    time. A hint, never the truth: it changes no VM's status, it makes the
+    boss look at the cloud's pool at once, and that look decides."""
+
+    vm_id: int
+    vm_name: str
+    state: int
+    lcm_state: int
+    at: float
+
+
 @event("vm.failed")
 @frozen
 class VMFailed(Event):

@@ -100,6 +100,20 @@ class SpawnVM:
 
 
 @frozen
+class ObserveCloud:
+    """Look at the cloud's pool now, not at the next poll: a callback said a
+    VM changed (``vm.callback``). What the look sees is what the log records
+    and the reconciler acts on. Looking twice is harmless."""
+
+    cause: int
+    vm_id: int
+
+    @property
+    def key(self) -> str:
+        return f"observe/{self.vm_id}"
+
+
+@frozen
 class KillVM:
     """Terminate a VM. Killing a dead VM is fine."""
 

@@ -52,7 +52,10 @@ from ecloud.projections.state import State
 #: 7: fold rules 3 (only DONE is a VM gone; HOLD, STOPPED, SUSPENDED, POWEROFF,
 #: UNDEPLOYED, CLONING_FAILURE make it failed and lose its workers; a worker is
 #: tied to the VM of its name), and VMs remember their kills (the reconciler).
-REDUCER_VERSION = "7"
+#: 8: VMs remember when the poll last saw them change (``observed_at``) and
+#: the last callback of OpenNebula's state hook (``vm.callback``), which asks
+#: for a look at the pool (``ObserveCloud``) and changes no status.
+REDUCER_VERSION = "8"
 
 Handler = Callable[[State, Any, int, list], None]
 
@@ -93,6 +96,7 @@ HANDLERS: dict[type, Handler] = {
     ev.VMDiscovered: vms.on_discovered,
     ev.VMStateObserved: vms.on_state_observed,
     ev.VMFailed: vms.on_failed,
+    ev.VMCallback: vms.on_callback,
     ev.VMKillRequested: vms.on_kill_requested,
     ev.ContextSet: context.on_context_set,
     ev.ContextDropped: context.on_context_dropped,

@@ -172,6 +172,13 @@ class VMRecord:
     #: (rules 3) its spawn failed in a way that may have made it all the same
     #: (no answer): it counts as held until the cloud's pool is seen without it
     uncertain: bool = False
+    #: when the boss's poll last saw its state change (``vm.state_observed``)
+    observed_at: float | None = None
+    #: the last callback of OpenNebula's state hook about it (``vm.callback``):
+    #: the hook's time, STATE and LCM_STATE - what it said, not what is so
+    callback_at: float | None = None
+    callback_state: int | None = None
+    callback_lcm: int | None = None
 
 
 @define(slots=True)

@@ -22,8 +22,11 @@ work meanwhile (an operator's kill always goes through).
 
 from __future__ import annotations
 
+import math
+
 from ecloud.events.types import (
     VMAllocated,
+    VMCallback,
     VMDiscovered,
     VMFailed,
     VMKillRequested,
@@ -32,7 +35,7 @@ from ecloud.events.types import (
 )
 from ecloud.projections import context
 from ecloud.projections.context import number_text, storable
-from ecloud.projections.effects import KillVM, SpawnVM
+from ecloud.projections.effects import KillVM, ObserveCloud, SpawnVM
 from ecloud.projections.state import (
     LIVE,
     LOST,
@@ -189,6 +192,7 @@ def on_state_observed(state: State, event: VMStateObserved, seq: int, out: list)
         return
     vm.state = event.state
     vm.lcm_state = event.lcm_state
+    vm.observed_at = state.clock
     if event.ip:
         vm.ip = event.ip
     # rules 3: only DONE is gone, and a VM that holds quota and runs nothing
@@ -213,6 +217,30 @@ def on_state_observed(state: State, event: VMStateObserved, seq: int, out: list)
     else:
         vm.status = VM_OBSERVED
     state.track_vm(vm)
+
+
+def on_callback(state: State, event: VMCallback, seq: int, out: list) -> None:
+    """A hint from OpenNebula's state hook: the VM keeps its status (only the
+    pool's sight, ``vm.state_observed``, changes that); the boss looks at the
+    pool now instead of at the next poll. Checked at the edge
+    (:mod:`ecloud.boss.callbacks`); a stale one is refused here too, so that
+    a log folds alike whoever appended it."""
+    if not (storable(event.state) and storable(event.lcm_state)
+            and isinstance(event.at, (int, float)) and math.isfinite(event.at)):
+        state.reject(seq, "hook", f"callback about VM {number_text(event.vm_id)}: state "
+                                  f"{number_text(event.state)}/{number_text(event.lcm_state)} "
+                                  f"at {event.at!r} is out of range")
+        return
+    vm = state.vms.get(event.vm_name)
+    if vm is not None:
+        if vm.callback_at is not None and not event.at > vm.callback_at:
+            state.reject(seq, "hook", f"callback about {vm.vm_name} not after the last one "
+                                      f"(the hook's time {event.at!r})")
+            return
+        vm.callback_at = event.at
+        vm.callback_state = event.state
+        vm.callback_lcm = event.lcm_state
+    out.append(ObserveCloud(seq, event.vm_id))
 
 
 def on_failed(state: State, event: VMFailed, seq: int, out: list) -> None:

@@ -8,6 +8,9 @@ Writes, into one folder (beside the certificates of ``ecloud certs init``)::
     passwd             what Mosquitto reads: the static accounts plus one
                        per worker VM, kept so by the boss (security.accounts)
     boss-password      the boss's password (mode 0600)
+    hook-password      the password of OpenNebula's state hook (mode 0600): it
+                       may publish to ``ecloud/<cluster>/hook`` only; copy it
+                       to the front-end (``ecloud opennebula hook``)
     worker-secret      the key worker passwords are derived from (mode 0600)
     ecloud.toml        the boss's settings for all of the above
 
@@ -36,7 +39,9 @@ from ecloud.effects.broker import MOSQUITTO_TUNING, mosquitto_logging
 from ecloud.errors import UserError
 from ecloud.security.accounts import hash_password, read_passwd, write_passwd
 
-BOSS_USER = "ecloud-boss"
+from ecloud.wire import BOSS_USER, HOOK_USER
+from onehook.hook import hook_topic
+
 NEEDED_CERTS = ("ca.pem", "server.pem", "server.key")
 
 
@@ -46,6 +51,10 @@ def acl_text(cluster: str, boss_user: str = BOSS_USER) -> str:
         "# the boss: the whole cluster",
         f"user {boss_user}",
         f"topic readwrite ecloud/{cluster}/#",
+        "",
+        "# OpenNebula's state hook (onehook.hook, on the front-end): its callback topic only",
+        f"user {HOOK_USER}",
+        f"topic write {hook_topic(cluster)}",
         "",
         "# everyone (a worker's username is its worker id): its own topics only",
         f"pattern write ecloud/{cluster}/from/%u",
@@ -113,15 +122,22 @@ def write_broker_config(folder: str | os.PathLike, cluster: str, port: int = 888
                         f"{folder} --host <broker host>` first")
     (target / "data").mkdir(mode=0o700, exist_ok=True)
     password = _secret_file(target / "boss-password", lambda: secrets.token_urlsafe(32))
+    hook_password = _secret_file(target / "hook-password", lambda: secrets.token_urlsafe(32))
     _secret_file(target / "worker-secret", lambda: secrets.token_urlsafe(32))
     static = target / "passwd.static"
     entries = read_passwd(static)
-    if BOSS_USER not in entries:
-        entries[BOSS_USER] = hash_password(password)
+    if BOSS_USER not in entries or HOOK_USER not in entries:
+        entries.setdefault(BOSS_USER, hash_password(password))
+        entries.setdefault(HOOK_USER, hash_password(hook_password))
         write_passwd(static, entries)
     passwd = target / "passwd"
     if not passwd.exists():  # the boss adds the workers' entries when it runs
         write_passwd(passwd, entries)
+    else:  # written before: the static accounts it lacks (the hook's, new) join it
+        current = read_passwd(passwd)
+        if entries.keys() - current.keys():
+            write_passwd(passwd, {**current, **{k: v for k, v in entries.items()
+                                                if k not in current}})
     (target / "acl").write_text(acl_text(cluster), encoding="utf-8")
     conf = target / "mosquitto.conf"
     conf.write_text(mosquitto_conf(target, port, bind, cluster), encoding="utf-8")

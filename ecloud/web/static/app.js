@@ -87,7 +87,7 @@ function drawWorkers(workers, booting) {
   $("vms-title").textContent = `(${vms.length})`;
   fillRows($("vms").tBodies[0], vms.map((v) => [v.name, v.vm_id ?? "–",
     v.cloud_state === "-" ? v.status : `${v.status} (${v.cloud_state})`,
-    v.worker ? `${v.worker} ${v.worker_status}` : "–", v.why]), 5);
+    v.worker ? `${v.worker} ${v.worker_status}` : "–", v.told || "–", v.why]), 6);
   fillRows($("booting").tBodies[0], booting.map((v) => [v.vm, v.vm_id ?? "–", v.status,
     duration(v.seconds)]), 4);
 }
