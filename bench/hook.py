@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from bench.tuned_broker import TunedMosquitto
-from tests.fake_oned import FakeOned, ecloud_worker_command
+from tests.support.fake_oned import FakeOned, ecloud_worker_command
 
 DONE = 6
 RESULTS = Path(__file__).resolve().parent / "results" / "hook.json"

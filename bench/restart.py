@@ -52,13 +52,13 @@ from bench.fold import synthetic_log
 from bench.logs import fresh_log
 from ecloud.boss.loop import Boss
 from ecloud.boss.recent_reports import committed_reports
-from ecloud.effects.broker import start_broker
-from ecloud.events.store import LogStore, open_store
+from ecloud.effects.messaging.broker import start_broker
+from ecloud.log.store import LogStore, open_store
 from ecloud.events.types import Recorded
 from ecloud.projections.fold import step
 from ecloud.projections.outstanding import outstanding
 from ecloud.projections.state import State
-from ecloud.rebuild import load_state, save_snapshot
+from ecloud.log.rebuild import load_state, save_snapshot
 
 APPEND_BATCH = 5000  # at most this many events per append call (one transaction)
 CLUSTER = "bench"

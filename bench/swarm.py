@@ -106,10 +106,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bench.logs import fresh_log
 from bench.tuned_broker import raise_fd_limit, tuned_mosquitto
 from ecloud import wire
-from ecloud.effects.mqtt import parse_broker_url
+from ecloud.effects.messaging.mqtt import parse_broker_url
 
 HEARTBEAT = 10.0  # seconds between heartbeats
-KEEPALIVE = 30  # MQTT keepalive, as ecloud.effects.mqtt.Connection
+KEEPALIVE = 30  # MQTT keepalive, as ecloud.effects.messaging.mqtt.Connection
 FIRST_RESEND = 2.0  # worker.outbox
 MAX_RESEND = 10.0
 COALESCE = 0.5
@@ -752,7 +752,7 @@ def _share(a: dict, b: dict, name: str) -> float:
 def count_events(db_url: str) -> tuple[Counter, dict[str, Any]]:
     """Events in the log by type tag (read raw: no decoding), and the
     boss's commits: one ``ts`` per appended batch."""
-    from ecloud.events.store import open_store
+    from ecloud.log.store import open_store
 
     store = open_store(db_url, create=False)
     types: Counter = Counter()
@@ -831,10 +831,10 @@ def _push(tasks: int, chunk: int | None, work: Path, db_url: str, env: dict, say
 def _append_tasks(task_file: Path, db_url: str) -> int:
     """The ``tasks.submitted`` events ``ecloud push`` would append for
     ``task_file``, appended without ``expected_head``."""
-    from ecloud.events.store import open_store
+    from ecloud.log.store import open_store
     from ecloud.events.types import TasksSubmitted
-    from ecloud.submit import CHUNK, dependency_first
-    from ecloud.taskfile import parse_task_file
+    from ecloud.taskfiles.submit import CHUNK, dependency_first
+    from ecloud.taskfiles.taskfile import parse_task_file
 
     specs = dependency_first(parse_task_file(task_file))
     batch = uuid.uuid4().hex[:12]

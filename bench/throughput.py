@@ -43,10 +43,10 @@ import orjson
 
 from bench.logs import fresh_log
 from bench.workdir import work_dir
-from ecloud.events.store import LogStore, open_store
+from ecloud.log.store import LogStore, open_store
 from ecloud.events.types import TaskSpec
-from ecloud.rebuild import load_state
-from ecloud.submit import submit_tasks
+from ecloud.log.rebuild import load_state
+from ecloud.taskfiles.submit import submit_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@
     with tuned_mosquitto() as url:          # mqtt://127.0.0.1:<free port>
         ...
 
-What differs from :mod:`ecloud.effects.broker` (the broker for tests and
+What differs from :mod:`ecloud.effects.messaging.broker` (the broker for tests and
 ``ecloud run``), and why (``/work/shared/SERVICES.md`` has the measurements):
 
 - the file-descriptor limit of the broker process is raised before it execs
@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
-from ecloud.effects.broker import die_with_parent, free_port, mqtt_ping
+from ecloud.effects.messaging.broker import die_with_parent, free_port, mqtt_ping
 
 HOST = "127.0.0.1"
 MOSQUITTO = "/usr/sbin/mosquitto"

@@ -22,7 +22,7 @@ from attrs import frozen
 KIB = 1024
 MIB = 1024 * KIB
 
-#: task ids (``ecloud.taskgraph`` checks the character set)
+#: task ids (``ecloud.taskfiles.taskgraph`` checks the character set)
 ID_LENGTH = 200
 #: the kernel's limit on one argv or environment string, its NUL included
 #: (MAX_ARG_STRLEN): execve refuses a longer one with E2BIG

@@ -11,7 +11,6 @@ these tests FAIL with a message saying so - they never skip.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,15 +18,11 @@ from types import SimpleNamespace
 import pytest
 
 from ecloud.errors import StoreError
-from ecloud.events.mysql_connect import MySQLParams, connect, quote_ident
-from ecloud.events.store import LogStore
-from ecloud.events.url import open_store_url, parse_mysql_url, redact
+from ecloud.log.mysql_connect import MySQLParams, connect, quote_ident
+from ecloud.log.store import LogStore
+from ecloud.log.url import open_store_url, parse_mysql_url, redact
 
-TESTS_DIR = Path(__file__).resolve().parent
-if str(TESTS_DIR) not in sys.path:  # helper modules (_storetools, _appender) live here
-    sys.path.insert(0, str(TESTS_DIR))
-
-from _storetools import (  # noqa: E402
+from tests.support.storetools import (
     drop_database,
     index_columns,
     mysql_url_for,
@@ -145,4 +140,4 @@ def raw() -> SimpleNamespace:
     )
 
 
-pytest_plugins = ["tests.brokers", "tests.sshd", "tests.secure_broker"]
+pytest_plugins = ["tests.support.brokers", "tests.support.sshd", "tests.support.secure_broker"]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ecloud.cli.main import cli
 from ecloud.events import types as ev
-from ecloud.events.store import open_store
+from ecloud.log.store import open_store
 from ecloud.events.types import TaskSpec
 from ecloud.cli import render
 from ecloud.projections.autoscale import autoscale, cloud_ceiling, next_deadline, pool
@@ -23,7 +23,7 @@ from ecloud.projections.outstanding import outstanding
 from ecloud.projections.scheduler import schedule
 from ecloud.projections.snapshot import dump, load
 from ecloud.projections.state import ACTIVE, DRAINING, FINAL, LIVE, State
-from tests.folding import POLICY, Driver, _act, check_invariants
+from tests.support.folding import POLICY, Driver, _act, check_invariants
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.brokers import wait_for
-from tests.e2e import Cluster, random_dag
-from tests.fake_oned import FakeOned, ecloud_worker_command
+from tests.support.brokers import wait_for
+from tests.support.e2e import Cluster, random_dag
+from tests.support.fake_oned import FakeOned, ecloud_worker_command
 
 pytestmark = pytest.mark.mysql
 

@@ -123,7 +123,7 @@ def settings_from(tmp_path: Path, context: str, **flags):
 def test_the_key_in_the_context_becomes_a_private_file_in_the_work_dir(tmp_path: Path,
                                                                         monkeypatch) -> None:
     monkeypatch.setenv("ECLOUD_DATASTORE_SSH_KEY_B64", KEY_B64)  # as the start script had it
-    monkeypatch.setenv("ECLOUD_DATASTORE_SSH_KEY", "decoded")  # as tests/fake_oned.py has it
+    monkeypatch.setenv("ECLOUD_DATASTORE_SSH_KEY", "decoded")  # as tests/support/fake_oned.py has it
     context = f"BOSS_ADDRESS='10.0.0.1:1883'\nECLOUD_DATASTORE_SSH_KEY_B64='{KEY_B64}'\n"
     settings = settings_from(tmp_path, context)
     key = Path(settings.datastore_key)

@@ -13,8 +13,8 @@ import pytest
 from ecloud import wire
 from ecloud.boss.loop import Boss
 from ecloud.errors import StoreError
-from ecloud.events.store import open_store
-from tests.brokers import Client, wait_for
+from ecloud.log.store import open_store
+from tests.support.brokers import Client, wait_for
 
 
 class FlakyStore:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from ecloud.boss.loop import Boss
 from ecloud.cli.boss import request_local_vms
-from ecloud.effects.local import LocalProvider
-from ecloud.events.store import open_store
-from ecloud.rebuild import load_state
-from ecloud.submit import submit_tasks
-from ecloud.taskfile import parse_tasks
-from tests.brokers import wait_for
-from tests.e2e import random_dag
+from ecloud.effects.providers.local import LocalProvider
+from ecloud.log.store import open_store
+from ecloud.log.rebuild import load_state
+from ecloud.taskfiles.submit import submit_tasks
+from ecloud.taskfiles.taskfile import parse_tasks
+from tests.support.brokers import wait_for
+from tests.support.e2e import random_dag
 
 
 def test_the_running_boss_holds_exactly_the_state_its_log_replays_to(sqlite_url, broker,

@@ -1,7 +1,7 @@
-"""The embedded broker (ecloud.effects.broker), both flavours: Mosquitto and
+"""The embedded broker (ecloud.effects.messaging.broker), both flavours: Mosquitto and
 the pure-Python amqtt one. Every case runs against each; where amqtt needed
 help (keepalive, persistence across restarts) the help lives in
-ecloud.effects.pybroker and is tested here like the rest."""
+ecloud.effects.messaging.pybroker and is tested here like the rest."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from contextlib import closing
 
 import pytest
 
-from ecloud.effects.broker import Broker, choose_kind, mqtt_ping, mqtt_port_free, start_broker
+from ecloud.effects.messaging.broker import Broker, choose_kind, mqtt_ping, mqtt_port_free, start_broker
 from ecloud.errors import ConfigError, EcloudError
-from tests.brokers import Client, unique, wait_for
+from tests.support.brokers import Client, unique, wait_for
 
 FLAVOURS = ["mosquitto", "python"]
 
@@ -52,7 +52,7 @@ def routed(broker: Broker, publisher: Client, topic_prefix: str) -> None:
 
 def stored_for(broker: Broker, client_id: str) -> list[bytes]:
     """amqtt only: the payloads its session store holds queued for ``client_id``."""
-    from ecloud.effects.pybroker import DB_FILE
+    from ecloud.effects.messaging.pybroker import DB_FILE
 
     try:
         with closing(sqlite3.connect(f"file:{broker.data_dir / DB_FILE}?mode=ro", uri=True,
@@ -99,7 +99,7 @@ def test_qos1_round_trip(any_broker: Broker) -> None:
 
 WILL_CLIENT = textwrap.dedent("""
     import sys, time
-    from ecloud.effects.mqtt import Connection
+    from ecloud.effects.messaging.mqtt import Connection
     url, client_id, topic, keepalive = sys.argv[1:5]
     Connection(url, client_id, on_message=lambda t, p: None, keepalive=int(keepalive),
                will=(topic, b"gone:" + client_id.encode())).start(wait=10)
@@ -275,7 +275,7 @@ def test_stop_leaves_nothing_behind(any_broker: Broker) -> None:
 
 ORPHAN = textwrap.dedent("""
     import sys, time
-    from ecloud.effects.broker import start_broker
+    from ecloud.effects.messaging.broker import start_broker
     broker = start_broker(sys.argv[1], data_dir=sys.argv[2])
     print(broker.pid, flush=True)
     time.sleep(60)
@@ -302,7 +302,7 @@ def test_broker_dies_with_the_process_that_started_it(kind: str, tmp_path) -> No
 
 
 def test_startup_failure_quotes_the_log(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ecloud.effects.broker as broker_mod
+    import ecloud.effects.messaging.broker as broker_mod
 
     real = broker_mod.mosquitto_config
     monkeypatch.setattr(broker_mod, "mosquitto_config",

@@ -9,15 +9,15 @@ import sys
 
 import pytest
 
-from ecloud.effects.mqtt import Connection, MqttAuth
+from ecloud.effects.messaging.mqtt import Connection, MqttAuth
 from ecloud.security.accounts import (
     check_password,
     hash_password,
     read_passwd,
     worker_password,
 )
-from tests.brokers import Client, unique, wait_for
-from tests.secure_broker import HOST, SecureBroker
+from tests.support.brokers import Client, unique, wait_for
+from tests.support.secure_broker import HOST, SecureBroker
 
 CLUSTER = "sec"
 
@@ -236,7 +236,7 @@ def test_a_worker_cannot_take_over_the_boss_s_session(tmp_path, secure_broker) -
     own and its session clean: it never reads that subscription, so it
     neither logs its own dispatches back as rejected input nor shows their
     environment - across a restart too."""
-    from tests.e2e import Cluster
+    from tests.support.e2e import Cluster
 
     cluster = Cluster(f"sqlite:///{tmp_path / 'log.db'}", secure_broker.url, tmp_path / "run",
                       cluster=CLUSTER)

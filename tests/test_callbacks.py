@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ecloud.boss.callbacks import MAX_SKEW, callback_events
 from ecloud.events import types as ev
 from ecloud.projections.effects import ObserveCloud
-from tests.folding import Driver, check_invariants
+from tests.support.folding import Driver, check_invariants
 
 CLUSTER = "c"
 PREFIX = "ecloud-c-"
@@ -140,7 +140,7 @@ def test_a_callback_on_a_worker_s_own_topic_is_no_report_of_it() -> None:
     """A worker cannot write the hook's topic (the broker hangs up on it:
     tests/test_broker_security.py); what it writes on its own is refused."""
     from ecloud.boss.edge import to_events
-    from ecloud.effects.messaging import Outbox
+    from ecloud.effects.messaging.outbox import Outbox
 
     outbox = Outbox(lambda *a, **k: None, CLUSTER, 5.0)
     (event,) = to_events(f"ecloud/{CLUSTER}/from/{PREFIX}1", message(), CLUSTER,
@@ -154,7 +154,7 @@ def test_ecloud_s_own_broker_accounts_are_heard_as_no_worker(account: str) -> No
     (or the boss's) cannot pose as a worker there."""
     from ecloud import wire
     from ecloud.boss.edge import to_events
-    from ecloud.effects.messaging import Outbox
+    from ecloud.effects.messaging.outbox import Outbox
 
     hello = wire.dumps(wire.WorkerPayload(account, [wire.Hello("m1", "h", 1, wire.PROTOCOL,
                                                                 "i1")], incarnation="i1"))

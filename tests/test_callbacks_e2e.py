@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from tests.brokers import wait_for
+from tests.support.brokers import wait_for
 from tests.test_autoscale_e2e import CloudCluster, cloud  # noqa: F401 - the fixture
 from tests.test_reconciler_e2e import idle_vms
 

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 
 from ecloud.cli.main import cli
 from ecloud.cli.replay import replay
-from ecloud.events.store import Snapshot, open_store
+from ecloud.log.store import Snapshot, open_store
 from ecloud.projections import snapshot as snapshots
 from ecloud.projections.fold import REDUCER_VERSION
-from ecloud.rebuild import load_state
-from ecloud.taskfile import parse_task_file
+from ecloud.log.rebuild import load_state
+from ecloud.taskfiles.taskfile import parse_task_file
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

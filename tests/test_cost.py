@@ -13,8 +13,8 @@ from ecloud.events.types import StagedFile, TaskSpec
 from ecloud.projections.fold import step
 from ecloud.projections.state import State
 from ecloud.views.cost import Ledger, ledger_of
-from tests.e2e import ROOT
-from tests.folding import Driver, driven_logs
+from tests.support.e2e import ROOT
+from tests.support.folding import Driver, driven_logs
 from tests.test_run import ecloud
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,10 +10,10 @@ import sys
 import uuid
 from pathlib import Path
 
-from ecloud.rebuild import load_state
-from ecloud.events.store import open_store
-from tests.brokers import wait_for
-from tests.e2e import Cluster
+from ecloud.log.rebuild import load_state
+from ecloud.log.store import open_store
+from tests.support.brokers import wait_for
+from tests.support.e2e import Cluster
 
 
 def agent(cluster: Cluster, name: str) -> subprocess.Popen:

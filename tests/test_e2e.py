@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from ecloud import wire
-from ecloud.effects.mqtt import Connection
+from ecloud.effects.messaging.mqtt import Connection
 from ecloud.projections.state import SUCCEEDED
-from tests.brokers import wait_for
-from tests.e2e import Cluster, finished_events, random_dag
-from tests.secure_broker import SecureBroker
-from tests.worker_helpers import wait_dead
+from tests.support.brokers import wait_for
+from tests.support.e2e import Cluster, finished_events, random_dag
+from tests.support.secure_broker import SecureBroker
+from tests.support.worker_helpers import wait_dead
 
 BACKENDS = [
     "sqlite+mosquitto",

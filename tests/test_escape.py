@@ -17,8 +17,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from brokers import wait_for
-from worker_helpers import alive
+from tests.support.brokers import wait_for
+from tests.support.worker_helpers import alive
 
 from ecloud.wire import CancelMsg, DispatchMsg
 from tests.test_worker import boss, start  # noqa: F401 - fixtures

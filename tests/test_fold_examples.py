@@ -11,7 +11,7 @@ from ecloud.events.types import Recorded, TaskSpec
 from ecloud.projections.effects import Ack, CancelAttempt, Dispatch, RefuseWorker
 from ecloud.projections.fold import step
 from ecloud.projections.state import READY, State
-from tests.folding import Driver, check_invariants
+from tests.support.folding import Driver, check_invariants
 
 DIAMOND = (
     TaskSpec("a", "true"),

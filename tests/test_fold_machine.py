@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from ecloud.events import types as ev
 from ecloud.events.types import TaskSpec
 from ecloud.projections.state import BLOCKED, READY, SUCCEEDED, WAITING
-from tests.folding import Driver, check_invariants
+from tests.support.folding import Driver, check_invariants
 
 PENDING, ON_WORKER, DONE, FAILED, CANCELLED = "pending", "on_worker", "succeeded", "failed", "cancelled"
 OWN_FINAL = {DONE: "succeeded", FAILED: "failed", CANCELLED: "cancelled"}

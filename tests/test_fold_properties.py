@@ -20,7 +20,7 @@ from ecloud.projections.state import (
     SUCCEEDED,
     State,
 )
-from tests.folding import Driver, check_invariants, driven_logs
+from tests.support.folding import Driver, check_invariants, driven_logs
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -3,7 +3,7 @@
 An event is committed *before* it is folded, so a reducer that raises on one
 poisons the log for good: every later replay (status, replay, cancel, a
 restarted boss) crashes on it. These properties fold *arbitrary* event
-sequences, not only plausible ones (for those see tests/folding.py): every
+sequences, not only plausible ones (for those see tests/support/folding.py): every
 registered event type, built field by field from its type hints; ids from
 small pools so they collide; integers from far below -2**63 to far above
 2**64 (up to ints too long to print); floats including inf, -inf, nan,
@@ -46,7 +46,7 @@ from ecloud.projections.scheduler import schedule
 from ecloud.projections.snapshot import dump, load
 from ecloud.projections.state import FAILED, READY, State
 from ecloud.projections.timers import next_deadline as timers_next_deadline
-from tests.folding import task_batch
+from tests.support.folding import task_batch
 
 try:  # the boss's loss decisions (fold rules 2)
     from ecloud.projections.liveness import losses

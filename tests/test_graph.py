@@ -15,8 +15,8 @@ from ecloud.events.types import TaskSpec
 from ecloud.projections.fold import fold
 from ecloud.projections.state import TASK_STATUSES
 from ecloud.views import dag
-from tests.e2e import ROOT
-from tests.folding import Driver, driven_logs
+from tests.support.e2e import ROOT
+from tests.support.folding import Driver, driven_logs
 from tests.test_run import ecloud
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

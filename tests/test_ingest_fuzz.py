@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from ecloud import wire
 from ecloud.boss.edge import to_events
-from ecloud.effects.messaging import Outbox
+from ecloud.effects.messaging.outbox import Outbox
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded, TaskSpec
 from ecloud.projections.effects import Ack, Dispatch

@@ -15,7 +15,7 @@ import pytest
 
 from ecloud import limits
 from ecloud.errors import ValidationError
-from ecloud.taskfile import parse_tasks
+from ecloud.taskfiles.taskfile import parse_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,7 @@ def test_push_refuses_with_exit_2_naming_file_task_and_field(tmp_path: Path) -> 
 
 
 def _events(db: str) -> int:
-    from ecloud.events.store import open_store
+    from ecloud.log.store import open_store
 
     with open_store(db, create=False) as store:
         return store.head()

@@ -67,11 +67,11 @@ from hypothesis.errors import InvalidArgument
 
 from ecloud import limits, wire
 from ecloud.cli.main import cli
-from ecloud.effects.messaging import dispatch_message
-from ecloud.events.store import open_store
+from ecloud.effects.messaging.outbox import dispatch_message
+from ecloud.log.store import open_store
 from ecloud.projections.tasks import dispatch_effect
-from ecloud.rebuild import load_state
-from ecloud.taskgraph import ID_RE
+from ecloud.log.rebuild import load_state
+from ecloud.taskfiles.taskgraph import ID_RE
 from worker.reaper import TOKEN_VAR
 from worker.runner import attempt_path
 

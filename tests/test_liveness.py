@@ -15,7 +15,7 @@ from ecloud.projections.liveness import losses
 from ecloud.projections.scheduler import schedule
 from ecloud.projections.snapshot import dump, load
 from ecloud.projections.state import CURRENT_RULES, DRAINING, IDLE, LOST, READY, SUCCEEDED
-from tests.folding import Driver, check_invariants
+from tests.support.folding import Driver, check_invariants
 
 
 def cluster(rules: int = CURRENT_RULES, timeout: float = 30.0) -> Driver:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ecloud.events.sqlite_store import APPLICATION_ID
+from ecloud.log.sqlite_store import APPLICATION_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from ecloud.wire import LogsRequest
-from tests.brokers import wait_for
-from tests.e2e import Cluster
+from tests.support.brokers import wait_for
+from tests.support.e2e import Cluster
 from tests.test_run import ecloud
 from worker import logserve
 

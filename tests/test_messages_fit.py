@@ -4,7 +4,7 @@ fit in one are split over several (a task at its limits always fits)."""
 from __future__ import annotations
 
 from ecloud import limits, wire
-from ecloud.effects.messaging import Outbox
+from ecloud.effects.messaging.outbox import Outbox
 from ecloud.events.types import TaskSpec
 from ecloud.projections.effects import Ack, Dispatch
 

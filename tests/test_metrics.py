@@ -9,7 +9,7 @@ from ecloud.events import types as ev
 from ecloud.projections.fold import step
 from ecloud.projections.state import TASK_STATUSES, State
 from ecloud.views.metrics import Meters, families
-from tests.folding import Driver, driven_logs
+from tests.support.folding import Driver, driven_logs
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -1,5 +1,5 @@
-"""The data movers (ecloud/effects/movers.py) against a local directory and a
-real sshd (tests/sshd.py): fetch and push of files and directories, checksums,
+"""The data movers (ecloud/effects/data/movers.py) against a local directory and a
+real sshd (tests/support/sshd.py): fetch and push of files and directories, checksums,
 refusals, failures that must leave nothing half-done, resumption, and a
 200 MB fetch whose memory stays bounded."""
 
@@ -21,14 +21,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from ecloud.effects.movers import (
+from ecloud.effects.data.movers import (
     LocalDirMover,
     RsyncMover,
     StagingError,
     Transfer,
     mover_for,
 )
-from tests.brokers import wait_for
+from tests.support.brokers import wait_for
 
 MB = 1 << 20
 
@@ -256,7 +256,7 @@ def _fetch_in_child(sshd, dest: Path) -> tuple[dict, float, float]:
     code = textwrap.dedent(f"""
         import json, sys
         from pathlib import Path
-        from ecloud.effects.movers import mover_for
+        from ecloud.effects.data.movers import mover_for
         m = mover_for({sshd.address!r}, key_file={sshd.key_file!r}, timeout=10)
         t = m.fetch("big", Path({str(dest)!r}))
         # VmHWM belongs to this program's memory; ru_maxrss would keep the
@@ -370,7 +370,7 @@ def test_push_broken_midway_keeps_the_old_result_and_resumes(sshd, tmp_path: Pat
 
 
 def log_logins(sshd) -> None:
-    """Restart the test's sshd so that it logs every login (tests/sshd.py
+    """Restart the test's sshd so that it logs every login (tests/support/sshd.py
     runs it at LogLevel ERROR, which logs none)."""
     sshd.stop()
     sshd.config.write_text(sshd.config.read_text().replace("LogLevel ERROR", "LogLevel INFO"))
@@ -531,7 +531,7 @@ def test_a_forgotten_master_stops_when_python_exits(sshd, tmp_path: Path) -> Non
     code = textwrap.dedent(f"""
         import json, sys
         from pathlib import Path
-        from ecloud.effects.movers import mover_for
+        from ecloud.effects.data.movers import mover_for
         MOVER = mover_for({sshd.address!r}, key_file={sshd.key_file!r}, timeout=5)
         MOVER.fetch("f", Path({str(tmp_path / "f")!r}))
         print(json.dumps([MOVER.master.pid, MOVER.master.socket]), flush=True)
@@ -609,7 +609,7 @@ def test_a_push_into_a_root_that_went_away_is_refused_and_creates_nothing(
 def test_a_local_push_is_read_back_before_it_takes_its_name(tmp_path: Path, monkeypatch) -> None:
     """What lands on the datastore is hashed where it lies: a copy that does
     not read back as what was sent never takes the final name."""
-    import ecloud.effects.movers as movers
+    import ecloud.effects.data.movers as movers
 
     root = tmp_path / "store"
     root.mkdir()

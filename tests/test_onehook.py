@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from ecloud.cli.main import cli
 from onehook.hook import hook_topic, parse_template
-from tests.brokers import wait_for
-from tests.fake_oned import _VM, vm_xml
+from tests.support.brokers import wait_for
+from tests.support.fake_oned import _VM, vm_xml
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """The OpenNebula provider, and the fake oned it is tested against.
 
 Everything goes through the unmodified pyone client over HTTP to
-:mod:`tests.fake_oned`, which speaks oned's XML-RPC (OPENNEBULA.md). The last
+:mod:`tests.support.fake_oned`, which speaks oned's XML-RPC (OPENNEBULA.md). The last
 test boots a "VM" whose guest is a real ``ecloud-worker`` joining a real MQTT
 broker. No test sleeps: every expectation is waited for with a deadline.
 """
@@ -27,7 +27,7 @@ from ecloud import wire
 from ecloud.boss.loop import Boss
 from ecloud.cli.boss import make_provider
 from ecloud.config import load_config
-from ecloud.effects.opennebula import (
+from ecloud.effects.providers.opennebula import (
     DatastoreKeyError,
     OpenNebulaError,
     OpenNebulaProvider,
@@ -37,14 +37,14 @@ from ecloud.effects.opennebula import (
 )
 from ecloud.errors import ConfigError
 from ecloud.events import types as ev
-from ecloud.events.store import open_store
+from ecloud.log.store import open_store
 from ecloud.events.types import InputRejected, VMAllocated, VMDiscovered, VMFailed, VMStateObserved
 from ecloud.projections.effects import KillVM, SpawnVM
-from ecloud.taskfile import parse_tasks
-from tests import fake_oned as oned
-from tests.brokers import Client, wait_for
-from tests.fake_oned import FakeOned, ecloud_worker_command
-from tests.datastores import datastore_events
+from ecloud.taskfiles.taskfile import parse_tasks
+from tests.support import fake_oned as oned
+from tests.support.brokers import Client, wait_for
+from tests.support.fake_oned import FakeOned, ecloud_worker_command
+from tests.support.datastores import datastore_events
 
 fake_oned = oned.fake_oned  # the fixture: a started fake oned per test
 

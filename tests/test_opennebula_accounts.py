@@ -3,7 +3,7 @@ boss makes the account before the spawn, the VM gets its password and the
 cluster's CA through the context (base64), its worker connects over TLS as
 itself and runs a task, and once the VM is killed its account is gone and
 its password opens nothing. The unmodified pyone client talks to the fake
-oned (tests/fake_oned.py), which starts a real ``ecloud-worker``."""
+oned (tests/support/fake_oned.py), which starts a real ``ecloud-worker``."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import uuid
 from ecloud.boss.loop import Boss
 from ecloud.cli.boss import make_provider
 from ecloud.config import load_config
-from ecloud.effects.mqtt import Connection
+from ecloud.effects.messaging.mqtt import Connection
 from ecloud.events import types as ev
-from ecloud.events.store import open_store
+from ecloud.log.store import open_store
 from ecloud.security.accounts import read_passwd, worker_password
 from ecloud.security.setup import broker_security
-from ecloud.taskfile import parse_tasks
-from tests import fake_oned as oned
-from tests.brokers import wait_for
-from tests.fake_oned import ecloud_worker_command
-from tests.secure_broker import SecureBroker
+from ecloud.taskfiles.taskfile import parse_tasks
+from tests.support import fake_oned as oned
+from tests.support.brokers import wait_for
+from tests.support.fake_oned import ecloud_worker_command
+from tests.support.secure_broker import SecureBroker
 
 fake_oned = oned.fake_oned  # the fixture
 

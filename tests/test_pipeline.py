@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from ecloud.events import types as ev
-from ecloud.events.store import open_store
-from tests.e2e import ROOT, Cluster
-from tests.datastores import datastore_events
+from ecloud.log.store import open_store
+from tests.support.e2e import ROOT, Cluster
+from tests.support.datastores import datastore_events
 
 PIPELINE = ROOT / "examples" / "pipeline"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.brokers import wait_for
+from tests.support.brokers import wait_for
 from tests.test_autoscale_e2e import CloudCluster, cloud  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.mysql

@@ -38,7 +38,7 @@ from ecloud.projections.fold import fold
 from ecloud.projections.outstanding import outstanding
 from ecloud.projections.reconcile import reconcile
 from ecloud.projections.state import LIVE
-from tests.folding import Driver, check_invariants
+from tests.support.folding import Driver, check_invariants
 
 PREFIX = "vm-"
 DONE, ACTIVE, RUNNING = 6, 3, 3

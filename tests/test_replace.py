@@ -9,7 +9,7 @@ import attrs
 from ecloud.events import types as ev
 from ecloud.events.types import TaskSpec
 from ecloud.projections.effects import CancelAttempt
-from tests.folding import Driver, check_invariants
+from tests.support.folding import Driver, check_invariants
 
 
 def chain(done: bool = True) -> Driver:

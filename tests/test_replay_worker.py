@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from ecloud.cli.replay import replay
 from ecloud.events import types as ev
-from ecloud.events.store import open_store
+from ecloud.log.store import open_store
 from ecloud.events.types import TaskSpec
 
 T0 = 1_800_000_000.0

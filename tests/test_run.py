@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.brokers import wait_for
-from tests.e2e import ROOT, finished_events, write_tasks
-from ecloud.events.store import open_store
+from tests.support.brokers import wait_for
+from tests.support.e2e import ROOT, finished_events, write_tasks
+from ecloud.log.store import open_store
 
 EXAMPLES = ROOT / "examples"
 
@@ -262,7 +262,7 @@ def test_an_edited_task_runs_again_with_what_depends_on_it_and_nothing_else(
                              str(head), "--json"], cwd=tmp_path, env=env, capture_output=True,
                             text=True)
     assert before.returncode == 0 and json.loads(before.stdout)["status"] == "succeeded"
-    from ecloud.rebuild import load_state
+    from ecloud.log.rebuild import load_state
 
     with open_store(f"sqlite:///{tmp_path}/ecloud.db", create=False) as store:
         assert load_state(store, head).tasks["b"].spec.command == f"echo b1 >> {marks}"

@@ -15,11 +15,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ecloud.events.store import open_store
-from tests.brokers import wait_for
-from tests.e2e import ROOT, write_tasks
-from tests.reaper import Reaper
-from tests.worker_helpers import TAG, reap, tagged
+from ecloud.log.store import open_store
+from tests.support.brokers import wait_for
+from tests.support.e2e import ROOT, write_tasks
+from tests.support.reaper import Reaper
+from tests.support.worker_helpers import TAG, reap, tagged
 
 
 def environment(tag: str) -> dict[str, str]:

@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 
 from ecloud.security.accounts import worker_password
-from tests.e2e import Cluster
-from tests.secure_broker import SecureBroker
-from tests.worker_helpers import TAG
+from tests.support.e2e import Cluster
+from tests.support.secure_broker import SecureBroker
+from tests.support.worker_helpers import TAG
 
 
 def _command_lines(name: str) -> list[str]:

@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ecloud.events.store import open_store
-from tests.e2e import write_tasks
+from ecloud.log.store import open_store
+from tests.support.e2e import write_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ import pytest
 from ecloud.boss.lease import FileLease, MySQLLease, lock_name
 from ecloud.errors import FencedError
 from ecloud.events import types as ev
-from ecloud.events.store import open_store
-from tests.brokers import wait_for
+from ecloud.log.store import open_store
+from tests.support.brokers import wait_for
 
 
 def kill_connection(url: str, conn_id: int) -> None:

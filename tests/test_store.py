@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from ecloud.errors import CodecError, ConcurrencyError, StoreError, UserError
-from ecloud.events.mysql_connect import MySQLParams, connect
-from ecloud.events.store import LogStore, Snapshot, open_store
+from ecloud.log.mysql_connect import MySQLParams, connect
+from ecloud.log.store import LogStore, Snapshot, open_store
 from ecloud.events.types import (
     ContextSet,
     Recorded,
@@ -21,9 +21,9 @@ from ecloud.events.types import (
     Tick,
     WorkerHeartbeat,
 )
-from ecloud.events.url import open_store_url
+from ecloud.log.url import open_store_url
 
-from _storetools import drop_database, mysql_url_for, new_database_name
+from tests.support.storetools import drop_database, mysql_url_for, new_database_name
 
 TS = 1_700_000_000.25
 
@@ -451,7 +451,7 @@ def test_bad_urls_are_user_errors(url: str) -> None:
 
 
 def test_mysql_url_parsing() -> None:
-    from ecloud.events.url import parse_mysql_url
+    from ecloud.log.url import parse_mysql_url
 
     p = parse_mysql_url("mysql://us%40er:p%3Aw%2Fd%40@db.example:3307/logs")
     assert p == MySQLParams("db.example", 3307, "us@er", "p:w/d@", "logs")

@@ -1,6 +1,6 @@
 """The ordering hazard (DESIGN.md section 2), tested with real processes.
 
-Four appender processes (tests/_appender.py) hammer one log with batches of
+Four appender processes (tests/support/appender.py) hammer one log with batches of
 1-20 heartbeats while this process follows it with ``store.follow()`` from
 seq 0. If two appends could commit out of seq order, the follower - which
 asks for ``seq > last`` - would step over the seq committed late and never see
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from ecloud.events.types import WorkerHeartbeat
-from ecloud.events.url import open_store_url
+from ecloud.log.url import open_store_url
 
-APPENDER = Path(__file__).resolve().parent / "_appender.py"
+APPENDER = Path(__file__).resolve().parent / "support" / "appender.py"
 APPENDERS = 4
 BATCHES = 500
 DEADLINE = 60.0  # seconds for the whole run; normally a few
@@ -123,7 +123,7 @@ def test_concurrent_appenders_never_make_a_follower_miss_sqlite(sqlite_url: str)
 
 
 def _open_at_the_signal(path: str, go, results) -> None:
-    from ecloud.events.sqlite_store import SQLiteStore
+    from ecloud.log.sqlite_store import SQLiteStore
 
     go.wait()
     try:

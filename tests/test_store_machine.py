@@ -17,8 +17,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 import pytest
 
-from ecloud.events.memory_store import MemoryStore
-from ecloud.events.store import LogStore, Snapshot
+from ecloud.log.memory_store import MemoryStore
+from ecloud.log.store import LogStore, Snapshot
 from ecloud.events.types import (
     ContextSet,
     TaskCancelled,
@@ -27,9 +27,9 @@ from ecloud.events.types import (
     Tick,
     WorkerHeartbeat,
 )
-from ecloud.events.url import open_store_url
+from ecloud.log.url import open_store_url
 
-from _storetools import index_columns, wipe
+from tests.support.storetools import index_columns, wipe
 
 TAGS = ["worker.heartbeat", "task.cancelled", "task.dispatched", "task.finished", "context.set", "tick"]
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 
 from ecloud.errors import ValidationError
-from ecloud.events.store import LogStore
+from ecloud.log.store import LogStore
 from ecloud.events.types import TaskSpec, WorkerHeartbeat
-from ecloud.events.url import open_store_url
-from ecloud.rebuild import load_state
-from ecloud.submit import ATTEMPTS, submit_tasks
+from ecloud.log.url import open_store_url
+from ecloud.log.rebuild import load_state
+from ecloud.taskfiles.submit import ATTEMPTS, submit_tasks
 
 
 def test_a_push_that_loses_every_optimistic_race_is_appended_under_the_lock(

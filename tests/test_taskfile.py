@@ -9,7 +9,7 @@ import pytest
 
 from ecloud.errors import UserError, ValidationError
 from ecloud.events.types import InputSpec, TaskSpec
-from ecloud.taskfile import parse_task_file, parse_tasks, validate_against
+from ecloud.taskfiles.taskfile import parse_task_file, parse_tasks, validate_against
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCHEMA = Path(__file__).resolve().parent.parent / "ecloud" / "schema" / "taskfile.schema.json"

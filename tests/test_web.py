@@ -12,16 +12,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ecloud.events import types as ev
-from ecloud.events.store import open_store
+from ecloud.log.store import open_store
 from ecloud.events.types import TaskSpec
 from ecloud.projections.state import TASK_STATUSES, WORKER_STATUSES
-from ecloud.rebuild import load_state
+from ecloud.log.rebuild import load_state
 from ecloud.views import summary
 from ecloud.web.server import WebServer, bind
-from tests.brokers import wait_for
+from tests.support.brokers import wait_for
 from tests.test_recorded_logs import LOGS, read_jsonl
 from tests.test_run import ecloud
-from tests.web_helpers import (
+from tests.support.web_helpers import (
     Web,
     gated_dag,
     start_run,
@@ -180,7 +180,7 @@ def test_ecloud_web_refuses_bad_addresses_and_missing_logs(tmp_path: Path) -> No
 
 def test_progress_rate_and_eta_come_from_the_log_s_clock() -> None:
     from ecloud.views.summary import progress
-    from tests.folding import Driver
+    from tests.support.folding import Driver
 
     d = Driver(start=0.0)
     d.apply(ev.WorkerAnnounced("w1", "host", 8, 1, "inc", msg_id="m0"))
@@ -239,7 +239,7 @@ def test_the_boss_serves_the_page_when_told_to(tmp_path: Path, shared_mqtt_url: 
     import subprocess
     import sys
 
-    from tests.e2e import ROOT
+    from tests.support.e2e import ROOT
 
     db = f"sqlite:///{tmp_path}/boss.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ECLOUD_CLUSTER": f"w{os.getpid()}",

@@ -4,7 +4,7 @@ Playwright, against ``ecloud web`` during a real local 300-task run
 
 The page must show the log's counts as tasks finish, the time slider must
 bring back an earlier seq's counts, and a screenshot is left in the
-artifacts folder (:func:`tests.web_helpers.artifacts_dir`)."""
+artifacts folder (:func:`tests.support.web_helpers.artifacts_dir`)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ecloud.events.store import open_store
+from ecloud.log.store import open_store
 from ecloud.projections.state import TASK_STATUSES
-from ecloud.rebuild import load_state
-from tests.web_helpers import (
+from ecloud.log.rebuild import load_state
+from tests.support.web_helpers import (
     FAILING,
     TOTAL,
     Web,

@@ -19,12 +19,12 @@ import pytest
 from ecloud.config import load_config
 from ecloud.errors import ConfigError
 from ecloud.events import types as ev
-from ecloud.events.store import open_store
+from ecloud.log.store import open_store
 from ecloud.events.types import TaskSpec
 from ecloud.web.server import WebServer, bind
-from tests.brokers import wait_for
-from tests.e2e import ROOT
-from tests.web_helpers import Web
+from tests.support.brokers import wait_for
+from tests.support.e2e import ROOT
+from tests.support.web_helpers import Web
 
 #: what the log holds: none of it may reach a refused request
 TASK = "leaky-sim-042"

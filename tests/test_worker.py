@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from worker_helpers import (
+from tests.support.worker_helpers import (
     BROKER,
     GATE_CMD,
     FakeBoss,
@@ -25,8 +25,8 @@ from worker_helpers import (
     wait_dead,
 )
 
-from ecloud.effects.broker import start_broker
-from ecloud.effects.mqtt import parse_broker_url
+from ecloud.effects.messaging.broker import start_broker
+from ecloud.effects.messaging.mqtt import parse_broker_url
 from ecloud.wire import (
     MAX_PAYLOAD,
     PROTOCOL,
@@ -499,7 +499,7 @@ def test_the_context_file_may_carry_values_in_base64(tmp_path) -> None:
 def test_a_task_that_moves_data_needs_a_marked_datastore(boss, start, tmp_path):
     """A dispatch without a datastore, or with a datastore but no mark (set
     before marks existed), is not started: the reason says what to run."""
-    from ecloud.effects.movers import LocalDirMover
+    from ecloud.effects.data.movers import LocalDirMover
     from ecloud.events.types import InputSpec
 
     started(boss, start)

@@ -44,7 +44,7 @@ import attrs
 import click
 
 from ecloud.cli.exits import WORKER_BROKER_REFUSED, WORKER_ORPHANED, WORKER_REFUSED
-from ecloud.effects.mqtt import Connection
+from ecloud.effects.messaging.mqtt import Connection
 from ecloud.wire import (
     PROTOCOL,
     BossPayload,

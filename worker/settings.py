@@ -35,7 +35,7 @@ from typing import Any
 
 from attrs import frozen
 
-from ecloud.effects.mqtt import MqttAuth, parse_broker_url
+from ecloud.effects.messaging.mqtt import MqttAuth, parse_broker_url
 from ecloud.errors import UserError
 from worker.runas import RunAs, resolve_run_as
 

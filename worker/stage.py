@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ecloud.effects.movers import StagingError, Transfer, mover_for
+from ecloud.effects.data.movers import StagingError, Transfer, mover_for
 
 STAGING_FAILED = 97  # exit status: the reason is in .ecloud/failure
 META = ".ecloud"

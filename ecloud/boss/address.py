@@ -16,7 +16,7 @@ import ipaddress
 import socket
 from pathlib import Path
 
-from ecloud.effects.mqtt import parse_broker_url
+from ecloud.effects.messaging.mqtt import parse_broker_url
 from worker.settings import read_context
 
 #: where OpenNebula's context package leaves the VM's context variables

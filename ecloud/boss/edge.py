@@ -25,7 +25,7 @@ which refuses it with a reason.
 from __future__ import annotations
 
 from ecloud import wire
-from ecloud.effects.messaging import Outbox
+from ecloud.effects.messaging.outbox import Outbox
 from ecloud.events import types as ev
 from ecloud.projections.state import ACTIVE, LIVE, State
 

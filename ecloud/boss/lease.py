@@ -40,10 +40,10 @@ import pymysql
 
 from ecloud.cli.exits import LOG_HELD
 from ecloud.errors import EcloudError, StoreError
-from ecloud.events.mysql_connect import connect, describe_error
-from ecloud.events.mysql_store import MySQLStore
-from ecloud.events.sqlite_store import SQLiteStore
-from ecloud.events.store import LogStore, open_store
+from ecloud.log.mysql_connect import connect, describe_error
+from ecloud.log.mysql_store import MySQLStore
+from ecloud.log.sqlite_store import SQLiteStore
+from ecloud.log.store import LogStore, open_store
 
 log = logging.getLogger("ecloud.boss.lease")
 

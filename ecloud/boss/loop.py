@@ -50,11 +50,11 @@ from ecloud.boss.callbacks import callback_events, hook_topic
 from ecloud.boss.edge import to_events
 from ecloud.boss.lease import Lease, lease_for
 from ecloud.boss.recent_reports import committed_reports
-from ecloud.effects.messaging import Outbox
-from ecloud.effects.mqtt import Connection, MqttAuth
+from ecloud.effects.messaging.outbox import Outbox
+from ecloud.effects.messaging.mqtt import Connection, MqttAuth
 from ecloud.errors import ConfigError, EcloudError, FencedError, StoreError
 from ecloud.events import types as ev
-from ecloud.events.store import LogStore, open_store
+from ecloud.log.store import LogStore, open_store
 from ecloud.events.types import Recorded
 from ecloud.projections import context
 from ecloud.projections.autoscale import autoscale
@@ -66,7 +66,7 @@ from ecloud.projections.outstanding import outstanding
 from ecloud.projections.scheduler import schedule, stuck
 from ecloud.projections.state import CURRENT_RULES, State
 from ecloud.projections.timers import next_deadline
-from ecloud.rebuild import load_state, save_snapshot
+from ecloud.log.rebuild import load_state, save_snapshot
 from ecloud.security.accounts import BrokerAccounts
 
 log = logging.getLogger("ecloud.boss")

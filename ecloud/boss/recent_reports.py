@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import orjson
 
-from ecloud.events.store import LogStore
+from ecloud.log.store import LogStore
 
 #: how many of the newest events to look through for committed reports
 WINDOW = 50_000

@@ -20,11 +20,11 @@ import click
 from ecloud.boss.address import own_address
 from ecloud.boss.loop import Boss
 from ecloud.cli.common import common_options, config_for, err, handle_errors
-from ecloud.effects.local import LocalProvider, become_subreaper
-from ecloud.effects.opennebula import DatastoreKeyError, OpenNebulaProvider
+from ecloud.effects.providers.local import LocalProvider, become_subreaper
+from ecloud.effects.providers.opennebula import DatastoreKeyError, OpenNebulaProvider
 from ecloud.errors import ConfigError, UserError
 from ecloud.events import types as ev
-from ecloud.events.store import open_store
+from ecloud.log.store import open_store
 from ecloud.security.setup import BrokerSecurity, broker_security
 
 

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 
 from ecloud.errors import ConfigError, EcloudError, MissingLogError, UserError
-from ecloud.events.store import LogStore, open_store
+from ecloud.log.store import LogStore, open_store
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -17,7 +17,7 @@ from ecloud.cli.common import (
     progress_bar,
 )
 from ecloud.errors import UserError
-from ecloud.rebuild import load_state
+from ecloud.log.rebuild import load_state
 from ecloud.views import dag
 
 FORMATS = ("dot", "svg", "png")

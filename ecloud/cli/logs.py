@@ -1,4 +1,4 @@
-"""``ecloud logs TASK``: an attempt's stdout and stderr (see :mod:`ecloud.logs`)."""
+"""``ecloud logs TASK``: an attempt's stdout and stderr (see :mod:`ecloud.inspect.attempt_logs`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from rich.markup import escape
 
 from ecloud.cli.common import common_options, config_for, err, handle_errors
 from ecloud.errors import UserError
-from ecloud.events.store import open_store
-from ecloud.logs import (
+from ecloud.log.store import open_store
+from ecloud.inspect.attempt_logs import (
     STREAMS,
     DatastoreReader,
     LocalReader,
@@ -22,7 +22,7 @@ from ecloud.logs import (
     find_attempt,
     still_running,
 )
-from ecloud.rebuild import load_state
+from ecloud.log.rebuild import load_state
 
 
 def _worker_reader(attempt, config, broker: str | None):

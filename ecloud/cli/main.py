@@ -31,8 +31,8 @@ from ecloud.events.codec import converter
 from ecloud.projections import context as ctx
 from ecloud.projections import tasks as task_rules
 from ecloud.projections.state import FAILED, State
-from ecloud.rebuild import load_state
-from ecloud.submit import append_checked
+from ecloud.log.rebuild import load_state
+from ecloud.taskfiles.submit import append_checked
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -68,8 +68,8 @@ def push(file: Path, dry_run: bool, replace: bool, db: str | None,
     pushed earlier. A file pushed again adds its new tasks and leaves the
     unchanged ones alone; a changed task is an error unless --replace.
     """
-    from ecloud.submit import check_dispatch_sizes, diff_lines, plan_push, push_file
-    from ecloud.taskfile import parse_task_file
+    from ecloud.taskfiles.submit import check_dispatch_sizes, diff_lines, plan_push, push_file
+    from ecloud.taskfiles.taskfile import parse_task_file
 
     if dry_run:
         try:
@@ -395,7 +395,7 @@ def datastore_set(address: str, key_file: str | None, db: str | None,
 @handle_errors
 def datastore_check(key_file: str | None, db: str | None, config_path: str | None) -> None:
     """Test that the datastore is reachable and writable from here; say what is wrong."""
-    from ecloud.effects.movers import mover_for
+    from ecloud.effects.data.movers import mover_for
 
     with log_store(db, config_path, create=False) as store:
         context = load_state(store).context

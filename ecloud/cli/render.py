@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ecloud.events import types as ev
 from ecloud.events.codec import converter
-from ecloud.explain import at_text
+from ecloud.inspect.explain import at_text
 from ecloud.projections import context
 from ecloud.projections.autoscale import cloud_ceiling
 from ecloud.projections.scheduler import unschedulable

@@ -14,14 +14,14 @@ import click
 import orjson
 from rich.markup import escape
 
-from ecloud import explain, history
+from ecloud.inspect import explain, history
 from ecloud.cli import render
 from ecloud.cli.common import common_options, handle_errors, log_store, out, progress_bar
 from ecloud.errors import UserError
 from ecloud.events.codec import converter
-from ecloud.lineage import lineage, lineage_lines
-from ecloud.rebuild import load_state, save_snapshot
-from ecloud.verify import verify
+from ecloud.inspect.lineage import lineage, lineage_lines
+from ecloud.log.rebuild import load_state, save_snapshot
+from ecloud.inspect.verify import verify
 
 #: the fields of a task's / worker's record each history row carries after its event
 TASK_COLUMNS = ("attempt", "worker")

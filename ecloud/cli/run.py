@@ -46,12 +46,12 @@ from ecloud.boss.loop import BEAT_EVERY, Boss
 from ecloud.cli import exits, render
 from ecloud.cli.boss import make_provider, request_local_vms, start_web
 from ecloud.cli.common import common_options, config_for, err, handle_errors, log_refusal, out
-from ecloud.effects.local import become_subreaper
+from ecloud.effects.providers.local import become_subreaper
 from ecloud.errors import EcloudError, UserError, ValidationError
 from ecloud.events import types as ev
-from ecloud.events.store import open_store
+from ecloud.log.store import open_store
 from ecloud.projections.state import LIVE, SUCCEEDED, State
-from ecloud.rebuild import load_state
+from ecloud.log.rebuild import load_state
 from ecloud.security.setup import BrokerSecurity, broker_security
 
 #: seconds "nothing can move" must hold before the run gives up (exit 3)
@@ -64,8 +64,8 @@ def check_file_against_log(config, file: Path, replace: bool) -> list:
     """Parse FILE (every problem at once) and compare it with the log as it
     is: a changed task refuses the run before anything starts, unless
     ``replace``. Returns the specs."""
-    from ecloud.submit import check_dispatch_sizes, diff_lines, plan_push
-    from ecloud.taskfile import parse_task_file
+    from ecloud.taskfiles.submit import check_dispatch_sizes, diff_lines, plan_push
+    from ecloud.taskfiles.taskfile import parse_task_file
 
     with open_store(config.db, create=True) as store:
         state = load_state(store)
@@ -89,7 +89,7 @@ def push_or_continue(store, file: Path, specs: list, replace: bool = False) -> t
     added, unchanged ones continue where they were, changed ones are
     replaced with ``replace`` (and refused without). Returns the task ids
     and what was done."""
-    from ecloud.submit import push_file
+    from ecloud.taskfiles.submit import push_file
 
     _, _, plan = push_file(store, specs, file, replace=replace)
     ids = [s.id for s in specs]
@@ -114,7 +114,7 @@ def mark_datastore(address: str, key_file: str | None = None) -> tuple[str, str]
     """Mark the datastore's root (``.ecloud-datastore``, made if missing;
     the root must exist and is never created) and return its (address, id).
     A local directory is given as an absolute path: workers run elsewhere."""
-    from ecloud.effects.movers import StagingError, is_remote, mover_for
+    from ecloud.effects.data.movers import StagingError, is_remote, mover_for
 
     if any(c.isspace() for c in address):
         raise UserError(f"datastore address {address!r} must not contain spaces")
@@ -134,7 +134,7 @@ def mark_datastore(address: str, key_file: str | None = None) -> tuple[str, str]
 
 def record_datastore(store, address: str, identity: str) -> None:
     """The datastore's address and id into the context, in one batch."""
-    from ecloud.submit import append_checked
+    from ecloud.taskfiles.submit import append_checked
 
     wanted = {"datastore_address": address, "datastore_id": identity}
     append_checked(store, lambda state: [
@@ -195,7 +195,7 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
     One boss per log: while another run (or ecloud-boss) holds the log this
     one is refused (exit 4); add tasks to that run with ecloud push.
     """
-    from ecloud.effects.embedded import open_embedded
+    from ecloud.effects.messaging.embedded import open_embedded
 
     config = config_for(db, config_path)
     started = time.monotonic()

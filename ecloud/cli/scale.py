@@ -23,8 +23,8 @@ from ecloud.events import types as ev
 from ecloud.projections import context as ctx
 from ecloud.projections.autoscale import pool
 from ecloud.projections.state import State
-from ecloud.rebuild import fold_range, load_state
-from ecloud.submit import append_checked
+from ecloud.log.rebuild import fold_range, load_state
+from ecloud.taskfiles.submit import append_checked
 
 
 @click.command("scale")

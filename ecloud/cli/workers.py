@@ -30,8 +30,8 @@ from ecloud.events import types as ev
 from ecloud.projections.state import LIVE, State
 from ecloud.views.vms import vm_rows
 from ecloud.projections.vms import next_vm_names
-from ecloud.rebuild import load_state
-from ecloud.submit import append_checked
+from ecloud.log.rebuild import load_state
+from ecloud.taskfiles.submit import append_checked
 
 @click.group("workers")
 def workers_group() -> None:

@@ -97,7 +97,7 @@ def submission_problem(state: State, event: TasksSubmitted) -> str | None:
 
 def spec_problem(spec: TaskSpec) -> str | None:
     """Why a task's numbers cannot be folded, or None. ``ecloud push`` never
-    writes such a spec (see :mod:`ecloud.taskfile`), and JSON cannot even
+    writes such a spec (see :mod:`ecloud.taskfiles.taskfile`), and JSON cannot even
     carry most of them; the fold refuses them so that no later event can
     trip over one (a task of no slots would take none of its worker's, a
     non-finite timeout could not be written into a snapshot)."""

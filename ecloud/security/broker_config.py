@@ -35,7 +35,7 @@ from pathlib import Path
 
 from attrs import frozen
 
-from ecloud.effects.broker import MOSQUITTO_TUNING, mosquitto_logging
+from ecloud.effects.messaging.broker import MOSQUITTO_TUNING, mosquitto_logging
 from ecloud.errors import UserError
 from ecloud.security.accounts import hash_password, read_passwd, write_passwd
 
@@ -82,7 +82,7 @@ def mosquitto_conf(folder: Path, port: int, bind: str, cluster: str) -> str:
         f"keyfile {folder / 'server.key'}",
         "tls_version tlsv1.2",
         "require_certificate false",
-        *MOSQUITTO_TUNING,  # explained in ecloud.effects.broker
+        *MOSQUITTO_TUNING,  # explained in ecloud.effects.messaging.broker
         f"persistence_location {folder / 'data'}/",
         *mosquitto_logging(folder / "mosquitto.log"),
     ]

@@ -14,7 +14,7 @@ from pathlib import Path
 from attrs import field, frozen
 
 from ecloud.config import Config
-from ecloud.effects.mqtt import MqttAuth, parse_broker
+from ecloud.effects.messaging.mqtt import MqttAuth, parse_broker
 from ecloud.errors import ConfigError
 from ecloud.security.accounts import BrokerAccounts, reload_by_pid_file
 

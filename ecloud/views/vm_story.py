@@ -97,7 +97,7 @@ def story(records: Iterable[Recorded], vm: VMRecord) -> list[dict[str, Any]]:
 
 def vm_why(state: State, vm: VMRecord, rows: list[dict[str, Any]]) -> list[str]:
     """Lines for people: the verdict at ``state.seq``, then the story."""
-    from ecloud.explain import at_text
+    from ecloud.inspect.explain import at_text
 
     worker = next((w for w in state.workers.values()
                    if vm.vm_id is not None and w.vm_id == vm.vm_id), None)

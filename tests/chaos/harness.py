@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 
 from ecloud.events.types import Recorded
-from tests.e2e import ROOT, Cluster
+from tests.support.e2e import ROOT, Cluster
 from tests.logs.record import record_run
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.brokers import wait_for
+from tests.support.brokers import wait_for
 from tests.chaos.harness import ChaosCluster, check_each_task_ran_once, final_checks
-from tests.e2e import random_dag
+from tests.support.e2e import random_dag
 
 pytestmark = pytest.mark.mysql
 
@@ -196,7 +196,7 @@ def test_sigkill_30_percent_of_the_workers(chaos: ChaosCluster, chaos_report) ->
 def chaos_kill_worker(chaos: ChaosCluster, name: str) -> None:
     import os
 
-    from tests.worker_helpers import wait_dead
+    from tests.support.worker_helpers import wait_dead
 
     pid = chaos.worker_pid(name)
     os.kill(pid, signal.SIGKILL)

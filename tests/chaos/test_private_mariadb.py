@@ -7,7 +7,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from ecloud.events.store import open_store
+from ecloud.log.store import open_store
 from ecloud.events.types import TaskCancelled, WorkerHeartbeat
 from tests.chaos.private_mariadb import PrivateMariaDB
 

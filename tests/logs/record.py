@@ -27,7 +27,7 @@ from ecloud.events import types as ev
 from ecloud.events.codec import converter
 from ecloud.events.types import Recorded, TaskSpec
 from ecloud.projections.fold import fold_with_effects
-from tests.folding import Driver
+from tests.support.folding import Driver
 
 HERE = Path(__file__).parent
 

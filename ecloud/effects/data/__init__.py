@@ -1,0 +1,1 @@
+"""Moving task data to and from the datastore (local, rsync over ssh)."""

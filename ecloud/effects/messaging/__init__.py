@@ -1,0 +1,1 @@
+"""MQTT: the connection, the boss's outbox, the brokers ecloud starts."""

@@ -1,0 +1,1 @@
+"""Where worker VMs come from: local processes, OpenNebula."""

@@ -1,0 +1,1 @@
+"""What the operator asks of a log: histories, why, lineage, verify, an attempt's output."""

@@ -1,0 +1,1 @@
+"""Test helpers: brokers, databases, the fake oned, clusters, ssh, workers."""
