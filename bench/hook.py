@@ -87,12 +87,19 @@ class Rig:
                               timeout=120).stdout
 
     def _install_hooks(self) -> None:
+        """As an admin would: the script into oned's hooks folder, each template created."""
         password = self.root / "hook.password"
         password.write_text("unused\n")
-        printed = self.ecloud("opennebula", "hook", "--broker", self.broker, "--python",
-                              sys.executable, "--password-file", str(password))
-        for template in (t for t in printed.split("\n# ") if "COMMAND" in t):
-            self.oned.create_hook(template.split("\n", 1)[1])
+        written = self.root / "hooks"
+        self.ecloud("opennebula", "hook", "--broker", self.broker, "--python", sys.executable,
+                    "--password-file", str(password), "--owner", self.oned.uname,
+                    "--hooks-dir", str(self.oned.hooks_dir), "--dir", str(written))
+        self.oned.hooks_dir.mkdir(parents=True, exist_ok=True)
+        script = written / f"ecloud-{self.cluster}-hook"
+        (self.oned.hooks_dir / script.name).write_bytes(script.read_bytes())
+        (self.oned.hooks_dir / script.name).chmod(0o755)
+        for template in sorted(written.glob("*.hook")):
+            self.oned.create_hook(template.read_text())
 
     def trial(self) -> float:
         """Seconds from a VM's power-off to its DONE."""

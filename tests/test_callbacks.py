@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ecloud.boss.callbacks import MAX_SKEW, callback_events
+from ecloud.boss.callbacks import MAX_AGE, MAX_AHEAD, callback_events
 from ecloud.events import types as ev
 from ecloud.projections.effects import ObserveCloud
 from tests.support.folding import Driver, check_invariants
@@ -70,6 +70,7 @@ def test_a_callback_about_a_vm_the_log_does_not_hold_yet_is_heard() -> None:
     (message(state=True), "state must be a whole number"),
     (message(lcm_state=10**6), "lcm_state must be a whole number"),
     (message(name=""), "name must be a VM name"),
+    (message(name="x" * 129), "name must be a VM name"),
     (message(at="now"), "at must be a moment"),
     (b'{"v":1,"v":1}', "duplicate key"),
     (message(name="x" * 2000), "a callback is at most"),
@@ -89,9 +90,38 @@ def test_a_vm_id_the_log_knows_under_another_name_is_rejected() -> None:
 
 
 def test_a_stale_or_early_callback_is_rejected() -> None:
-    assert "stale or early" in reason(heard(message(at=NOW - MAX_SKEW - 1)))
-    assert "stale or early" in reason(heard(message(at=NOW + MAX_SKEW + 1)))
-    assert heard(message(at=NOW - MAX_SKEW + 1))  # within: heard
+    assert "stale or early" in reason(heard(message(at=NOW - MAX_AGE - 1)))
+    assert "stale or early" in reason(heard(message(at=NOW + MAX_AHEAD + 1)))
+    assert heard(message(at=NOW - MAX_AGE + 1))  # within: heard
+    assert heard(message(at=NOW + MAX_AHEAD - 1))
+    assert "+1e+308 s" in reason(heard(message(at=1e308)))  # said short
+
+
+def test_a_clock_far_ahead_cannot_silence_the_genuine_callbacks_after_it() -> None:
+    """Seen: one callback 599 s ahead made every genuine one for that VM
+    "out of order" for ten minutes."""
+    d = with_vm()
+    assert "stale or early" in reason(heard(message(at=NOW + 599), d))
+    assert heard(message(at=NOW), d)
+
+
+def test_a_duplicate_in_the_same_batch_is_rejected_before_the_fold() -> None:
+    d = with_vm()
+    memory: dict[str, float] = {}
+    first = callback_events(message(), CLUSTER, PREFIX, d.state, NOW, memory)
+    again = callback_events(message(), CLUSTER, PREFIX, d.state, NOW, memory)
+    assert isinstance(first[0], ev.VMCallback) and "replayed" in reason(again)
+
+
+def test_a_known_name_under_another_id_is_rejected() -> None:
+    """OpenNebula names are unique per user only: another user's VM named
+    like ours must not be credited to ours."""
+    assert "is VM 101 in the log, not VM 555" in reason(heard(message(vm_id=555)))
+
+
+@pytest.mark.parametrize("name", ["ecloud-c-\x1b[31mRED", "ecloud-c-1\nFAKE LINE", "ecloud-c- 1"])
+def test_a_name_no_terminal_should_print_is_rejected(name: str) -> None:
+    assert "name must be a VM name" in reason(heard(message(vm_id=777, name=name)))
 
 
 def test_a_replayed_or_older_callback_is_rejected_once_the_log_holds_a_later_one() -> None:

@@ -28,18 +28,27 @@ DONE, POWEROFF = 6, 8
 HOUR = "3600"
 
 
-def install_hooks(cloud: CloudCluster) -> list[str]:
-    """Create in the fake oned every hook `ecloud opennebula hook` prints."""
+def install_hooks(cloud: CloudCluster, *extra: str) -> list[str]:
+    """Do what the README tells an OpenNebula admin: the script `ecloud
+    opennebula hook --dir` writes goes into oned's hooks folder, and each
+    template it writes is created (onehook create)."""
     password = cloud.workdir / "hook.password"
     password.write_text("unused: the test's broker takes anyone\n")
-    printed = subprocess.run(
+    written = cloud.workdir / "hooks"
+    subprocess.run(
         [sys.executable, "-m", "ecloud.cli.main", "opennebula", "hook", "--broker", cloud.broker,
-         "--python", sys.executable, "--password-file", str(password)],
-        cwd=cloud.workdir, env=cloud.env, capture_output=True, text=True, timeout=60, check=True)
-    templates = [t for t in printed.stdout.split("\n# ") if "COMMAND" in t]
+         "--python", sys.executable, "--password-file", str(password), "--owner",
+         cloud.oned.uname, "--hooks-dir", str(cloud.oned.hooks_dir), "--dir", str(written),
+         *extra], cwd=cloud.workdir, env=cloud.env, capture_output=True, text=True, timeout=60,
+        check=True)
+    cloud.oned.hooks_dir.mkdir(parents=True, exist_ok=True)
+    script = written / f"ecloud-{cloud.cluster}-hook"
+    (cloud.oned.hooks_dir / script.name).write_bytes(script.read_bytes())
+    (cloud.oned.hooks_dir / script.name).chmod(0o755)
+    templates = sorted(written.glob("*.hook"))
     for template in templates:
-        cloud.oned.create_hook(template.split("\n", 1)[1])
-    return templates
+        cloud.oned.create_hook(template.read_text())
+    return [t.read_text() for t in templates]
 
 
 def events(cloud: CloudCluster, kind: str) -> list:
@@ -67,6 +76,8 @@ def test_a_callback_makes_the_boss_act_long_before_its_next_poll(cloud: CloudClu
     assert "STATE POWEROFF" in kills[0].event.reason
     runs = [r for r in cloud.oned.hook_runs if r.vm_id == vm_id]
     assert runs and all(r.returncode == 0 for r in runs), runs
+    assert {r.hook for r in runs} >= {f"ecloud-{cloud.cluster}-running",
+                                      f"ecloud-{cloud.cluster}-poweroff"}
     # and everyone can see which told first: ecloud log, ecloud why VM
     shown = cloud.ecloud("log", "--type", "vm.callback").stdout
     assert "POWEROFF" in shown and row["name"] in shown
@@ -127,3 +138,24 @@ def test_a_vm_outside_the_prefix_is_none_of_the_boss_s_business(cloud: CloudClus
     assert events(cloud, "vm.callback") == []
     assert cloud.oned.vm(foreign).state == POWEROFF
     assert not [c for c in cloud.oned.calls("one.vm.action") if c[1][1] == foreign]
+
+
+def test_a_callback_sent_while_no_boss_listens_is_made_up_for_by_the_look_at_start(
+        cloud: CloudCluster) -> None:
+    """Seen: a boss looked at the pool at start only if one_poll was shorter
+    than the machine's uptime (the last look was taken to be at 0 of
+    time.monotonic()); a callback sent while it was down is lost (its
+    session is clean), so a VM powered off meanwhile stayed so for a poll."""
+    install_hooks(cloud)
+    cloud.env["ECLOUD_ONE_POLL"] = str(10**9)  # far beyond any machine's uptime
+    cloud.ecloud("context", "set", "kill_retry", "600")
+    cloud.start_boss()
+    cloud.ecloud("workers", "spawn", "1")
+    (row,) = idle_vms(cloud, 1)
+    cloud.stop_boss()
+    cloud.oned.set_phase(row["vm_id"], "POWEROFF")
+    wait_for(lambda: [r for r in cloud.oned.hook_runs if r.phase == "POWEROFF"], 30,
+             "the hook to tell nobody")
+    cloud.start_boss()
+    wait_for(lambda: cloud.oned.vm(row["vm_id"]).state == DONE, 30,
+             "the VM terminated after the restarted boss's first look")

@@ -13,10 +13,15 @@ the pool at most - and none of these gets that far:
   a few hundred bytes at most);
 - a VM outside this cluster's prefix (``ecloud-<cluster>-``);
 - a VM id the log knows under another name;
-- replayed or out of order: not later than the last callback the log holds
-  for that VM;
-- stale or from the future: ``at`` more than :data:`MAX_SKEW` seconds from
-  the boss's clock (the poll has seen that change long since).
+- a VM name the log holds under another id (names need not be unique
+  across OpenNebula's users);
+- a name that is no VM name of ecloud's (letters, digits, '.', '_', '-');
+- replayed or out of order: not later than the last callback heard for that
+  VM (in the log, or earlier in the batch being appended);
+- stale: ``at`` more than :data:`MAX_AGE` seconds before the boss's clock
+  (the poll has seen that change long since); or early: more than
+  :data:`MAX_AHEAD` seconds after it (a clock that far ahead would make
+  every genuine callback after it look out of order).
 
 The broker decides who may publish there (``ecloud broker config`` gives
 the hook an account of its own, and no worker account may write the hook
@@ -27,6 +32,7 @@ worker's own topic is refused there as not a worker's message.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from ecloud import strictjson
@@ -36,14 +42,18 @@ from onehook.hook import hook_topic
 
 #: the most a callback message may weigh (the hook's are about 120 bytes)
 MAX_BYTES = 1024
-#: the farthest the hook's clock may be from the boss's, either way, in seconds
-MAX_SKEW = 600.0
+#: the oldest a callback may be, by the boss's clock, in seconds
+MAX_AGE = 600.0
+#: the farthest ahead of the boss's clock the hook's may be, in seconds
+MAX_AHEAD = 30.0
+#: a VM name as ecloud makes them (and as a terminal shows them safely)
+VM_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 #: OpenNebula's VM STATE and LCM_STATE codes are small numbers; anything far
 #: outside is no VM's
 MAX_CODE = 255
 FIELDS = {"v", "kind", "vm_id", "name", "state", "lcm_state", "at"}
 
-__all__ = ["MAX_BYTES", "MAX_SKEW", "callback_events", "hook_topic"]
+__all__ = ["MAX_AGE", "MAX_AHEAD", "MAX_BYTES", "callback_events", "hook_topic"]
 
 
 def _rejected(reason: str, payload: bytes, topic: str) -> ev.InputRejected:
@@ -78,8 +88,8 @@ def parse(payload: bytes) -> ev.VMCallback:
             unknown and f"unknown field(s) {', '.join(unknown)}",
             missing and f"missing field(s) {', '.join(missing)}"])))
     name = raw["name"]
-    if not isinstance(name, str) or not 0 < len(name) <= 128:
-        raise ValueError("name must be a VM name (1 to 128 characters)")
+    if not isinstance(name, str) or not VM_NAME.fullmatch(name):
+        raise ValueError("name must be a VM name (1 to 128 letters, digits, '.', '_' or '-')")
     at = raw["at"]
     if type(at) not in (int, float) or not math.isfinite(at) or at < 0:
         raise ValueError("at must be a moment (seconds since 1970)")
@@ -87,11 +97,13 @@ def parse(payload: bytes) -> ev.VMCallback:
                          _int(raw, "lcm_state", MAX_CODE), float(at))
 
 
-def callback_events(payload: bytes, cluster: str, prefix: str, state: State,
-                    now: float) -> list:
+def callback_events(payload: bytes, cluster: str, prefix: str, state: State, now: float,
+                    heard: dict[str, float] | None = None) -> list:
     """``[vm.callback]`` for a hook message that passes every check above
     against the log's ``state`` and the boss's clock ``now``, else
-    ``[input.rejected]`` saying which failed."""
+    ``[input.rejected]`` saying which failed. ``heard`` (VM name -> the
+    hook's time of the last callback accepted) covers what is not folded
+    yet: it is updated with each one accepted."""
     topic = hook_topic(cluster)
     try:
         event = parse(payload)
@@ -100,16 +112,24 @@ def callback_events(payload: bytes, cluster: str, prefix: str, state: State,
     if not event.vm_name.startswith(prefix):
         return [_rejected(f"VM {event.vm_id} {event.vm_name!r} is not this cluster's (its VMs are "
                           f"named {prefix}*)", payload, topic)]
-    if abs(event.at - now) > MAX_SKEW:
-        return [_rejected(f"the hook's time is {event.at - now:+.0f} s from the boss's: a callback "
-                          f"this stale or early is no news (at most {MAX_SKEW:g} s)", payload, topic)]
+    if not -MAX_AGE <= event.at - now <= MAX_AHEAD:
+        return [_rejected(f"the hook's time is {event.at - now:+.3g} s from the boss's: a callback "
+                          f"this stale or early is no news (at most {MAX_AGE:g} s old, "
+                          f"{MAX_AHEAD:g} s ahead)", payload, topic)]
     named = state.vm_ids.get(event.vm_id)
     if named is not None and named != event.vm_name:
         return [_rejected(f"VM {event.vm_id} is {named!r} in the log, not {event.vm_name!r}",
                           payload, topic)]
     vm = state.vms.get(event.vm_name)
-    if vm is not None and vm.callback_at is not None and event.at <= vm.callback_at:
-        return [_rejected(f"replayed or out of order: the log holds a callback about "
-                          f"{event.vm_name} from the hook's time {vm.callback_at:.3f}, not before "
-                          f"this one's {event.at:.3f}", payload, topic)]
+    if vm is not None and vm.vm_id is not None and vm.vm_id != event.vm_id:
+        return [_rejected(f"{event.vm_name!r} is VM {vm.vm_id} in the log, not VM {event.vm_id} "
+                          "(another user's VM of the same name?)", payload, topic)]
+    last = max((t for t in ((vm.callback_at if vm is not None else None),
+                            (heard or {}).get(event.vm_name)) if t is not None), default=None)
+    if last is not None and event.at <= last:
+        return [_rejected(f"replayed or out of order: a callback about {event.vm_name} from the "
+                          f"hook's time {last:.3f} was heard, not before this one's {event.at:.3f}",
+                          payload, topic)]
+    if heard is not None:
+        heard[event.vm_name] = event.at
     return [event]

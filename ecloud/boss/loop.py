@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import queue
 import threading
 import time
@@ -72,6 +73,9 @@ from ecloud.security.accounts import BrokerAccounts
 log = logging.getLogger("ecloud.boss")
 
 MAX_BATCH = 5000  # inbox items per transaction
+#: the least time between two looks at the pool that callbacks asked for: a flood of
+#: callbacks (thousands a second, for VMs of anybody's) costs oned two calls a second
+LOOK_GAP = 0.5
 ROSTER_EVERY = 0.25  # seconds: the view's workers and VMs are at most this old
 BEAT_EVERY = 5.0  # seconds between the boss's beats to the workers
 #: a turn that comes this long after the previous one (at least; a fifth of
@@ -174,7 +178,12 @@ class Boss:
         self.fenced = False
         self._lease: Lease | None = None
         self._lease_checked = 0.0
-        self._last_observe = 0.0
+        #: when the pool was last looked at: never, so the first turn looks (whatever
+        #: one_poll and the machine's uptime - time.monotonic() counts from boot)
+        self._last_observe = -math.inf
+        #: the hook's time of the last callback accepted per VM name, not yet folded
+        #: (a duplicate in the same batch is refused too)
+        self._heard_callbacks: dict[str, float] = {}
         #: a callback asked for a look at the pool (``ObserveCloud``) not yet taken
         self._look_now = False
         self._looking: Any = None  # the look at the pool under way (a Future)
@@ -436,8 +445,10 @@ class Boss:
 
     def _convert(self, item: tuple, events: list) -> None:
         if item[0] == "mqtt" and item[1] == self._hook_topic:
+            if len(self._heard_callbacks) > 10_000:  # folded long since: the state has them
+                self._heard_callbacks.clear()
             events.extend(callback_events(item[2], self.cluster, self.vm_prefix, self.state,
-                                          time.time()))
+                                          time.time(), self._heard_callbacks))
         elif item[0] == "mqtt":
             assert self.outbox is not None
             events.extend(to_events(item[1], item[2], self.cluster, self.state, self.outbox))
@@ -551,7 +562,8 @@ class Boss:
         if self.provider is None:
             return
         now = time.monotonic()
-        if not (self._look_now or now - self._last_observe >= self.observe_every):
+        since = now - self._last_observe
+        if not (self._look_now and since >= LOOK_GAP or since >= self.observe_every):
             return
         if self._looking is not None and not self._looking.done():
             return

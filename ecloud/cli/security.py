@@ -78,6 +78,8 @@ def broker_config(folder: str, port: int, bind: str, host: str, cluster: str | N
         raise UserError(f"--host {host!r}: want a host name or an address")
     files = write_broker_config(folder, _cluster(cluster), port, bind, host)
     out.print(f"wrote {files.conf} (and acl, passwd, passwd.static, boss-password, "
-              f"worker-secret in {files.folder})", highlight=False)
+              f"worker-secret, hook-password in {files.folder})", highlight=False)
+    out.print(f"OpenNebula's state hook: copy {files.folder / 'hook-password'} to the front-end "
+              "(see `ecloud opennebula hook --help`)", highlight=False)
     out.print(f"the boss's settings: {files.toml}", highlight=False)
     out.print(f"start the broker:    mosquitto -d -c {files.conf}", highlight=False)

@@ -20,9 +20,9 @@ SAME_NEWS = 3600.0
 
 
 def find_vm(state: State, ident: str) -> VMRecord | None:
-    """The VM named ``ident``, or with the id ``ident``."""
+    """The VM named ``ident``, or with the id ``ident`` (ASCII digits)."""
     vm = state.vms.get(ident)
-    if vm is None and ident.isdigit():
+    if vm is None and ident.isascii() and ident.isdigit():
         name = state.vm_ids.get(int(ident))
         vm = state.vms.get(name) if name is not None else None
     return vm

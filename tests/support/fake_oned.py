@@ -45,12 +45,15 @@ can act and answer nonsense (:meth:`answer_next_instantiates_badly`); with
 
 State hooks (issue 24). :meth:`FakeOned.create_hook` takes a ``onehook
 create`` template (``NAME``, ``TYPE = "state"``, ``RESOURCE = "VM"``, ``ON``,
-``STATE``/``LCM_STATE`` for CUSTOM, ``COMMAND``, ``ARGUMENTS``), as oned
-does; on each state change a hook names, oned's hook manager runs
-``COMMAND`` with ``ARGUMENTS`` split on blanks and ``$TEMPLATE`` replaced by
-the VM's XML (as ``one.vm.info`` gives it) in base64 - a real process, one
-after another, each run recorded in :attr:`FakeOned.hook_runs` with its exit
-status and output. Hooks are no more reliable here than there:
+``STATE``/``LCM_STATE`` for CUSTOM - by name, as oned's
+``vm_state_from_str`` reads them: a number is "Wrong STATE" -, ``COMMAND``,
+``ARGUMENTS``, ``ARGUMENTS_STDIN``), as oned does; on each state change a
+hook names, oned's hook manager runs ``COMMAND`` (relative: in
+``hooks_dir``) with ``$TEMPLATE`` in ``ARGUMENTS`` replaced by the VM's XML
+(as ``one.vm.info`` gives it) in base64 - the arguments on stdin with
+``ARGUMENTS_STDIN = "yes"``, else split on blanks - a real process, one after
+another, each run recorded in :attr:`FakeOned.hook_runs` with its exit status
+and output. Hooks are no more reliable here than there:
 :meth:`lose_next_callbacks` drops runs, :meth:`duplicate_next_callbacks`
 runs one twice, ``hook_delay`` (seconds) holds each run back.
 
@@ -116,6 +119,11 @@ OUTSIDE = {"STOPPED": signal.SIGKILL, "POWEROFF": signal.SIGKILL, "UNDEPLOYED": 
            "SUSPENDED": signal.SIGSTOP, "HOLD": None}
 #: a state hook's ON -> the (STATE, LCM_STATE) it fires on (CUSTOM names its own)
 HOOK_ON = {"RUNNING": (3, 3), "STOP": (4, 0), "DONE": (6, 0), "UNKNOWN": (3, 16)}
+#: the names oned reads in a CUSTOM hook's STATE and LCM_STATE (some of them)
+STATE_NAMES = {"INIT": 0, "PENDING": 1, "HOLD": 2, "ACTIVE": 3, "STOPPED": 4, "SUSPENDED": 5,
+               "DONE": 6, "POWEROFF": 8, "UNDEPLOYED": 9, "CLONING": 10, "CLONING_FAILURE": 11}
+LCM_NAMES = {"LCM_INIT": 0, "PROLOG": 1, "BOOT": 2, "RUNNING": 3, "EPILOG": 11, "SHUTDOWN": 12,
+             "UNKNOWN": 16, "BOOT_FAILURE": 36, "PROLOG_FAILURE": 39, "EPILOG_FAILURE": 40}
 
 
 @frozen
@@ -148,8 +156,11 @@ def parse_hook(text: str) -> dict[str, str]:
         raise ValueError("only VM state hooks (TYPE = state, RESOURCE = VM) are faked")
     if fields["ON"] != "CUSTOM" and fields["ON"] not in HOOK_ON:
         raise ValueError(f"unknown ON {fields['ON']!r}")
-    if fields["ON"] == "CUSTOM" and not {"STATE", "LCM_STATE"} <= fields.keys():
-        raise ValueError("a CUSTOM hook needs STATE and LCM_STATE")
+    if fields["ON"] == "CUSTOM":
+        if fields.get("STATE", "").upper() not in STATE_NAMES:
+            raise ValueError(f"Wrong STATE: {fields.get('STATE', '')}")
+        if fields.get("LCM_STATE", "").upper() not in LCM_NAMES:
+            raise ValueError(f"Wrong LCM_STATE: {fields.get('LCM_STATE', '')}")
     return fields
 
 
@@ -369,6 +380,8 @@ class FakeOned:
         self.hooks: list[dict[str, str]] = []
         self.hook_runs: list[HookRun] = []
         self.hook_delay = 0.0
+        #: oned's hooks folder: a relative COMMAND is found there
+        self.hooks_dir = self.dir / "remotes" / "hooks"
         self._lose_callbacks = 0
         self._duplicate_callbacks = 0
         self._hook_queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -721,14 +734,15 @@ class FakeOned:
         now = (vm.state, vm.lcm_state)
         for hook in self.hooks:
             on = hook["ON"]
-            fires = (now == (int(hook["STATE"]), int(hook["LCM_STATE"])) if on == "CUSTOM"
-                     else now == HOOK_ON[on])
+            fires = (now == (STATE_NAMES[hook["STATE"].upper()], LCM_NAMES[hook["LCM_STATE"].upper()])
+                     if on == "CUSTOM" else now == HOOK_ON[on])
             if not fires:
                 continue
             if self._lose_callbacks > 0:
                 self._lose_callbacks -= 1
                 continue
-            template = base64.b64encode(vm_xml(vm, self.uname).encode()).decode()
+            uname = self.uname if vm.uid == self.uid else f"user{vm.uid}"
+            template = base64.b64encode(vm_xml(vm, uname).encode()).decode()
             runs = 1
             if self._duplicate_callbacks > 0:
                 self._duplicate_callbacks -= 1
@@ -746,13 +760,17 @@ class FakeOned:
                 continue
             if self._stop.wait(max(0.0, due - time.monotonic())):
                 return
-            argv = [hook["COMMAND"], *[a.replace("$TEMPLATE", template)
-                                        for a in shlex.split(hook.get("ARGUMENTS", ""))]]
+            command = hook["COMMAND"]
+            if not command.startswith("/"):
+                command = str(self.hooks_dir / command)
+            arguments = hook.get("ARGUMENTS", "").replace("$TEMPLATE", template)
+            stdin = hook.get("ARGUMENTS_STDIN", "").lower() in ("yes", "true")
+            argv = [command] if stdin else [command, *shlex.split(arguments)]
             env = {k: v for k, v in os.environ.items() if not k.startswith("ECLOUD_")}
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
             try:
                 done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env,
-                                      cwd=self.dir, stdin=subprocess.DEVNULL)
+                                      cwd=self.dir, input=arguments if stdin else "")
                 code, output = done.returncode, done.stdout + done.stderr
             except (OSError, subprocess.TimeoutExpired) as exc:
                 code, output = -1, str(exc)
