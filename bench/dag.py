@@ -57,8 +57,8 @@ def peak_rss_mb() -> float:
 
 
 def child_push(path: str, url: str) -> dict:
-    from ecloud.log.store import open_store
     from ecloud.log.rebuild import load_state
+    from ecloud.log.url import open_store
     from ecloud.taskfiles.submit import submit_tasks
     from ecloud.taskfiles.taskfile import parse_task_file
 
@@ -75,9 +75,9 @@ def child_push(path: str, url: str) -> dict:
 
 def child_schedule(url: str) -> dict:
     from ecloud.events import types as ev
-    from ecloud.log.store import open_store
-    from ecloud.projections.scheduler import schedule
     from ecloud.log.rebuild import load_state
+    from ecloud.log.url import open_store
+    from ecloud.projections.scheduler import schedule
 
     with open_store(url) as store:
         store.append([ev.WorkerAnnounced(f"w{k}", "host", SLOTS, 1, f"i{k}") for k in range(WORKERS)])

@@ -32,12 +32,12 @@ from collections import Counter
 from pathlib import Path
 
 from ecloud.events import types as ev
-from ecloud.log.store import open_store
 from ecloud.events.types import Recorded, TaskSpec
+from ecloud.log.rebuild import load_state
+from ecloud.log.url import open_store
 from ecloud.projections.fold import step
 from ecloud.projections.scheduler import schedule
 from ecloud.projections.state import State
-from ecloud.log.rebuild import load_state
 
 WORKERS = 100
 SLOTS = 4

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ecloud.errors import UserError
-from ecloud.log.store import open_store
+from ecloud.log.url import open_store
 
 
 @contextmanager

@@ -53,12 +53,13 @@ from bench.logs import fresh_log
 from ecloud.boss.loop import Boss
 from ecloud.boss.recent_reports import committed_reports
 from ecloud.effects.messaging.broker import start_broker
-from ecloud.log.store import LogStore, open_store
 from ecloud.events.types import Recorded
+from ecloud.log.rebuild import load_state, save_snapshot
+from ecloud.log.store import LogStore
+from ecloud.log.url import open_store
 from ecloud.projections.fold import step
 from ecloud.projections.outstanding import outstanding
 from ecloud.projections.state import State
-from ecloud.log.rebuild import load_state, save_snapshot
 
 APPEND_BATCH = 5000  # at most this many events per append call (one transaction)
 CLUSTER = "bench"
@@ -263,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     backends = [args.only] if args.only else ["sqlite", "mysql"]
     rounds, result = generate(args.events, tasks)
     result.update(events=args.events, tasks=tasks, repeat=args.repeat)
-    with start_broker() as broker, sqlite_log() as sqlite_url, fresh_log(args.mysql, f"ecloud_bench_{os.getpid()}") as mysql_url:
+    with (
+        start_broker() as broker,
+        sqlite_log() as sqlite_url,
+        fresh_log(args.mysql, f"ecloud_bench_{os.getpid()}") as mysql_url,
+    ):
         urls = {"sqlite": sqlite_url, "mysql": mysql_url}
         built = {b: build_log(urls[b], rounds, args.events, b) for b in backends}
         del rounds  # the restarts should not pay for a heap they would not have

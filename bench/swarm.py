@@ -752,7 +752,7 @@ def _share(a: dict, b: dict, name: str) -> float:
 def count_events(db_url: str) -> tuple[Counter, dict[str, Any]]:
     """Events in the log by type tag (read raw: no decoding), and the
     boss's commits: one ``ts`` per appended batch."""
-    from ecloud.log.store import open_store
+    from ecloud.log.url import open_store
 
     store = open_store(db_url, create=False)
     types: Counter = Counter()
@@ -831,8 +831,8 @@ def _push(tasks: int, chunk: int | None, work: Path, db_url: str, env: dict, say
 def _append_tasks(task_file: Path, db_url: str) -> int:
     """The ``tasks.submitted`` events ``ecloud push`` would append for
     ``task_file``, appended without ``expected_head``."""
-    from ecloud.log.store import open_store
     from ecloud.events.types import TasksSubmitted
+    from ecloud.log.url import open_store
     from ecloud.taskfiles.submit import CHUNK, dependency_first
     from ecloud.taskfiles.taskfile import parse_task_file
 

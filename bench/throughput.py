@@ -43,9 +43,10 @@ import orjson
 
 from bench.logs import fresh_log
 from bench.workdir import work_dir
-from ecloud.log.store import LogStore, open_store
 from ecloud.events.types import TaskSpec
 from ecloud.log.rebuild import load_state
+from ecloud.log.store import LogStore
+from ecloud.log.url import open_store
 from ecloud.taskfiles.submit import submit_tasks
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,8 +32,8 @@ from rich.table import Table
 
 from bench.fold import synthetic_log
 from bench.logs import fresh_log
-from ecloud.log.store import open_store
 from ecloud.log.rebuild import load_state
+from ecloud.log.url import open_store
 from ecloud.views import dag
 from ecloud.views.follower import Follower
 from ecloud.views.metrics import LogCollector

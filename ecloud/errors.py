@@ -83,3 +83,9 @@ class ReducerBug(EcloudError):
     def __init__(self, seq: int, message: str) -> None:
         self.seq = seq
         super().__init__(f"seq {seq}: {message}")
+
+
+class LogHeldError(EcloudError):
+    """Another live boss holds the log (``ecloud run`` does not wait)."""
+
+    exit_status = 4  # ecloud.cli.exits.LOG_HELD (tests/test_exits.py checks they agree)

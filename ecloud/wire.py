@@ -186,7 +186,10 @@ class Lost:
 
 
 Report = Hello | Heartbeat | Started | Finished | Bye | Draining | Lost
-REPORTS: dict[str, type] = {c.__attrs_attrs__.kind.default: c for c in (Hello, Heartbeat, Started, Finished, Bye, Draining, Lost)}  # type: ignore[attr-defined]
+REPORTS: dict[str, type] = {
+    c.__attrs_attrs__.kind.default: c  # type: ignore[attr-defined]
+    for c in (Hello, Heartbeat, Started, Finished, Bye, Draining, Lost)
+}
 
 
 @frozen

@@ -21,7 +21,6 @@ from ecloud.errors import StoreError
 from ecloud.log.mysql_connect import MySQLParams, connect, quote_ident
 from ecloud.log.store import LogStore
 from ecloud.log.url import open_store_url, parse_mysql_url, redact
-
 from tests.support.storetools import (
     drop_database,
     index_columns,

@@ -13,7 +13,7 @@ import pytest
 from ecloud import wire
 from ecloud.boss.loop import Boss
 from ecloud.errors import StoreError
-from ecloud.log.store import open_store
+from ecloud.log.url import open_store
 from tests.support.brokers import Client, wait_for
 
 

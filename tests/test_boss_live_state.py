@@ -16,8 +16,9 @@ from pathlib import Path
 from ecloud.boss.loop import Boss
 from ecloud.cli.boss import request_local_vms
 from ecloud.effects.providers.local import LocalProvider
-from ecloud.log.store import open_store
 from ecloud.log.rebuild import load_state
+from ecloud.log.url import open_store
+from ecloud.projections.snapshot import canonical
 from ecloud.taskfiles.submit import submit_tasks
 from ecloud.taskfiles.taskfile import parse_tasks
 from tests.support.brokers import wait_for
@@ -61,4 +62,4 @@ def test_the_running_boss_holds_exactly_the_state_its_log_replays_to(sqlite_url,
     assert replayed.counts["succeeded"] == 60
     assert any(t.attempt > 1 for t in replayed.tasks.values())
     assert boss.state.seq == replayed.seq
-    assert boss.state.canonical() == replayed.canonical()
+    assert canonical(boss.state) == canonical(replayed)

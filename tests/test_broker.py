@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap

@@ -13,10 +13,12 @@ from click.testing import CliRunner
 
 from ecloud.cli.main import cli
 from ecloud.cli.replay import replay
-from ecloud.log.store import Snapshot, open_store
+from ecloud.log.rebuild import load_state
+from ecloud.log.store import Snapshot
+from ecloud.log.url import open_store
 from ecloud.projections import snapshot as snapshots
 from ecloud.projections.fold import REDUCER_VERSION
-from ecloud.log.rebuild import load_state
+from ecloud.projections.snapshot import canonical
 from ecloud.taskfiles.taskfile import parse_task_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -334,7 +336,7 @@ def test_replay_ignores_a_snapshot_of_another_reducer_version(sqlite_url: str) -
     _diamond_history(sqlite_url)
     with open_store(sqlite_url, create=False) as store:
         store.save_snapshot(Snapshot(2, "0-old", b"garbage", 0.0))
-        assert load_state(store).canonical() == load_state(store, use_snapshot=False).canonical()
+        assert canonical(load_state(store)) == canonical(load_state(store, use_snapshot=False))
     assert run("--verify", "--db", sqlite_url, command=replay).exit_code == 0
 
 
@@ -381,7 +383,7 @@ def test_a_refused_operator_command_is_logged_as_rejected_and_changes_nothing(
     """Every command the log's state refuses leaves one ``input.rejected``
     event (reason, and the command without its --db), and nothing else."""
     assert run("context", "set", "heartbeat_timeout", "30", "--db", durable_url).exit_code == 0
-    before = load_state_of(durable_url).canonical()
+    before = canonical(load_state_of(durable_url))
     refused = [
         (("context", "set", "heartbeat_timeout", "--", "-5"), "must be a number of seconds > 0"),
         (("context", "set", "bogus", "1"), "unknown context key 'bogus'"),
@@ -401,7 +403,7 @@ def test_a_refused_operator_command_is_logged_as_rejected_and_changes_nothing(
         assert event["source"] == "operator" and reason in event["reason"]
         # the command (its path, as click names it), never the --db URL
         assert event["excerpt"].split()[1] == args[0] and durable_url not in event["excerpt"]
-    after = load_state_of(durable_url).canonical()
+    after = canonical(load_state_of(durable_url))
     for key in ("tasks", "workers", "vms", "context"):
         assert after[key] == before[key]
 

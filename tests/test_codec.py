@@ -157,7 +157,8 @@ def test_body_of_the_wrong_shape(body):
 
 
 def test_number_in_a_string_field_is_rejected():
-    with pytest.raises(CodecError, match=r"seq 9: task.cancelled v1 body does not fit: .*expected str @ \$.task_id"):
+    with pytest.raises(CodecError,
+                       match=r"seq 9: task.cancelled v1 body does not fit: .*expected str @ \$.task_id"):
         decode("task.cancelled", 1, b'{"task_id": 5}', seq=9)
 
 

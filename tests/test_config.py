@@ -177,7 +177,8 @@ def test_wrong_types_in_file(tmp_path, home, line, message):
 def test_bad_env_value_names_the_variable(home):
     with pytest.raises(ConfigError) as info:
         load_config({}, {"HOME": str(home), "ECLOUD_SNAPSHOT_EVERY": "lots"})
-    assert str(info.value) == "env ECLOUD_SNAPSHOT_EVERY (snapshot_every): expected a whole number, got 'lots'"
+    assert str(info.value) == (
+        "env ECLOUD_SNAPSHOT_EVERY (snapshot_every): expected a whole number, got 'lots'")
 
 
 def test_bad_flag_value_names_the_flag(home):

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from ecloud.log.rebuild import load_state
-from ecloud.log.store import open_store
+from ecloud.log.url import open_store
 from tests.support.brokers import wait_for
 from tests.support.e2e import Cluster
 

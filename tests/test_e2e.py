@@ -91,7 +91,8 @@ def test_diamond_runs_to_completion(cluster: Cluster) -> None:
     assert output.stdout == "d\n" and output.stderr == ""
 
 
-@pytest.mark.parametrize("cluster", ["sqlite+mosquitto", pytest.param("mysql+mosquitto", marks=pytest.mark.mysql),
+@pytest.mark.parametrize("cluster", ["sqlite+mosquitto",
+                                     pytest.param("mysql+mosquitto", marks=pytest.mark.mysql),
                                      "sqlite+secure-mosquitto"], indirect=True)
 def test_random_200_task_dag_never_starts_a_task_before_its_dependencies_finished(cluster: Cluster) -> None:
     tasks = random_dag(200, seed=7)
@@ -126,7 +127,8 @@ def test_failing_task_is_retried_with_backoff_then_blocks_its_descendants(cluste
         60, "flaky failed for good")
     assert state.tasks["after"].status == "blocked" and state.tasks["after"].blocked_by == "flaky"
     log = cluster.log()
-    attempts = [(r.ts, r.event) for r in log if r.event.TYPE == "task.finished" and r.event.task_id == "flaky"]
+    attempts = [(r.ts, r.event) for r in log
+                if r.event.TYPE == "task.finished" and r.event.task_id == "flaky"]
     assert [e.attempt for _, e in attempts] == [1, 2, 3]
     assert all(e.exit_code == 3 and "boom" in e.stderr_tail for _, e in attempts)
     dispatched = [r.ts for r in log if r.event.TYPE == "task.dispatched" and r.event.task_id == "flaky"]

@@ -17,10 +17,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from tests.support.brokers import wait_for
-from tests.support.worker_helpers import alive
 
 from ecloud.wire import CancelMsg, DispatchMsg
+from tests.support.brokers import wait_for
+from tests.support.worker_helpers import alive
 from tests.test_worker import boss, start  # noqa: F401 - fixtures
 
 #: escapees: record our own pid, then sleep (TERM ignored for the stubborn one;

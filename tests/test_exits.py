@@ -22,3 +22,13 @@ def test_the_readme_shows_the_exit_status_table_of_the_code() -> None:
 def test_every_named_status_is_in_the_table() -> None:
     named = {v for k, v in vars(exits).items() if k.isupper() and isinstance(v, int)}
     assert named == {row.status for row in exits.TABLE}
+
+
+def test_the_errors_exit_with_the_statuses_of_the_table() -> None:
+    """errors.py cannot import the CLI's table (the pure side would then
+    reach the CLI): its numbers are checked against it here."""
+    from ecloud.cli import exits
+    from ecloud.errors import FencedError, LogHeldError, UserError
+
+    assert (UserError.exit_status, FencedError.exit_status, LogHeldError.exit_status) == (
+        exits.USAGE, exits.FENCED, exits.LOG_HELD)

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 import traceback
-from fractions import Fraction
 import types
 import typing
+from fractions import Fraction
 
 import attrs
 import pytest
@@ -38,12 +38,12 @@ from hypothesis import strategies as st
 
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded, TaskSpec
-from ecloud.projections import context, scheduler
 from ecloud.projections import autoscale as autoscaling
+from ecloud.projections import context, scheduler
 from ecloud.projections.autoscale import autoscale, next_deadline
 from ecloud.projections.fold import FOLD_SOURCE, fold, fold_with_effects, step
 from ecloud.projections.scheduler import schedule
-from ecloud.projections.snapshot import dump, load
+from ecloud.projections.snapshot import canonical, dump, load
 from ecloud.projections.state import FAILED, READY, State
 from ecloud.projections.timers import next_deadline as timers_next_deadline
 from tests.support.folding import task_batch
@@ -117,6 +117,10 @@ class Wildness:
     beyond: bool = True
     #: values that still crash code owned elsewhere (see FOREIGN_FIXED)
     foreign: bool = FOREIGN_FIXED
+
+
+#: what :func:`wild_logs` draws with unless told otherwise
+DEFAULT_WILDNESS = Wildness()
 
 
 # --------------------------------------------------------------- the driver
@@ -234,7 +238,7 @@ def _pools(d: Wild, w: Wildness) -> dict[str, st.SearchStrategy]:
     """Values by field name ("Class.field" first): ids from small pools plus
     those in the state, so that events keep meeting the same tasks, workers
     and VMs."""
-    I = ints(w.beyond)
+    any_int = ints(w.beyond)
     small = small_or_wild(w.beyond)
     pools = {
         "task_id": st.sampled_from([*TASK_IDS, *sorted(d.state.tasks)]),
@@ -244,16 +248,16 @@ def _pools(d: Wild, w: Wildness) -> dict[str, st.SearchStrategy]:
         "worker_id": st.sampled_from(WORKER_IDS),
         "incarnation": st.sampled_from(INCARNATIONS),
         "vm_name": st.sampled_from([*VM_NAMES, *sorted(d.state.vms)]),
-        "vm_id": st.one_of(st.sampled_from(VM_IDS), I),
+        "vm_id": st.one_of(st.sampled_from(VM_IDS), any_int),
         "attempt": small,
         "slots": st.one_of(st.integers(1, 2), small),
-        "retries": st.one_of(st.integers(0, 3), I),
-        "priority": st.one_of(st.integers(-1, 2), I),
-        "protocol": st.one_of(st.just(1), st.just(1), I),
-        "rules": st.one_of(st.integers(0, 3), I),
-        "exit_code": st.one_of(st.none(), st.sampled_from([0, 1]), I),
-        "state": st.one_of(st.sampled_from([1, 3, 6, 8, 9]), I),
-        "lcm_state": st.one_of(st.sampled_from([0, 3, 36, 61]), I),
+        "retries": st.one_of(st.integers(0, 3), any_int),
+        "priority": st.one_of(st.integers(-1, 2), any_int),
+        "protocol": st.one_of(st.just(1), st.just(1), any_int),
+        "rules": st.one_of(st.integers(0, 3), any_int),
+        "exit_code": st.one_of(st.none(), st.sampled_from([0, 1]), any_int),
+        "state": st.one_of(st.sampled_from([1, 3, 6, 8, 9]), any_int),
+        "lcm_state": st.one_of(st.sampled_from([0, 3, 36, 61]), any_int),
         "kind": st.one_of(st.sampled_from(["quota", "connection", "error", ""]), texts()),
         "source": st.one_of(st.sampled_from(["autoscaler", "operator", ""]), texts()),
         "key": st.sampled_from(CONTEXT_KEYS),
@@ -438,7 +442,7 @@ ACTIONS = [
 
 
 @st.composite
-def wild_logs(draw, w: Wildness = Wildness(), max_steps: int = 40) -> Wild:
+def wild_logs(draw, w: Wildness = DEFAULT_WILDNESS, max_steps: int = 40) -> Wild:
     """A history of arbitrary events, folded as it is built (a crash ends it)."""
     d = Wild()
     for action in draw(st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=max_steps)):
@@ -471,7 +475,7 @@ def test_replay_equals_incremental_fold(d: Wild) -> None:
     # (b)
     assume(d.crash is None)  # (a) reports it
     replayed, effects = fold_with_effects(d.log)
-    assert replayed.canonical() == d.state.canonical()
+    assert canonical(replayed) == canonical(d.state)
     assert effects == [e for out in d.effects for e in out]
 
 
@@ -483,9 +487,9 @@ def test_snapshot_plus_suffix_equals_full_fold(d: Wild, data) -> None:
     k = data.draw(st.integers(0, len(d.log)), label="snapshot after seq")
     prefix = fold(d.log[:k])
     restored = load(dump(prefix))
-    assert restored.canonical() == prefix.canonical()
+    assert canonical(restored) == canonical(prefix)
     state, suffix_effects = fold_with_effects(d.log[k:], restored)
-    assert state.canonical() == d.state.canonical()
+    assert canonical(state) == canonical(d.state)
     assert suffix_effects == [e for out in d.effects[k:] for e in out]
 
 
@@ -517,8 +521,8 @@ def test_a_task_failing_1100_times_survives_and_fails_once_out_of_retries() -> N
         _fail_once(d, "t", "w")
     assert d.crash is None, d.failure()
     assert (task.failures, task.status) == (2001, FAILED)
-    assert fold(d.log).canonical() == d.state.canonical()
-    assert load(dump(d.state)).canonical() == d.state.canonical()
+    assert canonical(fold(d.log)) == canonical(d.state)
+    assert canonical(load(dump(d.state))) == canonical(d.state)
 
 
 def test_a_task_out_of_retries_after_1100_failures_ends_failed() -> None:
@@ -586,7 +590,7 @@ def _survives(events: list, expect_rejections: int | None = None) -> State:
     if expect_rejections is not None:
         assert len(d.state.rejected) == expect_rejections, d.state.rejected
     restored = load(dump(d.state))
-    assert restored.canonical() == d.state.canonical()
+    assert canonical(restored) == canonical(d.state)
     step(restored, Recorded(d.state.seq + 1, d.state.clock + 1.0, ev.Tick()))
     return d.state
 

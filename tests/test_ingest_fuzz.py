@@ -36,6 +36,7 @@ from ecloud.events.types import Recorded, TaskSpec
 from ecloud.projections.effects import Ack, Dispatch
 from ecloud.projections.fold import step
 from ecloud.projections.scheduler import schedule
+from ecloud.projections.snapshot import canonical
 from ecloud.projections.state import ACTIVE, LIVE, State
 
 CLUSTER = "fz"
@@ -114,7 +115,7 @@ class Run:
         self._fold(events)
 
     def outcome(self) -> tuple[Any, list]:
-        data = self.state.canonical()
+        data = canonical(self.state)
         for key in ("seq", "rejected", "strangers"):  # what junk may leave: its record
             data.pop(key)
         # a worker's rank is the seq of its announcement, a failure names the
@@ -268,10 +269,10 @@ def test_a_report_about_an_earlier_attempt_is_protocol_not_junk() -> None:
     run.round([])  # attempt 2 is dispatched
     task = run.state.tasks["t0"]
     assert task.attempt == 2 and task.status == "dispatched"
-    before = run.state.canonical()["tasks"]
+    before = canonical(run.state)["tasks"]
     worker = task.worker
     run.round([(topic(worker), payload(worker, {
         "kind": "finished", "msg_id": "late", "task_id": "t0", "attempt": 1, "exit_code": 0,
         "duration": 1.0}))])
-    assert run.rejected == [] and run.state.canonical()["tasks"] == before
+    assert run.rejected == [] and canonical(run.state)["tasks"] == before
     assert any(getattr(e, "msg_id", None) == "late" for e in run.effects)  # acknowledged

@@ -90,7 +90,7 @@ def test_a_task_at_every_limit_is_accepted() -> None:
     assert len(spec.command) == limits.COMMAND_BYTES
     # and a task at those limits can be started: one execve string each
     argv = ["/bin/sh", "-c", spec.command]
-    env = {name: value for name, value in spec.env.items()}
+    env = dict(spec.env.items())
     import subprocess
     done = subprocess.run(["/bin/true", *argv[2:]], env=env, check=False)
     assert done.returncode == 0
@@ -141,7 +141,7 @@ def test_push_refuses_with_exit_2_naming_file_task_and_field(tmp_path: Path) -> 
 
 
 def _events(db: str) -> int:
-    from ecloud.log.store import open_store
+    from ecloud.log.url import open_store
 
     with open_store(db, create=False) as store:
         return store.head()

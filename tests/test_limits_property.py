@@ -68,9 +68,10 @@ from hypothesis.errors import InvalidArgument
 from ecloud import limits, wire
 from ecloud.cli.main import cli
 from ecloud.effects.messaging.outbox import dispatch_message
-from ecloud.log.store import open_store
-from ecloud.projections.tasks import dispatch_effect
 from ecloud.log.rebuild import load_state
+from ecloud.log.url import open_store
+from ecloud.projections.snapshot import canonical
+from ecloud.projections.tasks import dispatch_effect
 from ecloud.taskfiles.taskgraph import ID_RE
 from worker.reaper import TOKEN_VAR
 from worker.runner import attempt_path
@@ -929,7 +930,7 @@ def base_log(tmp_path_factory: pytest.TempPathFactory) -> BaseLog:
     result = CliRunner().invoke(cli, ["push", str(seed), "--db", f"sqlite:///{db}"])
     assert result.exit_code == 0, result.output
     url = f"sqlite:///{db}"
-    return BaseLog(root, db, _rows(url), _state(url).canonical())
+    return BaseLog(root, db, _rows(url), canonical(_state(url)))
 
 
 @contextlib.contextmanager
@@ -989,7 +990,7 @@ def exec_problems(msg: wire.DispatchMsg, argv: list[str], env: dict[str, str]) -
     problems: list[Problem] = []
     strings = [*argv, *(f"{k}={v}" for k, v in env.items())]
     sizes = [len(os.fsencode(s)) + 1 for s in strings]  # each with its NUL
-    over = [(s, n) for s, n in zip(strings, sizes) if n > MAX_ARG_STRLEN]
+    over = [(s, n) for s, n in zip(strings, sizes, strict=True) if n > MAX_ARG_STRLEN]
     for s, n in over:
         problems.append(Problem("exec", f"a {n:,}-byte argv/env string {s[:30]!r}... is over "
                                 f"MAX_ARG_STRLEN ({MAX_ARG_STRLEN:,})"))
@@ -1105,7 +1106,7 @@ def check_refusal(base: BaseLog, tf: TaskFile, p: Pushed) -> None:
     assert len(added) == 1 and added[0][2] == "input.rejected", [r[2] for r in added]
     reason = json.loads(added[0][4])["reason"]
     assert str(p.file)[:200] in reason, reason[:300]
-    after = _state(p.url).canonical()
+    after = canonical(_state(p.url))
     assert canonical_without_rejections(after) == canonical_without_rejections(base.state), (
         "a refusal changed the log's state")
 

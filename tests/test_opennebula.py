@@ -37,14 +37,14 @@ from ecloud.effects.providers.opennebula import (
 )
 from ecloud.errors import ConfigError
 from ecloud.events import types as ev
-from ecloud.log.store import open_store
 from ecloud.events.types import InputRejected, VMAllocated, VMDiscovered, VMFailed, VMStateObserved
+from ecloud.log.url import open_store
 from ecloud.projections.effects import KillVM, SpawnVM
 from ecloud.taskfiles.taskfile import parse_tasks
 from tests.support import fake_oned as oned
 from tests.support.brokers import Client, wait_for
-from tests.support.fake_oned import FakeOned, ecloud_worker_command
 from tests.support.datastores import datastore_events
+from tests.support.fake_oned import FakeOned, ecloud_worker_command
 
 fake_oned = oned.fake_oned  # the fixture: a started fake oned per test
 
@@ -520,9 +520,9 @@ def test_a_running_vm_boots_a_real_worker_that_joins_and_dies_with_the_vm(fake_o
         boss.start()
         names = [prefix + "1", prefix + "2"]
         ids = [spawn(prov, name)[0].vm_id for name in names]
-        alive = list(zip(names, ids))
+        alive = list(zip(names, ids, strict=True))
         observe_until(prov, alive, lambda evs: states(evs).count(RUNNING) == 2, "both VMs to run")
-        wait_for(lambda: hellos() == dict(zip(names, ids)), 20,
+        wait_for(lambda: hellos() == dict(zip(names, ids, strict=True)), 20,
                  "both workers to say hello with their VM ids")
         pids = [fake_oned.worker_pid(vm_id) for vm_id in ids]
         assert all(pid and _alive(pid) for pid in pids)

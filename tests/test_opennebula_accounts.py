@@ -16,7 +16,7 @@ from ecloud.cli.boss import make_provider
 from ecloud.config import load_config
 from ecloud.effects.messaging.mqtt import Connection
 from ecloud.events import types as ev
-from ecloud.log.store import open_store
+from ecloud.log.url import open_store
 from ecloud.security.accounts import read_passwd, worker_password
 from ecloud.security.setup import broker_security
 from ecloud.taskfiles.taskfile import parse_tasks

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ecloud.events import types as ev
-from ecloud.log.store import open_store
-from tests.support.e2e import ROOT, Cluster
+from ecloud.log.url import open_store
 from tests.support.datastores import datastore_events
+from tests.support.e2e import ROOT, Cluster
 
 PIPELINE = ROOT / "examples" / "pipeline"
 

@@ -317,5 +317,6 @@ class CloudMachine(RuleBasedStateMachine):
 
 
 TestCloud = CloudMachine.TestCase
-TestCloud.settings = settings(max_examples=int(os.environ.get("ECLOUD_MODEL_EXAMPLES", "300")), stateful_step_count=40, deadline=None,
+TestCloud.settings = settings(max_examples=int(os.environ.get("ECLOUD_MODEL_EXAMPLES", "300")),
+                              stateful_step_count=40, deadline=None,
                               suppress_health_check=[HealthCheck.too_slow])

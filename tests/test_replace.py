@@ -9,6 +9,7 @@ import attrs
 from ecloud.events import types as ev
 from ecloud.events.types import TaskSpec
 from ecloud.projections.effects import CancelAttempt
+from ecloud.projections.snapshot import canonical
 from tests.support.folding import Driver, check_invariants
 
 
@@ -21,7 +22,7 @@ def chain(done: bool = True) -> Driver:
     d.apply(ev.WorkerAnnounced("w1", "h", 4, 1, "i1"))
     if done:
         for _ in range(3):
-            for decision in d.schedule():
+            for _decision in d.schedule():
                 pass
             for tid in sorted(t for t, r in d.state.tasks.items() if r.status == "dispatched"):
                 d.apply(ev.TaskFinished(tid, d.state.tasks[tid].attempt, "w1", 0, 0.1), dt=1)
@@ -74,12 +75,12 @@ def test_new_dependencies_and_a_new_priority_take_effect() -> None:
 
 def test_a_replacement_that_makes_a_cycle_or_names_an_unknown_task_changes_nothing() -> None:
     d = chain()
-    before = d.state.canonical()
+    before = canonical(d.state)
     d.apply(ev.TasksReplaced("r1", (spec(d, "a", depends_on=("c",)),)))
     assert d.state.rejected[-1].reason == "the new dependencies form a cycle: a -> c -> b -> a"
     d.apply(ev.TasksReplaced("r2", (TaskSpec("nope", "true"),)))
     assert "is not in the log" in d.state.rejected[-1].reason
-    after = d.state.canonical()
+    after = canonical(d.state)
     for key in ("seq", "rejected"):
         before.pop(key), after.pop(key)
     assert after == before

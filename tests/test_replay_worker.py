@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from ecloud.cli.replay import replay
 from ecloud.events import types as ev
-from ecloud.log.store import open_store
 from ecloud.events.types import TaskSpec
+from ecloud.log.url import open_store
 
 T0 = 1_800_000_000.0
 LOST_WHY = "broker: connection dropped"

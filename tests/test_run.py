@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from ecloud.log.url import open_store
 from tests.support.brokers import wait_for
 from tests.support.e2e import ROOT, finished_events, write_tasks
-from ecloud.log.store import open_store
 
 EXAMPLES = ROOT / "examples"
 

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ecloud.log.store import open_store
+from ecloud.log.url import open_store
 from tests.support.brokers import wait_for
 from tests.support.e2e import ROOT, write_tasks
 from tests.support.reaper import Reaper
@@ -83,7 +83,7 @@ def test_sigkill_of_ecloud_run_ten_times_then_again_runs_every_task_exactly_once
                     kills.append(f"at {moment:.2f}s")
                 else:  # a moment in the work: after a number of task starts
                     target = min(len(ids), sum(markers(marks).values()) + rng.randint(1, 6))
-                    wait_for(lambda: proc.poll() is not None
+                    wait_for(lambda proc=proc, target=target: proc.poll() is not None
                              or sum(markers(marks).values()) >= target, 120,
                              f"{target} task starts (run {k})")
                     kills.append(f"after {target} starts")
@@ -94,7 +94,7 @@ def test_sigkill_of_ecloud_run_ten_times_then_again_runs_every_task_exactly_once
             final = ecloud(tmp_path, env, "run", str(dag), "--local", "4")
             assert final.returncode == 0, final.stdout + final.stderr
             counts = markers(marks)
-            assert counts == Counter({i: 1 for i in ids}), (
+            assert counts == Counter(dict.fromkeys(ids, 1)), (
                 {i: n for i, n in counts.items() if n != 1}, sorted(set(ids) - set(counts)))
             status = json.loads(ecloud(tmp_path, env, "status", "--json").stdout)
             assert status["tasks"]["succeeded"] == 40
@@ -140,7 +140,7 @@ def test_a_second_run_on_a_log_a_live_run_holds_is_refused_and_touches_nothing(
         assert second.returncode == 4, second.stderr
         assert time.monotonic() - started < 10
         message = second.stderr.replace("\n", " ")
-        assert f"a live boss holds this log (ecloud run, boss" in message
+        assert "a live boss holds this log (ecloud run, boss" in message
         assert f"pid {first.pid}" in message and "ecloud push" in message
         assert "Traceback" not in second.stderr
         with open_store(db, create=False) as store:

@@ -23,12 +23,12 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from ecloud.log.store import open_store
+from ecloud.log.url import open_store
 from tests.support.brokers import wait_for
 from tests.support.e2e import write_tasks
 from tests.support.reaper import Reaper
-from tests.test_run_crash import environment, markers, start_run
 from tests.support.worker_helpers import reap, tagged
+from tests.test_run_crash import environment, markers, start_run
 
 
 def ecloud(cwd: Path, env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:

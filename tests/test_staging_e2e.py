@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from ecloud.events import types as ev
-from ecloud.log.store import open_store
+from ecloud.log.url import open_store
 from tests.support.brokers import wait_for
+from tests.support.datastores import datastore_events
 from tests.support.e2e import Cluster, finished_events
 from tests.support.sshd import _descendants
-from tests.support.datastores import datastore_events
 
 BIG = 200 * 1024 * 1024
 #: per process: the agent and the staging wrapper are Python (~30 MB each);

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ecloud.log.store import open_store
+from ecloud.log.url import open_store
 from tests.support.e2e import write_tasks
 
 ROOT = Path(__file__).resolve().parent.parent

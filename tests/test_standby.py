@@ -10,7 +10,7 @@ import pytest
 from ecloud.boss.lease import FileLease, MySQLLease, lock_name
 from ecloud.errors import FencedError
 from ecloud.events import types as ev
-from ecloud.log.store import open_store
+from ecloud.log.url import open_store
 from tests.support.brokers import wait_for
 
 

@@ -11,8 +11,6 @@ from types import SimpleNamespace
 import pytest
 
 from ecloud.errors import CodecError, ConcurrencyError, StoreError, UserError
-from ecloud.log.mysql_connect import MySQLParams, connect
-from ecloud.log.store import LogStore, Snapshot, open_store
 from ecloud.events.types import (
     ContextSet,
     Recorded,
@@ -21,8 +19,9 @@ from ecloud.events.types import (
     Tick,
     WorkerHeartbeat,
 )
-from ecloud.log.url import open_store_url
-
+from ecloud.log.mysql_connect import MySQLParams, connect
+from ecloud.log.store import LogStore, Snapshot
+from ecloud.log.url import open_store, open_store_url
 from tests.support.storetools import drop_database, mysql_url_for, new_database_name
 
 TS = 1_700_000_000.25

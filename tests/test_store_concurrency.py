@@ -89,7 +89,7 @@ def run_appenders_and_follow(url: str) -> None:
                     p.kill()
                     p.wait()
         assert time.monotonic() <= deadline, "deadline passed before the follower caught up"
-        for p, out in zip(procs, outputs):
+        for p, out in zip(procs, outputs, strict=True):
             assert p.returncode == 0, f"appender {p.args[3]} exited {p.returncode}: {out!r}"
         counts = [int(out.split()[-1]) for out in outputs]
         total = sum(counts)

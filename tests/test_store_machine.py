@@ -9,16 +9,14 @@ once for the test function; each example starts from emptied stores.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-import pytest
-
-from ecloud.log.memory_store import MemoryStore
-from ecloud.log.store import LogStore, Snapshot
 from ecloud.events.types import (
     ContextSet,
     TaskCancelled,
@@ -27,8 +25,9 @@ from ecloud.events.types import (
     Tick,
     WorkerHeartbeat,
 )
+from ecloud.log.memory_store import MemoryStore
+from ecloud.log.store import LogStore, Snapshot
 from ecloud.log.url import open_store_url
-
 from tests.support.storetools import index_columns, wipe
 
 TAGS = ["worker.heartbeat", "task.cancelled", "task.dispatched", "task.finished", "context.set", "tick"]
@@ -62,7 +61,7 @@ def outcome(fn: Callable[[], Any]) -> tuple:
 
 
 class StoresAgree(RuleBasedStateMachine):
-    stores: dict[str, LogStore] = {}
+    stores: ClassVar[dict[str, LogStore]] = {}
 
     @initialize()
     def start_empty(self) -> None:
@@ -90,7 +89,8 @@ class StoresAgree(RuleBasedStateMachine):
         expected = None if offset is None else max(0, self.head + offset)
         self.each(lambda s: s.append(batch, ts=ts, expected_head=expected))
 
-    @rule(batch=st.lists(events, max_size=5), bad_at=st.integers(0, 5), bad=st.sampled_from(["object", "field"]))
+    @rule(batch=st.lists(events, max_size=5), bad_at=st.integers(0, 5),
+          bad=st.sampled_from(["object", "field"]))
     def append_unencodable(self, batch: list, bad_at: int, bad: str) -> None:
         poison: Any = object() if bad == "object" else WorkerHeartbeat(worker_id=object())  # type: ignore[arg-type]
         batch = batch[:bad_at] + [poison] + batch[bad_at:]

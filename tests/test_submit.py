@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from ecloud.errors import ValidationError
-from ecloud.log.store import LogStore
 from ecloud.events.types import TaskSpec, WorkerHeartbeat
-from ecloud.log.url import open_store_url
 from ecloud.log.rebuild import load_state
+from ecloud.log.store import LogStore
+from ecloud.log.url import open_store_url
 from ecloud.taskfiles.submit import ATTEMPTS, submit_tasks
 
 

@@ -11,6 +11,7 @@ from ecloud import wire
 from ecloud.events import types as ev
 from ecloud.events.types import TaskSpec
 from ecloud.projections.effects import Ack
+from ecloud.projections.snapshot import canonical
 from tests.test_ingest_fuzz import Run, payload, topic
 
 
@@ -36,11 +37,11 @@ def started_run() -> Run:
 def test_a_worker_reporting_an_attempt_it_never_held_is_rejected_and_acked() -> None:
     run = started_run()
     holder = run.state.tasks["t0"].worker
-    before = run.state.canonical()["tasks"]
+    before = canonical(run.state)["tasks"]
     run.round([(topic(holder), payload(holder, finished("t0", 1, "lie")))])
     assert [r.reason for r in run.rejected] == [f"attempt 1 of 't0' was never {holder!r}'s"]
     assert run.rejected[0].sender == holder and run.rejected[0].msg_id == "lie"
-    assert run.state.canonical()["tasks"] == before
+    assert canonical(run.state)["tasks"] == before
     assert any(isinstance(e, Ack) and e.msg_id == "lie" and e.worker_id == holder
                for e in run.effects)
 
@@ -50,10 +51,10 @@ def test_the_worker_that_held_it_may_report_it_late() -> None:
     acknowledged, logged as what it is, no task changes."""
     run = started_run()
     lost = "w1" if run.state.tasks["t0"].worker == "w2" else "w2"
-    before = run.state.canonical()["tasks"]
+    before = canonical(run.state)["tasks"]
     run.round([(topic(lost), payload(lost, finished("t0", 1, "late")))])
     assert run.rejected == []
-    assert run.state.canonical()["tasks"] == before
+    assert canonical(run.state)["tasks"] == before
 
 
 def test_a_heartbeat_from_a_stranger_is_recorded_once_and_the_stranger_remembered() -> None:

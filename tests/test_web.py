@@ -12,15 +12,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ecloud.events import types as ev
-from ecloud.log.store import open_store
 from ecloud.events.types import TaskSpec
-from ecloud.projections.state import TASK_STATUSES, WORKER_STATUSES
 from ecloud.log.rebuild import load_state
+from ecloud.log.url import open_store
+from ecloud.projections.state import TASK_STATUSES, WORKER_STATUSES
 from ecloud.views import summary
 from ecloud.web.server import WebServer, bind
 from tests.support.brokers import wait_for
-from tests.test_recorded_logs import LOGS, read_jsonl
-from tests.test_run import ecloud
 from tests.support.web_helpers import (
     Web,
     gated_dag,
@@ -29,6 +27,8 @@ from tests.support.web_helpers import (
     wait_for_tasks,
     wait_until_held,
 )
+from tests.test_recorded_logs import LOGS, read_jsonl
+from tests.test_run import ecloud
 
 
 def scrape(web: Web) -> dict[str, dict[tuple, float]]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ecloud.log.store import open_store
-from ecloud.projections.state import TASK_STATUSES
 from ecloud.log.rebuild import load_state
+from ecloud.log.url import open_store
+from ecloud.projections.state import TASK_STATUSES
 from tests.support.web_helpers import (
     FAILING,
     TOTAL,

@@ -19,8 +19,8 @@ import pytest
 from ecloud.config import load_config
 from ecloud.errors import ConfigError
 from ecloud.events import types as ev
-from ecloud.log.store import open_store
 from ecloud.events.types import TaskSpec
+from ecloud.log.url import open_store
 from ecloud.web.server import WebServer, bind
 from tests.support.brokers import wait_for
 from tests.support.e2e import ROOT

@@ -15,15 +15,6 @@ import subprocess
 import sys
 
 import pytest
-from tests.support.worker_helpers import (
-    BROKER,
-    GATE_CMD,
-    FakeBoss,
-    WorkerProc,
-    reap,
-    tagged,
-    wait_dead,
-)
 
 from ecloud.effects.messaging.broker import start_broker
 from ecloud.effects.messaging.mqtt import parse_broker_url
@@ -37,6 +28,15 @@ from ecloud.wire import (
     Finished,
     parse_worker_payload,
     to_topic,
+)
+from tests.support.worker_helpers import (
+    BROKER,
+    GATE_CMD,
+    FakeBoss,
+    WorkerProc,
+    reap,
+    tagged,
+    wait_dead,
 )
 from worker.agent import START_REPORT_AFTER
 from worker.outbox import Outbox, payloads

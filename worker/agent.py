@@ -595,7 +595,7 @@ def cli(debug: bool, **options: Any) -> None:
 
 
 def main() -> None:
-    from ecloud.cli.common import handle_errors
+    from ecloud.cli.exits import handle_errors
 
     handle_errors(cli)(prog_name="ecloud-worker")
 

@@ -38,12 +38,12 @@ from typing import Any, Protocol
 
 import pymysql
 
-from ecloud.cli.exits import LOG_HELD
-from ecloud.errors import EcloudError, StoreError
+from ecloud.errors import EcloudError, LogHeldError, StoreError  # noqa: F401 - LogHeldError: re-exported
 from ecloud.log.mysql_connect import connect, describe_error
 from ecloud.log.mysql_store import MySQLStore
 from ecloud.log.sqlite_store import SQLiteStore
-from ecloud.log.store import LogStore, open_store
+from ecloud.log.store import LogStore
+from ecloud.log.url import open_store
 
 log = logging.getLogger("ecloud.boss.lease")
 
@@ -55,12 +55,6 @@ _LEASE_TABLE = """CREATE TABLE IF NOT EXISTS boss_lease (
     conn_id BIGINT UNSIGNED NOT NULL,
     beat DATETIME(6) NOT NULL
 ) ENGINE=InnoDB"""
-
-
-class LogHeldError(EcloudError):
-    """Another live boss holds the log (``ecloud run`` does not wait)."""
-
-    exit_status = LOG_HELD
 
 
 class Lease(Protocol):

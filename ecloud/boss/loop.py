@@ -51,23 +51,24 @@ from ecloud.boss.callbacks import callback_events, hook_topic
 from ecloud.boss.edge import to_events
 from ecloud.boss.lease import Lease, lease_for
 from ecloud.boss.recent_reports import committed_reports
-from ecloud.effects.messaging.outbox import Outbox
 from ecloud.effects.messaging.mqtt import Connection, MqttAuth
+from ecloud.effects.messaging.outbox import Outbox
 from ecloud.errors import ConfigError, EcloudError, FencedError, StoreError
 from ecloud.events import types as ev
-from ecloud.log.store import LogStore, open_store
 from ecloud.events.types import Recorded
+from ecloud.log.rebuild import load_state, save_snapshot
+from ecloud.log.store import LogStore
+from ecloud.log.url import open_store
 from ecloud.projections import context
 from ecloud.projections.autoscale import autoscale
-from ecloud.projections.reconcile import reconcile
 from ecloud.projections.effects import KillVM, ObserveCloud, SpawnVM
 from ecloud.projections.fold import step
 from ecloud.projections.liveness import losses
 from ecloud.projections.outstanding import outstanding
+from ecloud.projections.reconcile import reconcile
 from ecloud.projections.scheduler import schedule, stuck
 from ecloud.projections.state import CURRENT_RULES, State
 from ecloud.projections.timers import next_deadline
-from ecloud.log.rebuild import load_state, save_snapshot
 from ecloud.security.accounts import BrokerAccounts
 
 log = logging.getLogger("ecloud.boss")
@@ -363,7 +364,8 @@ class Boss:
         self._perform(effects)
         if committed:  # no decisions on a state that cannot move: they would pile up
             decisions = schedule(self.state)
-            decisions += autoscale(self.state, self.vm_prefix)  # after: a kill of a worker just given work is refused
+            # after: a kill of a worker just given work is refused
+            decisions += autoscale(self.state, self.vm_prefix)
             decisions += reconcile(self.state)
             upkeep = self.upkeep
             if upkeep is not None:
@@ -563,7 +565,7 @@ class Boss:
             return
         now = time.monotonic()
         since = now - self._last_observe
-        if not (self._look_now and since >= LOOK_GAP or since >= self.observe_every):
+        if not ((self._look_now and since >= LOOK_GAP) or since >= self.observe_every):
             return
         if self._looking is not None and not self._looking.done():
             return

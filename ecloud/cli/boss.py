@@ -24,7 +24,7 @@ from ecloud.effects.providers.local import LocalProvider, become_subreaper
 from ecloud.effects.providers.opennebula import DatastoreKeyError, OpenNebulaProvider
 from ecloud.errors import ConfigError, UserError
 from ecloud.events import types as ev
-from ecloud.log.store import open_store
+from ecloud.log.url import open_store
 from ecloud.security.setup import BrokerSecurity, broker_security
 
 

@@ -3,16 +3,13 @@ handling at the boundary, output consoles and progress bars."""
 
 from __future__ import annotations
 
-import functools
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,8 +18,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ecloud.cli.exits import handle_errors  # noqa: F401 - every command's, re-exported
 from ecloud.errors import ConfigError, EcloudError, MissingLogError, UserError
-from ecloud.log.store import LogStore, open_store
+from ecloud.log.store import LogStore
+from ecloud.log.url import open_store
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -119,27 +118,6 @@ def log_store(db: str | None, config_path: str | None, *, create: bool,
         yield store
     finally:
         store.close()
-
-
-def handle_errors(fn: Callable) -> Callable:
-    """Turn ecloud's errors into one clear line and an exit status; a bug
-    (any other exception) keeps its traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except EcloudError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
-            sys.exit(exc.exit_status)
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            sys.exit(130)
-        except BrokenPipeError:  # e.g. `ecloud log | head`
-            sys.stderr.close()
-            sys.exit(0)
-
-    return wrapper
 
 
 @contextmanager

@@ -8,6 +8,11 @@ constants, never with a bare number.
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
 from attrs import frozen
 
 OK = 0
@@ -74,3 +79,32 @@ def markdown() -> str:
     lines = ["| status | commands | meaning |", "| --- | --- | --- |"]
     lines += [f"| {row.status} | {row.commands} | {row.meaning} |" for row in TABLE]
     return "\n".join(lines)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn ecloud's errors into one clear line and their exit status (the
+    table above); a bug (any other exception) keeps its traceback. Here, not
+    beside the CLI's other helpers, so that the worker agent, which must not
+    import the boss's side, exits the same way."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rich.console import Console
+        from rich.markup import escape
+
+        from ecloud.errors import EcloudError
+
+        try:
+            return fn(*args, **kwargs)
+        except EcloudError as exc:
+            Console(stderr=True, highlight=False, soft_wrap=True).print(
+                f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
+            sys.exit(exc.exit_status)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        except BrokenPipeError:  # e.g. `ecloud log | head`
+            sys.stderr.close()
+            sys.exit(0)
+
+    return wrapper

@@ -10,7 +10,6 @@ from rich.markup import escape
 
 from ecloud.cli.common import common_options, config_for, err, handle_errors
 from ecloud.errors import UserError
-from ecloud.log.store import open_store
 from ecloud.inspect.attempt_logs import (
     STREAMS,
     DatastoreReader,
@@ -23,6 +22,7 @@ from ecloud.inspect.attempt_logs import (
     still_running,
 )
 from ecloud.log.rebuild import load_state
+from ecloud.log.url import open_store
 
 
 def _worker_reader(attempt, config, broker: str | None):

@@ -28,10 +28,10 @@ from ecloud.cli.common import (
 from ecloud.errors import MissingLogError, UserError, ValidationError
 from ecloud.events import types as ev
 from ecloud.events.codec import converter
+from ecloud.log.rebuild import load_state
 from ecloud.projections import context as ctx
 from ecloud.projections import tasks as task_rules
 from ecloud.projections.state import FAILED, State
-from ecloud.log.rebuild import load_state
 from ecloud.taskfiles.submit import append_checked
 
 
@@ -139,9 +139,11 @@ def status(as_json: bool, cost: bool, top: int, db: str | None, config_path: str
     """Counts per task state, the workers table and recent failures."""
     if cost:
         return _cost(as_json, top, db, config_path)
-    with log_store(db, config_path, create=False) as store:
-        with progress_bar("reading the log", enabled=not as_json) as progress:
-            state = load_state(store, progress=progress)
+    with (
+        log_store(db, config_path, create=False) as store,
+        progress_bar("reading the log", enabled=not as_json) as progress,
+    ):
+        state = load_state(store, progress=progress)
     if as_json:
         sys.stdout.write(orjson.dumps(render.status_data(state)).decode() + "\n")
     else:
@@ -197,9 +199,7 @@ def _wanted(rec: ev.Recorded, task: str | None, worker: str | None) -> bool:
                 return False
         elif getattr(event, "task_id", None) != task:
             return False
-    if worker is not None and getattr(event, "worker_id", None) != worker:
-        return False
-    return True
+    return not (worker is not None and getattr(event, "worker_id", None) != worker)
 
 
 def _print_record(rec: ev.Recorded, as_json: bool) -> None:

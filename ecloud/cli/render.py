@@ -82,7 +82,11 @@ def render_status(state: State, console: Console, title: str = "", now: float | 
     for status in TASK_STATUSES:
         n = state.counts[status]
         label = f"[{STATUS_STYLE[status]}]{status}[/]"
-        extra = f" ({data['tasks']['in_backoff']} in retry backoff)" if status == READY and data["tasks"]["in_backoff"] else ""
+        extra = (
+            f" ({data['tasks']['in_backoff']} in retry backoff)"
+            if status == READY and data["tasks"]["in_backoff"]
+            else ""
+        )
         counts.add_row(label, f"{n}{extra}")
     console.print(counts)
     render_workers(state, console, now)
@@ -218,7 +222,8 @@ def summarise(event: Any) -> str:
     """One line saying what an event means."""
     if isinstance(event, ev.TasksSubmitted):
         src = f" from {event.source}" if event.source else ""
-        return f"batch {event.batch_id}: {len(event.tasks)} task(s){src}: {_short([t.id for t in event.tasks])}"
+        return (f"batch {event.batch_id}: {len(event.tasks)} task(s){src}: "
+                f"{_short([t.id for t in event.tasks])}")
     if isinstance(event, ev.TaskDispatched):
         return f"{event.task_id} attempt {event.attempt} -> {event.worker_id}"
     if isinstance(event, ev.TaskStarted):
@@ -230,7 +235,8 @@ def summarise(event: Any) -> str:
             outcome = f"signal {event.signal}"
         else:
             outcome = "no exit code"
-        text = f"{event.task_id} attempt {event.attempt} on {event.worker_id}: {outcome} in {event.duration:.1f}s"
+        text = (f"{event.task_id} attempt {event.attempt} on {event.worker_id}: "
+                f"{outcome} in {event.duration:.1f}s")
         if event.reason:
             text += f" ({event.reason})"
         if event.exit_code != 0 and event.stderr_tail:

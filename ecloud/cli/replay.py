@@ -14,14 +14,14 @@ import click
 import orjson
 from rich.markup import escape
 
-from ecloud.inspect import explain, history
 from ecloud.cli import render
 from ecloud.cli.common import common_options, handle_errors, log_store, out, progress_bar
 from ecloud.errors import UserError
 from ecloud.events.codec import converter
+from ecloud.inspect import explain, history
 from ecloud.inspect.lineage import lineage, lineage_lines
-from ecloud.log.rebuild import load_state, save_snapshot
 from ecloud.inspect.verify import verify
+from ecloud.log.rebuild import load_state, save_snapshot
 
 #: the fields of a task's / worker's record each history row carries after its event
 TASK_COLUMNS = ("attempt", "worker")
@@ -216,7 +216,7 @@ def parse_time(text: str) -> float:
     except ValueError:
         raise UserError(f"--at {text!r}: not a time (try 2026-11-26T14:05:00 or epoch seconds)") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
 
 

@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import signal
 import sys
-import uuid
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 import click
 from attrs import define, field
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -38,7 +39,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.markup import escape
 from rich.table import Table
 
 from ecloud.boss.lease import take
@@ -49,9 +49,9 @@ from ecloud.cli.common import common_options, config_for, err, handle_errors, lo
 from ecloud.effects.providers.local import become_subreaper
 from ecloud.errors import EcloudError, UserError, ValidationError
 from ecloud.events import types as ev
-from ecloud.log.store import open_store
-from ecloud.projections.state import LIVE, SUCCEEDED, State
 from ecloud.log.rebuild import load_state
+from ecloud.log.url import open_store
+from ecloud.projections.state import LIVE, SUCCEEDED, State
 from ecloud.security.setup import BrokerSecurity, broker_security
 
 #: seconds "nothing can move" must hold before the run gives up (exit 3)

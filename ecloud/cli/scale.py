@@ -20,10 +20,10 @@ from ecloud.cli.common import (
 )
 from ecloud.errors import UserError
 from ecloud.events import types as ev
+from ecloud.log.rebuild import fold_range, load_state
 from ecloud.projections import context as ctx
 from ecloud.projections.autoscale import pool
 from ecloud.projections.state import State
-from ecloud.log.rebuild import fold_range, load_state
 from ecloud.taskfiles.submit import append_checked
 
 
@@ -82,7 +82,7 @@ def render_policy(state: State) -> None:
         table.add_column(col)
     for key in ctx.SCALING_KEYS:
         spec = ctx.KEYS[key]
-        value = state.context[key] if key in state.context else f"[dim]{spec.default} (default)[/]"
+        value = state.context.get(key, f"[dim]{spec.default} (default)[/]")
         table.add_row(key, value, spec.description)
     out.print(table)
     max_workers = ctx.get(state, "max_workers")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ecloud.cli.common import common_options, config_for, err, handle_errors
-from ecloud.log.store import open_store
+from ecloud.log.url import open_store
 from ecloud.web import DEFAULT_ADDRESS
 
 

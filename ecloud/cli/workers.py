@@ -27,11 +27,12 @@ from ecloud.cli.common import (
 from ecloud.cli.render import ago
 from ecloud.errors import UserError
 from ecloud.events import types as ev
-from ecloud.projections.state import LIVE, State
-from ecloud.views.vms import vm_rows
-from ecloud.projections.vms import next_vm_names
 from ecloud.log.rebuild import load_state
+from ecloud.projections.state import LIVE, State
+from ecloud.projections.vms import next_vm_names
 from ecloud.taskfiles.submit import append_checked
+from ecloud.views.vms import vm_rows
+
 
 @click.group("workers")
 def workers_group() -> None:

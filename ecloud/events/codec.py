@@ -12,7 +12,8 @@ the body has the current shape, so a log written years ago still replays.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from cattrs.errors import BaseValidationError
@@ -25,8 +26,8 @@ from ecloud.events.types import (
     BossStarted,
     Command,
     InputRejected,
-    WorkerAnnounced,
     TaskFinished,
+    WorkerAnnounced,
     WorkerHeartbeat,
     WorkerLeft,
     WorkerLost,

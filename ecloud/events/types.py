@@ -13,12 +13,12 @@ is the only clock the reducers see.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from attrs import field, frozen
 
 #: A command is a shell string (run by ``/bin/sh -c``) or an argv tuple.
-Command = Union[str, tuple[str, ...]]
+Command = str | tuple[str, ...]
 
 EVENT_TYPES: dict[str, type] = {}
 """Type tag -> event class. Filled by :func:`event`."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from ecloud.projections.scheduler import unschedulable
 from ecloud.projections.state import (
     BLOCKED,
     CANCELLED,
@@ -18,7 +19,6 @@ from ecloud.projections.state import (
     WAITING,
     State,
 )
-from ecloud.projections.scheduler import unschedulable
 
 
 def at_text(ts: float | None, none: str = "?") -> str:
@@ -27,7 +27,7 @@ def at_text(ts: float | None, none: str = "?") -> str:
     if ts is None:
         return none
     try:
-        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     except (OverflowError, ValueError, OSError):
         return f"{ts:.6g} s after 1970 (beyond any calendar)"
 

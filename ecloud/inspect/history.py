@@ -22,8 +22,8 @@ from attrs import evolve, frozen
 from ecloud.errors import UserError
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded
-from ecloud.projections.state import DRAINING, GONE, LIVE, LOST, State
 from ecloud.log.rebuild import Progress, fold_range
+from ecloud.projections.state import DRAINING, GONE, LIVE, LOST, State
 
 #: the part of a record a history watches; None while the subject does not exist
 View = dict[str, Any] | None

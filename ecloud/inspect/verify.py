@@ -21,11 +21,12 @@ from collections.abc import Callable
 
 from attrs import define, field
 
+from ecloud.log.rebuild import Progress, fold_range, load_snapshot_state
 from ecloud.log.store import LogStore
 from ecloud.projections import snapshot as snapshots
 from ecloud.projections.fold import step
+from ecloud.projections.snapshot import canonical
 from ecloud.projections.state import State
-from ecloud.log.rebuild import Progress, fold_range, load_snapshot_state
 
 CHUNK = 10_000
 
@@ -51,7 +52,7 @@ def first_difference(a: dict, b: dict) -> str:
     for key in a:
         if a[key] != b.get(key):
             if isinstance(a[key], list) and isinstance(b.get(key), list):
-                for i, (x, y) in enumerate(zip(a[key], b[key])):
+                for i, (x, y) in enumerate(zip(a[key], b[key], strict=False)):
                     if x != y:
                         name = x.get("spec", {}).get("id") or x.get("worker_id") if isinstance(x, dict) else i
                         return f"{key}[{i}] ({name})"
@@ -99,7 +100,7 @@ def verify(store: LogStore, until: int | None = None, progress: Progress | None 
                 again = snapshots.load(snapshots.dump(again))
         if snap is not None and "snapshot" not in broken:
             if rec.seq == snap_seq:
-                a, b = full.canonical(), snap.canonical()
+                a, b = canonical(full), canonical(snap)
                 if a != b:
                     broken.add("snapshot")
                     report.fail("snapshot", rec.seq,
@@ -117,12 +118,12 @@ def verify(store: LogStore, until: int | None = None, progress: Progress | None 
     if full.seq != end:
         report.fail("full replay", full.seq + 1, f"the log ends at seq {full.seq}, expected {end}")
         return report
-    final = full.canonical()
+    final = canonical(full)
     if "again" not in broken:
-        other = again.canonical()
+        other = canonical(again)
         if other != final:
-            where = _bisect(0, end, lambda m: _chunked_state(store, m).canonical()
-                            != fold_range(store, State(), m).canonical())
+            where = _bisect(0, end, lambda m: canonical(_chunked_state(store, m))
+                            != canonical(fold_range(store, State(), m)))
             report.fail("determinism", where,
                         f"replays disagree from seq {where}: {first_difference(final, other)}")
         else:
@@ -131,14 +132,14 @@ def verify(store: LogStore, until: int | None = None, progress: Progress | None 
     if snap is None:
         report.checks.append(("snapshot", True, "no stored snapshot to check (full replay only)"))
     elif "snapshot" not in broken:
-        other = snap.canonical()
+        other = canonical(snap)
         if other != final:
             base = snap_seq or 0
 
             def differs(m: int) -> bool:
                 restored = load_snapshot_state(store, end)
                 assert restored is not None
-                return fold_range(store, restored, m).canonical() != fold_range(store, State(), m).canonical()
+                return canonical(fold_range(store, restored, m)) != canonical(fold_range(store, State(), m))
 
             where = _bisect(base, end, differs)
             report.fail("snapshot", where,

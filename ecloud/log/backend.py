@@ -14,8 +14,8 @@ from typing import Any
 
 from ecloud.errors import CodecError, StoreError
 from ecloud.events import codec
-from ecloud.log.store import LogStore, Snapshot
 from ecloud.events.types import Recorded
+from ecloud.log.store import LogStore, Snapshot
 
 SCHEMA_VERSION = 1
 """Version of the SQL schema (``meta.schema_version``) this code writes and reads."""

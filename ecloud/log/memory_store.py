@@ -1,4 +1,4 @@
-"""An in-memory :class:`~ecloud.log.store.LogStore`, 
+"""An in-memory :class:`~ecloud.log.store.LogStore`,
 
 :class:`MemoryStore` has the same semantics as the SQL backends - seqs from 1
 with no gaps, all-or-nothing batches, ``expected_head``, snapshots per reducer
@@ -62,7 +62,7 @@ class MemoryStore(backend.RowStore):
         for seq in seqs:
             if seq in self._rows:  # what a primary key would refuse
                 raise StoreError(f"{self.url}: append failed: seq {seq} already exists")
-        for seq, row in zip(seqs, rows):
+        for seq, row in zip(seqs, rows, strict=True):
             self._rows[seq] = tuple(row)  # type: ignore[assignment]
         self._max_seq = max(self._max_seq, seqs[-1])
         self._head = seqs[-1]  # last: a reader in another thread never sees a head without rows

@@ -57,11 +57,11 @@ from ecloud.errors import (
 )
 from ecloud.log import backend
 from ecloud.log.mysql_connect import (
-    describe_error,
-    connection_lost,
+    MySQLParams,
     connect,
     connect_error,
-    MySQLParams,
+    connection_lost,
+    describe_error,
     quote_ident,
 )
 from ecloud.log.mysql_lock import WriterLock
@@ -141,7 +141,7 @@ class MySQLStore(WriterLock, backend.RowStore):
         self.params = params
         self.url = params.display()
         self.page_size = page_size
-        self._timeouts = dict(connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self._timeouts = {"connect_timeout": connect_timeout, "read_timeout": read_timeout}
         self._conn: pymysql.connections.Connection | None = None
         self._writer_lock: str | None = None
         self._on_relock: Callable[[], None] | None = None

@@ -11,8 +11,8 @@ import gc
 from collections.abc import Callable, Iterator
 
 from ecloud.errors import StoreError
-from ecloud.log.store import LogStore, Snapshot
 from ecloud.events.types import Recorded
+from ecloud.log.store import LogStore, Snapshot
 from ecloud.projections import snapshot as snapshots
 from ecloud.projections.fold import REDUCER_VERSION, step
 from ecloud.projections.state import State

@@ -150,15 +150,3 @@ class LogStore(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_store(url: str, *, create: bool = True, read_only: bool = False) -> LogStore:
-    """Open the log named by ``url`` (see the module docstring).
-
-    ``create`` makes the schema (and, for SQLite, the file) if missing; with
-    ``create=False`` a missing log is a :class:`~ecloud.errors.UserError`.
-    Bad URLs raise :class:`~ecloud.errors.UserError` naming the accepted forms.
-    """
-    from ecloud.log.url import open_store_url
-
-    return open_store_url(url, create=create, read_only=read_only)

@@ -18,10 +18,13 @@ in messages or in a store's ``url``.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from ecloud.errors import UserError
-from ecloud.log.store import LogStore
+
+if TYPE_CHECKING:
+    from ecloud.log.store import LogStore
 
 ACCEPTED = (
     "accepted event log URLs: sqlite:///relative/path.db, sqlite:////absolute/path.db,"
@@ -117,3 +120,13 @@ def open_store_url(url: str, create: bool = True, read_only: bool = False) -> Lo
 
         return MemoryStore()
     raise _bad(url, "unknown scheme" if scheme else "not a URL")
+
+
+def open_store(url: str, *, create: bool = True, read_only: bool = False) -> LogStore:
+    """Open the log named by ``url`` (see :mod:`ecloud.log.store`).
+
+    ``create`` makes the schema (and, for SQLite, the file) if missing; with
+    ``create=False`` a missing log is a :class:`~ecloud.errors.UserError`.
+    Bad URLs raise :class:`~ecloud.errors.UserError` naming the accepted forms.
+    """
+    return open_store_url(url, create=create, read_only=read_only)

@@ -257,4 +257,4 @@ def cloud_ceiling(state: State) -> dict | None:
             "next_try": backoff_until(state, Policy.of(state))}
 
 
-__all__ = ["autoscale", "cloud_ceiling", "next_deadline", "backoff_until", "pool", "Policy"]
+__all__ = ["Policy", "autoscale", "backoff_until", "cloud_ceiling", "next_deadline", "pool"]

@@ -17,7 +17,6 @@ from attrs import frozen
 from ecloud.events.types import ContextDropped, ContextSet
 from ecloud.projections.state import LIVE, T_HEARTBEAT, State
 
-
 # ---------------------------------------------------- numbers the state can hold
 
 #: The integers a log or a snapshot can hold: both are JSON written and read

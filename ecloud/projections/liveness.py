@@ -118,4 +118,4 @@ def losses(state: State) -> list[WorkerLost]:
     return decisions
 
 
-__all__ = ["heard", "heard_from", "forget", "extend_deadlines", "mark_overdue", "losses"]
+__all__ = ["extend_deadlines", "forget", "heard", "heard_from", "losses", "mark_overdue"]

@@ -235,3 +235,16 @@ def dump(state: State) -> bytes:
 
 def load(blob: bytes) -> State:
     return state_from_data(orjson.loads(zlib.decompress(blob)))
+
+
+def canonical(state: State) -> dict[str, Any]:
+    """The state's meaning as plain data, independent of index layout: two
+    states are the same iff their canonical forms are equal. (Indexes are
+    derived from the records, so they are left out.) Here, not a method of
+    State: the state's module must not import its own codec (no cycle)."""
+    return state_to_data(state)
+
+
+def clone_state(state: State) -> State:
+    """A deep copy, indexes rebuilt."""
+    return state_from_data(state_to_data(state))

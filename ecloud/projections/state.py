@@ -6,11 +6,11 @@ updates it in place and hands it back, which is what lets a 2-core machine fold
 hundreds of thousands of events a second; nothing else may mutate it. Records
 inside are plain slotted classes; their fields change only in the reducer
 modules (:mod:`.tasks`, :mod:`.workers`, :mod:`.vms`, :mod:`.context`,
-:mod:`.timers`). Use :meth:`State.clone` when a copy is needed.
+:mod:`.timers`). Use :func:`.snapshot.clone_state` when a copy is needed.
 
 Indexes (``ready``, ``delayed``, ``free``, ``timers``, ``children``, ``counts``,
 ``vm_ids``, ``vm_workers``, ``open_vms``) are derived from the records and
-rebuilt on snapshot load; :meth:`canonical`
+rebuilt on snapshot load; :func:`.snapshot.canonical`
 leaves out their internal layout so two states that mean the same compare equal.
 """
 
@@ -306,13 +306,20 @@ class State:
         return worker.status in (IDLE, BUSY) and worker.used < worker.slots + worker.ahead
 
     def track_vm(self, vm: VMRecord) -> None:
-        """Keep ``open_vms`` in step with a VM's status."""
+        """Keep ``open_vms`` in step with a VM's status, in the order of
+        ``vms`` (the order they were first asked for or found): a snapshot
+        rebuilds the index in that order, and the autoscaler and the
+        reconciler decide in index order, so a VM opened again must not go to
+        the end (hypothesis found a restored boss deciding in another order)."""
         # a VM being killed still exists in the cloud: it counts against max_workers
+        name = vm.vm_name
         if vm.status == VM_GONE or (vm.status == VM_FAILED and vm.vm_id is None
                                     and not vm.uncertain):
-            self.open_vms.pop(vm.vm_name, None)
-        else:
-            self.open_vms[vm.vm_name] = None
+            self.open_vms.pop(name, None)
+        elif name not in self.open_vms:
+            self.open_vms[name] = None
+            if next(reversed(self.vms)) != name:  # not the newest VM: opened again (rare)
+                self.open_vms = {n: None for n in self.vms if n in self.open_vms}
 
     def vm_with_id(self, vm_id: int | None) -> VMRecord | None:
         name = self.vm_ids.get(vm_id) if vm_id is not None else None  # type: ignore[arg-type]
@@ -364,15 +371,3 @@ class State:
         """All tasks in submission order."""
         return sorted(self.tasks.values(), key=lambda t: (t.batch_seq, t.index))
 
-    def canonical(self) -> dict[str, Any]:
-        """The state's meaning as plain data, independent of index layout: two
-        states are the same iff their canonical forms are equal. (Indexes are
-        derived from the records, so they are left out.)"""
-        from ecloud.projections.snapshot import state_to_data
-
-        return state_to_data(self)
-
-    def clone(self) -> State:
-        from ecloud.projections.snapshot import state_from_data, state_to_data
-
-        return state_from_data(state_to_data(self))

@@ -43,8 +43,8 @@ from ecloud.events.types import (
 )
 from ecloud.projections import context
 from ecloud.projections.context import bounded_time, number_text, storable
-from ecloud.projections.liveness import heard_from
 from ecloud.projections.effects import Ack, CancelAttempt, Dispatch
+from ecloud.projections.liveness import heard_from
 from ecloud.projections.state import (
     ACTIVE,
     BLOCKED,
@@ -562,17 +562,17 @@ def on_timeout(state: State, task_id: str, attempt: int, seq: int, out: list) ->
 
 
 __all__ = [
-    "on_submitted",
-    "on_dispatched",
-    "on_started",
-    "on_finished",
+    "cancel_problem",
+    "dispatch_problem",
     "on_cancelled",
+    "on_dispatched",
+    "on_finished",
     "on_retry_requested",
+    "on_started",
+    "on_submitted",
     "on_timeout",
     "release_slot",
     "requeue",
-    "submission_problem",
-    "dispatch_problem",
-    "cancel_problem",
     "retry_problem",
+    "submission_problem",
 ]

@@ -39,10 +39,10 @@ from ecloud.projections.effects import Ack, CancelAttempt, RefuseWorker
 from ecloud.projections.state import (
     ACTIVE,
     BUSY,
+    CURRENT_RULES,
     DRAINING,
     GONE,
     IDLE,
-    CURRENT_RULES,
     LIVE,
     LOST,
     READY,

@@ -38,7 +38,6 @@ from attrs import frozen
 from ecloud.effects.messaging.broker import MOSQUITTO_TUNING, mosquitto_logging
 from ecloud.errors import UserError
 from ecloud.security.accounts import hash_password, read_passwd, write_passwd
-
 from ecloud.wire import BOSS_USER, HOOK_USER
 from onehook.hook import hook_topic
 

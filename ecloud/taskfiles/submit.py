@@ -16,11 +16,11 @@ from attrs import frozen
 
 from ecloud import limits
 from ecloud.errors import ConcurrencyError, UserError, ValidationError
-from ecloud.log.store import LogStore
 from ecloud.events.types import TaskCancelled, TaskSpec, TasksReplaced, TasksSubmitted
+from ecloud.log.rebuild import fold_range, load_state
+from ecloud.log.store import LogStore
 from ecloud.projections.state import FINAL, State
 from ecloud.projections.tasks import dependency_order
-from ecloud.log.rebuild import fold_range, load_state
 
 #: Tasks per ``tasks.submitted`` event. A large file becomes several events in
 #: one transaction: each row stays well under MariaDB's packet limit.

@@ -91,11 +91,11 @@ def _fast_path(i: int, raw: dict, graph: Graph) -> TaskSpec | None:
     command = get("command")
     deps = get("depends_on", _NO_DEPS)
     if (type(tid) is str and len(tid) <= limits.ID_LENGTH
-            and (tid.isalnum() and tid.isascii() or _ID_FULLMATCH(tid))
+            and ((tid.isalnum() and tid.isascii()) or _ID_FULLMATCH(tid))
             and type(command) is str and command and not command.isspace()
             and len(command) <= _SURELY_SHORT and "\0" not in command
             and type(deps) is list and len(deps) <= limits.LIST_ENTRIES
-            and (len(deps) == 1 and type(deps[0]) is str or all(type(d) is str for d in deps))):
+            and ((len(deps) == 1 and type(deps[0]) is str) or all(type(d) is str for d in deps))):
         deps = tuple(deps)
         graph.add(i, tid, deps)
         return TaskSpec(tid, command, deps, (), (), 0, 10.0, None, 0, {}, 1)

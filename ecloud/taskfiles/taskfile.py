@@ -49,7 +49,7 @@ from ecloud.strictjson import loads as strict_loads
 from ecloud.taskfiles.taskfields import TASK_KEYS, kind, parse_task, unknown_key
 from ecloud.taskfiles.taskgraph import MAX_ID_LENGTH, Graph, Known, locate, never_known, quote
 
-__all__ = ["parse_task_file", "parse_tasks", "validate_against", "MAX_ID_LENGTH", "TASK_KEYS"]
+__all__ = ["MAX_ID_LENGTH", "TASK_KEYS", "parse_task_file", "parse_tasks", "validate_against"]
 
 
 def parse_task_file(path: str | Path, *, known: Known = never_known,

@@ -33,7 +33,7 @@ _GLOB_CHARS = frozenset("*?[")
 class Graph:
     """What the cross-task checks need, by position in the file."""
 
-    __slots__ = ("ids", "deps", "outputs", "froms", "index", "duplicates", "back", "pending")
+    __slots__ = ("back", "deps", "duplicates", "froms", "ids", "index", "outputs", "pending")
 
     def __init__(self, n: int) -> None:
         self.ids: list[str | None] = [None] * n
@@ -72,7 +72,9 @@ class Graph:
 
         for i in self.duplicates:
             tid = ids[i]
-            problems.append((i, f'{where(i)}: duplicate id {quote(tid)}, first defined at tasks[{index[tid]}]'))
+            problems.append(
+                (i, f'{where(i)}: duplicate id {quote(tid)}, first defined at tasks[{index[tid]}]')
+            )
         if known is not never_known and not redefine:
             for tid, i in index.items():
                 if known(tid):
@@ -92,7 +94,8 @@ class Graph:
                 prev = seen.setdefault(d, k)
                 if prev != k:
                     problems.append(
-                        (i, f'{where(i)}: depends_on[{k}]: {quote(d)} is listed twice (also depends_on[{prev}])')
+                        (i, f'{where(i)}: depends_on[{k}]: {quote(d)} is listed twice '
+                            f'(also depends_on[{prev}])')
                     )
                     continue
                 j = lookup(d)

@@ -26,10 +26,11 @@ from typing import Any
 
 from ecloud.errors import EcloudError
 from ecloud.events import types as ev
-from ecloud.log.store import LogStore, open_store
+from ecloud.log.rebuild import collector_paused, load_state
+from ecloud.log.store import LogStore
+from ecloud.log.url import open_store
 from ecloud.projections.fold import step
 from ecloud.projections.state import State
-from ecloud.log.rebuild import collector_paused, load_state
 from ecloud.views import dag, summary
 from ecloud.views.metrics import Meters, families
 

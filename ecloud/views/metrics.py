@@ -74,7 +74,7 @@ class Histogram:
 
     def cumulative(self) -> list[tuple[str, int]]:
         out, running = [], 0
-        for bound, n in zip([*map(str, self.bounds), "+Inf"], self.counts):
+        for bound, n in zip([*map(str, self.bounds), "+Inf"], self.counts, strict=True):
             running += n
             out.append((bound, running))
         return out

@@ -18,7 +18,6 @@ from ecloud.events import types as ev
 from ecloud.events.types import Recorded
 from ecloud.projections.autoscale import cloud_ceiling
 from ecloud.projections.scheduler import unschedulable
-from ecloud.views.vms import vm_rows
 from ecloud.projections.state import (
     BLOCKED,
     CANCELLED,
@@ -36,6 +35,7 @@ from ecloud.projections.state import (
     WAITING,
     State,
 )
+from ecloud.views.vms import vm_rows
 
 #: states a task stays in (it will not run again unless an operator says so)
 DONE = (SUCCEEDED, FAILED, CANCELLED, BLOCKED)

@@ -97,15 +97,13 @@ def story(records: Iterable[Recorded], vm: VMRecord) -> list[dict[str, Any]]:
 
 def vm_why(state: State, vm: VMRecord, rows: list[dict[str, Any]]) -> list[str]:
     """Lines for people: the verdict at ``state.seq``, then the story."""
-    from ecloud.inspect.explain import at_text
-
     worker = next((w for w in state.workers.values()
                    if vm.vm_id is not None and w.vm_id == vm.vm_id), None)
     ident = f" (id {vm.vm_id})" if vm.vm_id is not None else ""
     lines = [f"VM {vm.vm_name}{ident} is {vm.status} at seq {state.seq}: {verdict(vm, worker)}"]
     if vm.callback_at is not None:
         lines.append(f"  the hook last told {_code(vm.callback_state, vm.callback_lcm)} "
-                     f"(its clock {at_text(vm.callback_at)})")
+                     f"(its clock {precise_when(vm.callback_at)} UTC)")
     for row in rows:
         lines.append(f"  seq {row['seq']:>6}  {precise_when(row['ts'])} UTC  {row['who']:<10}  {row['what']}")
     return lines

@@ -25,8 +25,8 @@ from pathlib import Path
 import orjson
 
 from ecloud.events.types import Recorded
-from tests.support.e2e import ROOT, Cluster
 from tests.logs.record import record_run
+from tests.support.e2e import ROOT, Cluster
 
 
 class ChaosCluster(Cluster):

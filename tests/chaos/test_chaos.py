@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.brokers import wait_for
 from tests.chaos.harness import ChaosCluster, check_each_task_ran_once, final_checks
+from tests.support.brokers import wait_for
 from tests.support.e2e import random_dag
 
 pytestmark = pytest.mark.mysql

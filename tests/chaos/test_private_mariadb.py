@@ -7,8 +7,8 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from ecloud.log.store import open_store
 from ecloud.events.types import TaskCancelled, WorkerHeartbeat
+from ecloud.log.url import open_store
 from tests.chaos.private_mariadb import PrivateMariaDB
 
 TS = 1_700_000_000.25

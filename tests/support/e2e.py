@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ecloud.effects.messaging.mqtt import MqttAuth
-from ecloud.log.store import open_store
 from ecloud.events.types import Recorded
-from ecloud.projections.state import State
 from ecloud.log.rebuild import load_state
+from ecloud.log.url import open_store
+from ecloud.projections.state import State
 from tests.support.brokers import wait_for
 from tests.support.worker_helpers import TAG, reap
 

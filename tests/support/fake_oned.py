@@ -676,11 +676,11 @@ class FakeOned:
         # state: -2 any, -1 any but DONE, >= 0 that STATE
         chosen = []
         for vm_id, vm in sorted(self._vms.items()):
-            if who in (-3, -1) and vm.uid != self.uid or who >= 0 and vm.uid != who:
+            if (who in (-3, -1) and vm.uid != self.uid) or (who >= 0 and vm.uid != who):
                 continue
-            if start >= 0 and vm_id < start or end >= 0 and vm_id > end:
+            if (start >= 0 and vm_id < start) or (end >= 0 and vm_id > end):
                 continue
-            if state == -1 and vm.phase == "DONE" or state >= 0 and vm.state != state:
+            if (state == -1 and vm.phase == "DONE") or (state >= 0 and vm.state != state):
                 continue
             chosen.append(vm)
         return [True, pool_xml(chosen, {self.uid: self.uname}), 0]
@@ -827,7 +827,7 @@ def _check_types(args: tuple, required: tuple, optional: tuple) -> str:
         return f"Not enough parameters: {len(args) + 1} given, {len(required) + 1} required"
     if len(args) > len(required) + len(optional):
         return f"Too many parameters: {len(args) + 1} given"
-    for index, (value, expected) in enumerate(zip(args, required + optional), 1):
+    for index, (value, expected) in enumerate(zip(args, required + optional, strict=False), 1):
         if type(value) is not expected:
             got = _TYPE_NAMES.get(type(value), type(value).__name__)
             return f"Type mismatch: parameter {index} must be {_TYPE_NAMES[expected]}, got {got}"

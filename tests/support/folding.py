@@ -11,9 +11,9 @@ from ecloud.events import types as ev
 from ecloud.events.types import InputSpec, Recorded, TaskSpec
 from ecloud.projections import context
 from ecloud.projections.autoscale import autoscale
-from ecloud.projections.reconcile import reconcile
 from ecloud.projections.fold import FOLD_SOURCE, step
 from ecloud.projections.liveness import losses
+from ecloud.projections.reconcile import reconcile
 from ecloud.projections.scheduler import schedule
 from ecloud.projections.state import (
     ACTIVE,

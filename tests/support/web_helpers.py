@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ecloud.errors import EcloudError
-from ecloud.log.store import open_store
+from ecloud.log.url import open_store
 from tests.support.brokers import wait_for
 from tests.support.e2e import ROOT, write_tasks
 

@@ -342,29 +342,41 @@ for tool in rsync sha256sum; do
 done"""
 # $1 parent, $2 temporary name, $3 "dir" or "file": a temporary of the wrong type is dropped;
 # $4 the root, $5 the id its marker must hold ("": not checked): the root is never created
-_PREPARE = r"""if [ -n "$5" ]; then
+_PREPARE = (
+    r"""if [ -n "$5" ]; then
   if [ ! -d "$4" ]; then echo "ecloud-gone: does not exist" >&2; exit 3; fi
-  found=$(cat -- "$4/.ecloud-datastore" 2>/dev/null) || { echo "ecloud-gone: has no .ecloud-datastore marker" >&2; exit 3; }
-  [ "$found" = "$5" ] || { echo "ecloud-gone: is another datastore (its .ecloud-datastore does not hold $5)" >&2; exit 3; }
+  found=$(cat -- "$4/.ecloud-datastore" 2>/dev/null)"""
+    r""" || { echo "ecloud-gone: has no .ecloud-datastore marker" >&2; exit 3; }
+  [ "$found" = "$5" ]"""
+    r""" || { echo "ecloud-gone: is another datastore (its .ecloud-datastore does not hold $5)" >&2; exit 3; }
   case "$1/" in "$4"/*) ;; *) echo "$1 is not under $4" >&2; exit 3;; esac
 fi
 mkdir -p -- "$1" || exit 3
 if [ "$3" = dir ] && [ -e "$2" ] && [ ! -d "$2" ]; then rm -f -- "$2"; fi
 if [ "$3" = file ] && [ -d "$2" ]; then rm -rf -- "$2"; fi"""
+)
 # $1 the root: print the id in its marker, made now if there is none (the root is never created)
-_MARK = r"""root=$1; m=$1/.ecloud-datastore
+_MARK = (
+    r"""root=$1; m=$1/.ecloud-datastore
 if [ ! -d "$root" ]; then echo "no such directory: $root" >&2; exit 3; fi
 if [ ! -e "$m" ]; then
   tmp=$root/.ecloud-datastore.$$
   head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp" && echo >> "$tmp" \
-    && { ln -- "$tmp" "$m" 2>/dev/null; rm -f -- "$tmp"; } || { rm -f -- "$tmp"; echo "cannot write $m" >&2; exit 3; }
+    && { ln -- "$tmp" "$m" 2>/dev/null; rm -f -- "$tmp"; }"""
+    r""" || { rm -f -- "$tmp"; echo "cannot write $m" >&2; exit 3; }
 fi
 cat -- "$m"
 """
+)
 # $1 the root, $2 the id: fail with the reason unless the marker holds it
-_IDENTIFY = r"""if [ ! -d "$1" ]; then echo "ecloud-gone: does not exist" >&2; exit 3; fi
-found=$(cat -- "$1/.ecloud-datastore" 2>/dev/null) || { echo "ecloud-gone: has no .ecloud-datastore marker" >&2; exit 3; }
-[ "$found" = "$2" ] || { echo "ecloud-gone: is another datastore (its .ecloud-datastore does not hold $2)" >&2; exit 3; }"""
+_IDENTIFY = (
+    r"""if [ ! -d "$1" ]; then echo "ecloud-gone: does not exist" >&2; exit 3; fi
+found=$(cat -- "$1/.ecloud-datastore" 2>/dev/null)"""
+    r""" || { echo "ecloud-gone: has no .ecloud-datastore marker" >&2; exit 3; }
+[ "$found" = "$2" ]"""
+    r""" || { echo "ecloud-gone: is another datastore (its .ecloud-datastore does not hold $2)" >&2;"""
+    r""" exit 3; }"""
+)
 _HASH = r"""if [ -d "$1" ]; then cd -- "$1" && find -L . -type f -print0 | xargs -0r sha256sum --
 else sha256sum -- "$1"; fi"""
 _COMMIT = r"""tmp=$1; final=$2; old=$3

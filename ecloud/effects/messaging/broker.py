@@ -222,7 +222,8 @@ class Broker:
     """A broker child process. ``url``/``port`` stay the same across
     :meth:`restart` and :meth:`start` after :meth:`stop` or :meth:`kill`."""
 
-    def __init__(self, kind: Kind, port: int | None = None, data_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, kind: Kind, port: int | None = None,
+                 data_dir: str | os.PathLike | None = None) -> None:
         self.kind: Kind = kind
         self._pick_port = port is None
         self.port: int = port if port is not None else free_port()

@@ -125,9 +125,9 @@ class EmbeddedBroker:
 def open_embedded(folder: Path, log_id: str, *, idle_exit: float = IDLE_EXIT) -> EmbeddedBroker:
     """The run's broker: a live keeper of this log's, wherever it is (a run
     before this one was killed), else a new keeper's in ``folder``.
-    :class:`~ecloud.boss.lease.LogHeldError` if ``folder`` is the live
+    :class:`~ecloud.errors.LogHeldError` if ``folder`` is the live
     keeper's of another log."""
-    from ecloud.boss.lease import LogHeldError
+    from ecloud.errors import LogHeldError
 
     folder = folder.resolve()
     for pid, where in keepers_of(log_id):

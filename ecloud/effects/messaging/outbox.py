@@ -175,7 +175,8 @@ class Outbox:
         self._walked = now
         for key, (worker_id, sent, msg) in list(self._dispatches.items()):
             task = state.tasks.get(key[0])
-            if task is None or task.status != DISPATCHED or task.attempt != key[1] or task.worker != worker_id:
+            if (task is None or task.status != DISPATCHED or task.attempt != key[1]
+                    or task.worker != worker_id):
                 del self._dispatches[key]
             elif now - sent >= self.resend_after:
                 self._draft(worker_id, _incarnation(state, worker_id)).dispatch.append(msg)

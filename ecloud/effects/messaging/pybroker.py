@@ -248,7 +248,8 @@ async def serve(host: str, port: int, data_dir: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ecloud.effects.messaging.pybroker", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ecloud.effects.messaging.pybroker",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--data-dir", type=Path, default=None,

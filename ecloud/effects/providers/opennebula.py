@@ -12,8 +12,9 @@ raises for a failure of the cloud:
   ``authentication``, ``authorization``, ``quota``, ``allocation`` (oned's
   0x4000, e.g. no IP lease left), ``not_found``, ``wrong_state``,
   ``connection`` (refused, timed out, no answer within the deadline, an HTTP
-  error), ``invalid`` (a VM name ecloud must not use) or ``error``. After a ``connection`` failure of instantiate the VM may exist
-  all the same: it then shows up as an orphan (below).
+  error), ``invalid`` (a VM name ecloud must not use) or ``error``. After a
+  ``connection`` failure of instantiate the VM may exist all the same: it
+  then shows up as an orphan (below).
 - ``kill`` sends ``terminate-hard`` (works in any state). A VM that is DONE
   by then, or that oned does not know, is reported DONE
   (``vm.state_observed``); one still tearing down is left to ``observe``. A
