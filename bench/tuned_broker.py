@@ -4,7 +4,7 @@
         ...
 
 What differs from :mod:`ecloud.effects.messaging.broker` (the broker for tests and
-``ecloud run``), and why (``/work/shared/SERVICES.md`` has the measurements):
+``ecloud run``), and why (``docs/services.md`` has the measurements):
 
 - the file-descriptor limit of the broker process is raised before it execs
   (``RLIMIT_NOFILE`` to ``max_fds``, 65,536 by default; as root the hard

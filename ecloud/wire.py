@@ -1,7 +1,7 @@
 """The boss <-> worker protocol over MQTT: topics and message shapes.
 
 Topics carry the cluster and the worker id, so a broker ACL can confine each
-worker to its own (DESIGN.md section 5)::
+worker to its own (docs/design.md, "MQTT")::
 
     ecloud/<cluster>/from/<worker id>   worker -> boss   (reports; the will)
     ecloud/<cluster>/to/<worker id>     boss -> worker   (dispatches, cancels, acks;

@@ -1,7 +1,7 @@
 """The OpenNebula provider, and the fake oned it is tested against.
 
 Everything goes through the unmodified pyone client over HTTP to
-:mod:`tests.support.fake_oned`, which speaks oned's XML-RPC (OPENNEBULA.md). The last
+:mod:`tests.support.fake_oned`, which speaks oned's XML-RPC (docs/opennebula.md). The last
 test boots a "VM" whose guest is a real ``ecloud-worker`` joining a real MQTT
 broker. No test sleeps: every expectation is waited for with a deadline.
 """

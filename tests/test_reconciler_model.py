@@ -54,7 +54,7 @@ class ModelVM:
 
 
 class Oned:
-    """OpenNebula as the boss meets it (OPENNEBULA.md)."""
+    """OpenNebula as the boss meets it (docs/opennebula.md)."""
 
     def __init__(self) -> None:
         self.vms: dict[int, ModelVM] = {}

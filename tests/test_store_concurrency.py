@@ -1,4 +1,4 @@
-"""The ordering hazard (DESIGN.md section 2), tested with real processes.
+"""The ordering hazard (docs/design.md, "The log"), tested with real processes.
 
 Four appender processes (tests/support/appender.py) hammer one log with batches of
 1-20 heartbeats while this process follows it with ``store.follow()`` from

@@ -34,7 +34,7 @@ Measured here (5,000 tasks, 2 processes, counter completion, quiet
 machine, tasks/s): RabbitMQ + threads 930-1,140 with ``subprocess`` work,
 1,890-2,320 with ``noop``; Redis + prefork 800-870 and 1,390-1,450. With a
 result backend: ~910 (``rpc://``) and ~610 (Redis) with ``subprocess``
-work. The figures in ``shared/SERVICES.md`` (890 and 400 for no-op tasks)
+work. The figures in ``docs/services.md`` (890 and 400 for no-op tasks)
 are lower than either, so they were most likely taken with results fetched
 one by one; compare within one run of the harness, not with that table.
 
@@ -46,7 +46,7 @@ on the same 2 cores as the worker and the broker, as ecloud's boss does.
 
 The pool (``pool``): ``"threads"`` with ``--concurrency processes`` over
 RabbitMQ (fastest there: ~890 vs ~750 tasks/s for prefork in
-``shared/SERVICES.md``, and 1,100 vs 950 with ``subprocess`` work here);
+``docs/services.md``, and 1,100 vs 950 with ``subprocess`` work here);
 ``"prefork"`` with ``--concurrency processes`` over Redis (910-940 vs
 770-860 tasks/s for threads with ``subprocess`` work here, see
 :data:`DEFAULT_POOL`); or ``pool="auto"``, which runs a short trial of both

@@ -1,4 +1,4 @@
-"""The boss: the loop of DESIGN.md section 1.
+"""The boss: the loop of docs/architecture.md.
 
 ::
 
@@ -37,17 +37,16 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ecloud import wire
 from ecloud.boss.callbacks import callback_events, hook_topic
+from ecloud.boss.cloud import CloudSide
 from ecloud.boss.edge import to_events
 from ecloud.boss.lease import Lease, lease_for
 from ecloud.boss.recent_reports import committed_reports
@@ -61,7 +60,6 @@ from ecloud.log.store import LogStore
 from ecloud.log.url import open_store
 from ecloud.projections import context
 from ecloud.projections.autoscale import autoscale
-from ecloud.projections.effects import KillVM, ObserveCloud, SpawnVM
 from ecloud.projections.fold import step
 from ecloud.projections.liveness import losses
 from ecloud.projections.outstanding import outstanding
@@ -74,9 +72,6 @@ from ecloud.security.accounts import BrokerAccounts
 log = logging.getLogger("ecloud.boss")
 
 MAX_BATCH = 5000  # inbox items per transaction
-#: the least time between two looks at the pool that callbacks asked for: a flood of
-#: callbacks (thousands a second, for VMs of anybody's) costs oned two calls a second
-LOOK_GAP = 0.5
 ROSTER_EVERY = 0.25  # seconds: the view's workers and VMs are at most this old
 BEAT_EVERY = 5.0  # seconds between the boss's beats to the workers
 #: a turn that comes this long after the previous one (at least; a fifth of
@@ -179,17 +174,12 @@ class Boss:
         self.fenced = False
         self._lease: Lease | None = None
         self._lease_checked = 0.0
-        #: when the pool was last looked at: never, so the first turn looks (whatever
-        #: one_poll and the machine's uptime - time.monotonic() counts from boot)
-        self._last_observe = -math.inf
         #: the hook's time of the last callback accepted per VM name, not yet folded
         #: (a duplicate in the same batch is refused too)
         self._heard_callbacks: dict[str, float] = {}
-        #: a callback asked for a look at the pool (``ObserveCloud``) not yet taken
-        self._look_now = False
-        self._looking: Any = None  # the look at the pool under way (a Future)
         self._hook_topic = hook_topic(cluster)
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="provider")
+        #: provider calls and looks at the cloud's pool (boss/cloud.py)
+        self.cloud = CloudSide(provider, self.inbox, observe_every)
         self.conn: Connection | None = None
         self.outbox: Outbox | None = None
         self.error: BaseException | None = None
@@ -376,7 +366,7 @@ class Boss:
         assert self.outbox is not None
         self.outbox.resend_due(self.state)
         self.outbox.flush()
-        self._observe()
+        self.cloud.look(self.state)
         self._maybe_snapshot()
 
     def _note_stall(self) -> None:
@@ -530,55 +520,7 @@ class Boss:
     def _perform(self, effects: list) -> None:
         assert self.outbox is not None
         self.outbox.perform(effects, self.state)
-        for effect in effects:
-            if type(effect) is SpawnVM:
-                self._provider_call(self.provider.spawn if self.provider else None, effect)
-            elif type(effect) is KillVM:
-                self._provider_call(self.provider.kill if self.provider else None, effect)
-            elif type(effect) is ObserveCloud:
-                self._look_now = True  # taken at the end of this turn (_observe)
-
-    def _provider_call(self, fn: Callable | None, effect: Any) -> None:
-        if fn is None:
-            log.warning("no provider for %s", effect)
-            return
-        future = self._pool.submit(fn, effect)
-        future.add_done_callback(self._provider_done)
-
-    def _provider_done(self, future) -> None:
-        if future.cancelled():  # the boss is shutting down
-            return
-        try:
-            events = future.result()
-        except Exception as exc:  # noqa: BLE001 - a provider bug must not stop the boss
-            log.exception("provider call failed")
-            events = [ev.InputRejected("provider", f"provider error: {exc}")]
-        if events:
-            self.inbox.put(("events", list(events)))
-
-    def _observe(self) -> None:
-        """A look at the cloud's pool every ``observe_every`` seconds, and at
-        once when a callback asked for one. One look at a time: a look asked
-        for while one is under way (whose answer may predate the change the
-        callback told of) is taken when that one is done."""
-        if self.provider is None:
-            return
-        now = time.monotonic()
-        since = now - self._last_observe
-        if not ((self._look_now and since >= LOOK_GAP) or since >= self.observe_every):
-            return
-        if self._looking is not None and not self._looking.done():
-            return
-        self._last_observe = now
-        self._look_now = False
-        # always, and every VM the cloud may still hold - failed and dying
-        # ones too: only the pool says what exists (a reconciler's view)
-        alive = [(vm.vm_name, vm.vm_id) for vm in self.state.vms.values()
-                 if vm.vm_id is not None and vm.status != "gone"]
-        unallocated = [vm.vm_name for vm in self.state.vms.values()
-                       if vm.vm_id is None and vm.status != "gone"]
-        self._looking = self._pool.submit(self.provider.observe, alive, unallocated)
-        self._looking.add_done_callback(self._provider_done)
+        self.cloud.perform(effects)
 
     # ------------------------------------------------------------- upkeep
 
@@ -623,7 +565,7 @@ class Boss:
                                      if vm.failed_at is not None] if blocked else []}
 
     def _close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.cloud.close()
         if self.store is not None and self.outbox is not None and not self.fenced:
             # outcomes that arrived while shutting down are still worth logging,
             # and the reports among them acked (else every one comes back as

@@ -1,0 +1,1 @@
+"""Every command: ecloud, ecloud-boss, ecloud-replay; their output and exit statuses."""

@@ -1,0 +1,1 @@
+"""All of ecloud's I/O but the log's: messaging (MQTT), providers (where VMs come from), data (the movers)."""

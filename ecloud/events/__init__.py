@@ -1,0 +1,1 @@
+"""The event types and their codec: pure, nothing here opens a file or a socket."""

@@ -186,7 +186,3 @@ def describe(exc: BaseException) -> str:
             pass
     return str(exc) or type(exc).__name__
 
-
-def to_json(obj: Any) -> bytes:
-    """Unstructure any attrs object (effects, state records) to JSON bytes."""
-    return orjson.dumps(converter.unstructure(obj))

@@ -459,7 +459,3 @@ class InputRejected(Event):
     sender: str = ""
     msg_id: str = ""
 
-
-def all_event_types() -> list[type]:
-    """Every registered event class, in tag order."""
-    return [EVENT_TYPES[tag] for tag in sorted(EVENT_TYPES)]

@@ -8,7 +8,7 @@ index columns. Snapshots are zlib-compressed and split into chunks of at most
 4 MiB (less if the server's ``max_allowed_packet`` is below 16 MiB), written
 in one transaction with their header row.
 
-**Ordering** (DESIGN.md section 2). Every append is one transaction::
+**Ordering** (docs/design.md, "The log"). Every append is one transaction::
 
     SELECT last_seq FROM head WHERE id = 1 FOR UPDATE   -- opens the transaction
                                                          -- and takes the append lock

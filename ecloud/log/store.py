@@ -12,7 +12,7 @@ and a URL::
 **Ordering.** Every backend assigns seqs under a lock taken inside the append
 transaction, so commit order equals seq order: a follower reading
 ``seq > last`` can never see seq N+1 while N is still uncommitted (the hazard
-of DESIGN.md section 2).
+of docs/design.md, "The log").
 
 **Optimistic concurrency.** ``append(..., expected_head=N)`` appends only if
 the log still ends at N, else raises :class:`ConcurrencyError`. ``ecloud

@@ -2,7 +2,7 @@
 
 Reducers return these; handlers in :mod:`ecloud.effects` perform them and turn
 the outcomes into new events. Every effect names the seq of the event that
-caused it (``cause``) and has an idempotency ``key`` (DESIGN.md section 4):
+caused it (``cause``) and has an idempotency ``key`` (docs/design.md, "Effects and idempotency"):
 performing an effect twice with the same key must do no more than once.
 """
 
@@ -126,18 +126,4 @@ class KillVM:
         return f"kill/{self.vm_id}"
 
 
-@frozen
-class CopyData:
-    """Copy ``src`` to ``dst`` (temp name, then rename), verifying ``sha256``."""
-
-    cause: int
-    src: str
-    dst: str
-    sha256: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"copy/{self.dst}/{self.sha256 or ''}"
-
-
-Effect = Dispatch | CancelAttempt | Ack | RefuseWorker | SpawnVM | KillVM | CopyData
+Effect = Dispatch | CancelAttempt | Ack | RefuseWorker | SpawnVM | KillVM | ObserveCloud

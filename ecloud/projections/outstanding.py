@@ -1,6 +1,6 @@
 """Effects a restarted boss must issue again, read off the state.
 
-Every effect is idempotent by its key (DESIGN.md section 4), so issuing one
+Every effect is idempotent by its key (docs/design.md, "Effects and idempotency"), so issuing one
 that had in fact been performed before the crash does no harm; issuing none
 for one that had not would lose it. The state says which are still open:
 

@@ -75,7 +75,6 @@ CURRENT_RULES = 3
 # Timer kinds in ``State.timers``.
 T_HEARTBEAT = "heartbeat"
 T_TIMEOUT = "timeout"
-T_BACKOFF = "backoff"
 
 
 @define(slots=True)

@@ -51,15 +51,15 @@ from ecloud.projections.state import (
 from ecloud.projections.workers import drain_vm, let_go, link_vm
 
 #: OpenNebula VM states after which nothing runs on the VM: DONE, POWEROFF,
-#: UNDEPLOYED (OPENNEBULA.md) - under rules 1 and 2 all three were "gone";
+#: UNDEPLOYED (docs/opennebula.md) - under rules 1 and 2 all three were "gone";
 #: the local provider reports DONE for an exited worker.
 DONE = 6
 GONE_STATES = frozenset({DONE, 8, 9})
 #: (rules 3) STATE codes of a VM that holds quota and runs nothing: it has
-#: failed, and is terminated (OPENNEBULA.md, "What a reconciler must expect")
+#: failed, and is terminated (docs/opennebula.md, "States")
 UNUSABLE_STATES = {2: "HOLD", 4: "STOPPED", 5: "SUSPENDED", 8: "POWEROFF", 9: "UNDEPLOYED",
                    11: "CLONING_FAILURE"}
-#: LCM states of a failed VM (BOOT_FAILURE, PROLOG_FAILURE, ...: OPENNEBULA.md)
+#: LCM states of a failed VM (BOOT_FAILURE, PROLOG_FAILURE, ...: docs/opennebula.md)
 FAILURE_LCM_STATES = frozenset({*range(36, 51), 61})
 #: ``vm.failed`` kinds that mean the cloud will not give us a VM now (asking
 #: again at once is no use): the next request waits (``spawn_backoff``).

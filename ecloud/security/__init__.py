@@ -1,0 +1,1 @@
+"""Certificates, the secured broker's configuration and the worker accounts."""

@@ -14,7 +14,7 @@ Writes, into one folder (beside the certificates of ``ecloud certs init``)::
     worker-secret      the key worker passwords are derived from (mode 0600)
     ecloud.toml        the boss's settings for all of the above
 
-The ACL (DESIGN.md section 5): the boss reads and writes the whole cluster
+The ACL (docs/design.md, "MQTT"): the boss reads and writes the whole cluster
 tree; any other user - a worker, whose username is its worker id - may
 publish only on ``ecloud/<cluster>/from/<its name>`` and read only
 ``ecloud/<cluster>/to/<its name>``. So no worker can speak for another nor

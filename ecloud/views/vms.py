@@ -9,7 +9,7 @@ from typing import Any
 
 from ecloud.projections.state import LIVE, State
 
-#: OpenNebula's STATE and (when ACTIVE) LCM_STATE codes, for people (OPENNEBULA.md)
+#: OpenNebula's STATE and (when ACTIVE) LCM_STATE codes, for people (docs/opennebula.md)
 STATES = {0: "INIT", 1: "PENDING", 2: "HOLD", 3: "ACTIVE", 4: "STOPPED", 5: "SUSPENDED",
           6: "DONE", 8: "POWEROFF", 9: "UNDEPLOYED", 10: "CLONING", 11: "CLONING_FAILURE"}
 LCM_STATES = {0: "LCM_INIT", 1: "PROLOG", 2: "BOOT", 3: "RUNNING", 11: "EPILOG", 12: "SHUTDOWN",

@@ -2,7 +2,7 @@
 bosses that can be started side by side, and the checks each scenario ends
 with.
 
-The checks are about the promises of DESIGN.md, read from the real log and
+The checks are about the promises of docs/design.md, read from the real log and
 the workers' own journals (``worker/journal.py``), never from the boss's
 opinion of itself:
 

@@ -1,7 +1,7 @@
 """A fake OpenNebula ``oned`` speaking the real XML-RPC wire protocol.
 
 OpenNebula cannot be installed here, so the tests run the *unmodified* pyone
-client against this server (see /work/shared/OPENNEBULA.md for the facts it
+client against this server (see docs/opennebula.md for the facts it
 follows). It serves what ecloud calls - ``one.template.instantiate``,
 ``one.vm.action``, ``one.vm.info``, ``one.vmpool.info`` - the way oned does:
 
@@ -90,7 +90,7 @@ from attrs import frozen
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# oned's error codes (OPENNEBULA.md)
+# oned's error codes (docs/opennebula.md)
 AUTHENTICATION, AUTHORIZATION, NO_EXISTS, ACTION, API, INTERNAL, LOCKED = (
     0x100, 0x200, 0x400, 0x800, 0x1000, 0x2000, 0x8000)
 

@@ -23,7 +23,7 @@ unless ``data_dir`` is given - so that :meth:`Broker.restart` loses nothing a
 client was promised. Its log is ``broker.log`` in that directory; when it
 fails to start, :class:`~ecloud.errors.EcloudError` carries the log's tail.
 
-Mosquitto's configuration, and why (SERVICES.md has the measurements):
+Mosquitto's configuration, and why (docs/services.md has the measurements):
 
 - ``set_tcp_nodelay true``: Nagle costs 40-90 ms per request/response;
 - ``max_queued_messages 0``: no limit. The default 1000 *silently drops*

@@ -1,6 +1,6 @@
 """One way to make a paho-mqtt client, for the boss and the workers alike.
 
-What it takes care of (SERVICES.md has the measurements behind each):
+What it takes care of (docs/services.md has the measurements behind each):
 
 - ``TCP_NODELAY`` on every socket, set from the socket-open callback so that
   it survives reconnects (Nagle costs 40-90 ms per request/response);

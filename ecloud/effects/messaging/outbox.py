@@ -1,7 +1,7 @@
 """Effects that are messages to workers: acks, dispatches, cancels, refusals.
 
 All messages for one worker produced by one batch go out as one MQTT
-message (SERVICES.md: batch what can be batched). Dispatches and cancels are
+message (docs/services.md: batch what can be batched). Dispatches and cancels are
 sent again every ``resend_after`` seconds for as long as the state says they
 have not taken (the task is still ``dispatched`` to that worker; the worker
 still holds the cancelled attempt): the worker runs a (task, attempt) once,

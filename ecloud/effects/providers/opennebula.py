@@ -1,5 +1,5 @@
 r"""The OpenNebula provider: worker VMs instantiated from a template through
-pyone's XML-RPC client (facts in OPENNEBULA.md).
+pyone's XML-RPC client (facts in docs/opennebula.md).
 
 It answers the boss's ``SpawnVM`` and ``KillVM`` effects and its periodic
 ``observe`` with outcome events, like :mod:`ecloud.effects.providers.local`, and never
