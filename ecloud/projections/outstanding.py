@@ -14,7 +14,7 @@ for one that had not would lose it. The state says which are still open:
 from __future__ import annotations
 
 from ecloud.projections.effects import CancelAttempt, KillVM, SpawnVM
-from ecloud.projections.state import DISPATCHED, LIVE, RUNNING, State
+from ecloud.projections.state import DISPATCHED, LIVE, State
 from ecloud.projections.tasks import dispatch_effect
 from ecloud.projections.vms import worker_context
 
@@ -30,14 +30,7 @@ def outstanding(state: State) -> list:
         if worker.status not in LIVE:
             continue
         for task_id, attempt in sorted(worker.running):
-            task = state.tasks.get(task_id)
-            current = (
-                task is not None
-                and task.status in (DISPATCHED, RUNNING)
-                and task.attempt == attempt
-                and task.worker == wid
-            )
-            if not current:
+            if state.current_attempt(task_id, attempt, wid) is None:
                 effects.append(CancelAttempt(seq, task_id, attempt, wid, "no longer wanted"))
     for name in sorted(state.vms):
         vm = state.vms[name]

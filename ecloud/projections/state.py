@@ -265,8 +265,10 @@ class State:
 
     # ------------------------------------------------------------ index upkeep
 
-    def set_status(self, task: TaskRecord, status: str) -> None:
-        """Change a task's status, keeping ``counts`` and ``ready`` in step."""
+    def reindex_status(self, task: TaskRecord, status: str) -> None:
+        """Change a task's status, keeping ``counts`` and ``ready`` in step.
+        Only :func:`ecloud.projections.transitions.move_task` calls it: every
+        move is checked against the task table there."""
         old = task.status
         if old == status:
             return
@@ -319,6 +321,17 @@ class State:
             self.open_vms[name] = None
             if next(reversed(self.vms)) != name:  # not the newest VM: opened again (rare)
                 self.open_vms = {n: None for n in self.vms if n in self.open_vms}
+
+    def current_attempt(self, task_id: str, attempt: int,
+                        worker_id: str | None = None) -> TaskRecord | None:
+        """The task if ``attempt`` (on ``worker_id``, when given) is its live
+        attempt - dispatched or running, the latest - else None: a report or
+        a timer about any other attempt is stale. The one place this is said."""
+        task = self.tasks.get(task_id)
+        if (task is None or task.status not in ACTIVE or task.attempt != attempt
+                or (worker_id is not None and task.worker != worker_id)):
+            return None
+        return task
 
     def vm_with_id(self, vm_id: int | None) -> VMRecord | None:
         name = self.vm_ids.get(vm_id) if vm_id is not None else None  # type: ignore[arg-type]

@@ -1,14 +1,9 @@
 """Task transitions: the DAG's life, one small function per event type.
 
-::
-
-    waiting --deps succeeded--> ready --dispatched--> dispatched --started--> running
-    running/dispatched --exit 0--> succeeded          (children: unmet -= 1)
-    running/dispatched --failure, retries left--> ready (after backoff)
-    running/dispatched --failure, none left--> failed  (descendants: blocked)
-    dispatched --given back unstarted--> ready         (not a failure)
-    any unfinished --operator cancel--> cancelled      (descendants: blocked)
-    failed/cancelled --operator retry--> ready|waiting (descendants re-checked)
+Every move of a task's status goes through
+:func:`ecloud.projections.transitions.move_task`, naming its cause: the
+table there (and in the README, generated from it) is the one description of
+the task state machine, and a move outside it is refused.
 
 Reports about an attempt that is not the task's current one (a worker that
 was declared lost and came back, a resend of an old report) are *stale*: they
@@ -63,6 +58,20 @@ from ecloud.projections.state import (
     Failure,
     State,
     TaskRecord,
+)
+from ecloud.projections.transitions import (
+    ANCESTOR_BLOCKS,
+    ANCESTOR_RETRIED,
+    CANCELLED_BY,
+    DISPATCHED_TO,
+    FAILED_FOR_GOOD,
+    PARENTS_DONE,
+    REQUEUED,
+    RETRIED,
+    RETRY,
+    STARTED,
+    SUCCEEDED_NOW,
+    move_task,
 )
 
 #: seconds: a worker whose last attempt ended within this may queue ahead
@@ -224,7 +233,7 @@ def on_dispatched(state: State, event: TaskDispatched, seq: int, out: list) -> N
         return
     task = state.tasks[event.task_id]
     worker = state.workers[event.worker_id]
-    state.set_status(task, DISPATCHED)
+    move_task(state, task, DISPATCHED, DISPATCHED_TO)
     task.attempt = event.attempt
     task.worker = worker.worker_id
     task.dispatched_at = state.clock
@@ -261,16 +270,7 @@ def _results_folder(state: State, task_id: str) -> str:
 
 
 def _current(state: State, task_id: str, attempt: int, worker_id: str) -> TaskRecord | None:
-    """The task if (attempt, worker) is its live attempt, else None (stale)."""
-    task = state.tasks.get(task_id)
-    if (
-        task is not None
-        and task.status in ACTIVE
-        and task.attempt == attempt
-        and task.worker == worker_id
-    ):
-        return task
-    return None
+    return state.current_attempt(task_id, attempt, worker_id)
 
 
 def on_started(state: State, event: TaskStarted, seq: int, out: list) -> None:
@@ -289,7 +289,7 @@ def on_started(state: State, event: TaskStarted, seq: int, out: list) -> None:
         return
     if task.status == RUNNING:
         return  # a resend of a start we already have
-    state.set_status(task, RUNNING)
+    move_task(state, task, RUNNING, STARTED)
     task.started_at = state.clock
     if task.spec.timeout is not None:
         task.deadline = bounded_time(
@@ -361,7 +361,7 @@ def set_quick(state: State, worker_id: str, quick: bool) -> None:
 
 
 def succeed(state: State, task: TaskRecord) -> None:
-    state.set_status(task, SUCCEEDED)
+    move_task(state, task, SUCCEEDED, SUCCEEDED_NOW)
     task.worker = None
     task.reason = ""
     tasks = state.tasks
@@ -369,7 +369,7 @@ def succeed(state: State, task: TaskRecord) -> None:
         child = tasks[child_id]
         child.unmet -= 1
         if child.unmet == 0 and child.status == WAITING:
-            state.set_status(child, READY)
+            move_task(state, child, READY, PARENTS_DONE)
 
 
 def attempt_failed(state: State, task: TaskRecord, reason: str, seq: int, out: list) -> None:
@@ -385,9 +385,9 @@ def attempt_failed(state: State, task: TaskRecord, reason: str, seq: int, out: l
         backoff = retry_backoff(state, task)
         if backoff > 0:
             task.not_before = bounded_time(state.clock + backoff)
-        state.set_status(task, READY)
+        move_task(state, task, READY, RETRY)
     else:
-        state.set_status(task, FAILED)
+        move_task(state, task, FAILED, FAILED_FOR_GOOD)
         block_descendants(state, task.spec.id)
 
 
@@ -420,7 +420,7 @@ def requeue(state: State, task: TaskRecord, reason: str) -> None:
     task.worker = None
     task.deadline = None
     task.reason = reason
-    state.set_status(task, READY)
+    move_task(state, task, READY, REQUEUED)
 
 
 # ------------------------------------------------------------------ blocking
@@ -437,7 +437,7 @@ def block_descendants(state: State, root: str) -> None:
         if child.status in (BLOCKED, CANCELLED):
             continue
         # A child of an unfinished task cannot have started: it is waiting.
-        state.set_status(child, BLOCKED)
+        move_task(state, child, BLOCKED, ANCESTOR_BLOCKS)
         child.blocked_by = root
         queue.extend(children.get(child.spec.id, ()))
 
@@ -477,7 +477,7 @@ def recheck_descendants(state: State, root: str) -> None:
         cause = blocking_cause(state, task)
         if cause is None:
             task.blocked_by = None
-            state.set_status(task, WAITING)
+            move_task(state, task, WAITING, ANCESTOR_RETRIED)
         else:
             task.blocked_by = cause
         for child_id in children.get(tid, ()):
@@ -514,7 +514,7 @@ def on_cancelled(state: State, event: TaskCancelled, seq: int, out: list) -> Non
     task.deadline = None
     task.reason = event.reason or "cancelled by operator"
     task.blocked_by = None
-    state.set_status(task, CANCELLED)  # before clearing not_before: it says which index held it
+    move_task(state, task, CANCELLED, CANCELLED_BY)  # before clearing not_before: it says which index held it
     task.not_before = None
     block_descendants(state, task.spec.id)
 
@@ -541,9 +541,9 @@ def on_retry_requested(state: State, event: RetryRequested, seq: int, out: list)
     cause = blocking_cause(state, task)
     if cause is not None:
         task.blocked_by = cause
-        state.set_status(task, BLOCKED)
+        move_task(state, task, BLOCKED, RETRIED)
     else:
-        state.set_status(task, READY if task.unmet == 0 else WAITING)
+        move_task(state, task, READY if task.unmet == 0 else WAITING, RETRIED)
     recheck_descendants(state, task.spec.id)
 
 
@@ -552,8 +552,8 @@ def on_retry_requested(state: State, event: RetryRequested, seq: int, out: list)
 
 def on_timeout(state: State, task_id: str, attempt: int, seq: int, out: list) -> None:
     """A running attempt passed its timeout plus grace without a report."""
-    task = state.tasks.get(task_id)
-    if task is None or task.status not in ACTIVE or task.attempt != attempt:
+    task = state.current_attempt(task_id, attempt)
+    if task is None:
         return
     if task.deadline is None or task.deadline > state.clock:
         return

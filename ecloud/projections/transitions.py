@@ -43,18 +43,18 @@ class Move:
 
 
 #: causes (the reducers name them)
-DISPATCHED_TO = "dispatched"
-STARTED = "started"
+DISPATCHED_TO = "dispatch"
+STARTED = "start reported"
 TAKEN_BACK = "taken back"
-SUCCEEDED_NOW = "succeeded"
+SUCCEEDED_NOW = "attempt succeeded"
 PARENTS_DONE = "dependencies met"
 RETRY = "failed, retries left"
 FAILED_FOR_GOOD = "failed for good"
 REQUEUED = "given back"
 ANCESTOR_BLOCKS = "ancestor failed or cancelled"
 ANCESTOR_RETRIED = "ancestor retried"
-CANCELLED_BY = "cancelled"
-RETRIED = "retried"
+CANCELLED_BY = "operator cancel"
+RETRIED = "operator retry"
 
 _ACTIVE = (DISPATCHED, RUNNING)
 
@@ -76,7 +76,7 @@ TASK_MOVES: tuple[Move, ...] = (
     Move(REQUEUED, _ACTIVE, READY,
          "the attempt ended without running the command (given back unstarted, its worker "
          "lost before it started it): not a failure"),
-    Move(ANCESTOR_BLOCKS, (WAITING, READY, BLOCKED), BLOCKED,
+    Move(ANCESTOR_BLOCKS, (WAITING,), BLOCKED,
          "a task it depends on, directly or not, failed for good or was cancelled"),
     Move(ANCESTOR_RETRIED, (BLOCKED,), WAITING,
          "the task that blocked it was retried (and nothing else blocks it)"),

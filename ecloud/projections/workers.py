@@ -37,7 +37,6 @@ from ecloud.projections import context, liveness
 from ecloud.projections.context import bounded_time
 from ecloud.projections.effects import Ack, CancelAttempt, RefuseWorker
 from ecloud.projections.state import (
-    ACTIVE,
     BUSY,
     CURRENT_RULES,
     DRAINING,
@@ -55,6 +54,7 @@ from ecloud.projections.state import (
     WorkerRecord,
 )
 from ecloud.projections.tasks import release_slot, requeue
+from ecloud.projections.transitions import TAKEN_BACK, move_task
 
 #: The worker protocol this boss speaks; an agent announcing another is refused.
 PROTOCOL_VERSION = 1
@@ -148,7 +148,7 @@ def _take_back(state: State, worker: WorkerRecord, held: tuple[tuple[str, int], 
             worker.status = BUSY
         if (task.attempt == attempt and task.status == READY and task.worker is None
                 and task.not_before is None):
-            state.set_status(task, RUNNING)
+            move_task(state, task, RUNNING, TAKEN_BACK)
             task.worker = worker.worker_id
             task.reason = f"taken back from {worker.worker_id}, which still ran it"
             if task.started_at is None:
@@ -266,16 +266,10 @@ def on_heartbeat_deadline(state: State, worker_id: str, incarnation: str) -> Non
 
 def let_go(state: State, worker: WorkerRecord, status: str, reason: str) -> None:
     """Take a worker out of service and put every attempt it held back."""
-    tasks = state.tasks
     for task_id, attempt in sorted(worker.running):
         release_slot(state, worker.worker_id, task_id, attempt)
-        task = tasks.get(task_id)
-        if (
-            task is not None
-            and task.status in ACTIVE
-            and task.attempt == attempt
-            and task.worker == worker.worker_id
-        ):
+        task = state.current_attempt(task_id, attempt, worker.worker_id)
+        if task is not None:
             requeue(state, task, f"worker {worker.worker_id} {status}: {reason}")
     listed = state.is_listed_free(worker)
     worker.status = status

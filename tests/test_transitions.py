@@ -1,0 +1,54 @@
+"""The task table (ecloud/projections/transitions.py): the README shows it
+as the code has it, and the reducers never move a task outside it - the
+fold's property tests (tests/test_fold_properties.py, test_fold_machine.py)
+fail on any refusal of the fold, and a move outside the table is one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ecloud.errors import ReducerBug
+from ecloud.events import types as ev
+from ecloud.events.types import TaskSpec
+from ecloud.projections import transitions
+from ecloud.projections.state import TASK_STATUSES
+from ecloud.projections.transitions import RETRY, TASK_MOVES, markdown, move_task
+from tests.support.folding import Driver
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_the_readme_shows_the_task_table_of_the_code() -> None:
+    block = re.search(r"<!-- task-transitions:[^\n]*-->\n(.*?)<!-- /task-transitions -->",
+                      README.read_text(), re.S)
+    assert block, "README.md lacks the generated task table"
+    assert block.group(1) == markdown(), (
+        "README.md's task table differs from ecloud/projections/transitions.py: paste markdown()")
+
+
+def test_the_table_names_only_task_statuses_and_every_cause_is_used() -> None:
+    for move in TASK_MOVES:
+        assert set(move.sources) | {move.target} <= set(TASK_STATUSES), move
+        assert move.target not in move.sources, move  # a move moves
+    causes = {m.cause for m in TASK_MOVES}
+    names = [n for n in dir(transitions) if n.isupper() and isinstance(getattr(transitions, n), str)
+             and getattr(transitions, n) in causes and getattr(transitions, n) not in TASK_STATUSES]
+    assert {getattr(transitions, n) for n in names} == causes
+    code = "".join(p.read_text() for p in (Path(transitions.__file__).parent).glob("*.py")
+                   if p.name != "transitions.py")
+    unused = [n for n in names if not re.search(rf"\b{n}\b", code)]
+    assert unused == []  # every cause is one a reducer names
+
+
+def test_a_move_outside_the_table_raises_before_anything_changes() -> None:
+    d = Driver()
+    d.apply(ev.TasksSubmitted("b", (TaskSpec("a", "true"), TaskSpec("b", "true", ("a",)))))
+    state = d.state
+    waiting = state.tasks["b"]
+    counts = dict(state.counts)
+    with pytest.raises(ReducerBug, match="no move from waiting to ready on 'failed, retries left'"):
+        move_task(state, waiting, "ready", RETRY)
+    assert waiting.status == "waiting" and dict(state.counts) == counts
