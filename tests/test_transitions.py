@@ -14,28 +14,43 @@ from ecloud.errors import ReducerBug
 from ecloud.events import types as ev
 from ecloud.events.types import TaskSpec
 from ecloud.projections import transitions
-from ecloud.projections.state import TASK_STATUSES
-from ecloud.projections.transitions import RETRY, TASK_MOVES, markdown, move_task
+from ecloud.projections.state import (
+    TASK_STATUSES,
+    VM_ALLOCATED,
+    VM_FAILED,
+    VM_GONE,
+    VM_KILLING,
+    VM_OBSERVED,
+    VM_REQUESTED,
+)
+from ecloud.projections.transitions import RETRY, TASK_MOVES, VM_MOVES, markdown, move_task
 from tests.support.folding import Driver
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+VM_STATUSES = (VM_REQUESTED, VM_ALLOCATED, VM_OBSERVED, VM_FAILED, VM_KILLING, VM_GONE)
 
 
-def test_the_readme_shows_the_task_table_of_the_code() -> None:
-    block = re.search(r"<!-- task-transitions:[^\n]*-->\n(.*?)<!-- /task-transitions -->",
+@pytest.mark.parametrize(("marker", "moves"), [("task", TASK_MOVES), ("vm", VM_MOVES)])
+def test_the_readme_shows_the_tables_of_the_code(marker: str, moves) -> None:
+    block = re.search(rf"<!-- {marker}-transitions:[^\n]*-->\n(.*?)<!-- /{marker}-transitions -->",
                       README.read_text(), re.S)
-    assert block, "README.md lacks the generated task table"
-    assert block.group(1) == markdown(), (
-        "README.md's task table differs from ecloud/projections/transitions.py: paste markdown()")
+    assert block, f"README.md lacks the generated {marker} table"
+    assert block.group(1) == markdown(moves), (
+        f"README.md's {marker} table differs from ecloud/projections/transitions.py: "
+        f"paste markdown({marker.upper()}_MOVES)")
 
 
 def test_the_table_names_only_task_statuses_and_every_cause_is_used() -> None:
     for move in TASK_MOVES:
         assert set(move.sources) | {move.target} <= set(TASK_STATUSES), move
         assert move.target not in move.sources, move  # a move moves
-    causes = {m.cause for m in TASK_MOVES}
+    for move in VM_MOVES:
+        assert set(move.sources) | {move.target} <= set(VM_STATUSES), move
+        assert move.target not in move.sources, move
+    causes = {m.cause for m in TASK_MOVES + VM_MOVES}
     names = [n for n in dir(transitions) if n.isupper() and isinstance(getattr(transitions, n), str)
-             and getattr(transitions, n) in causes and getattr(transitions, n) not in TASK_STATUSES]
+             and getattr(transitions, n) in causes
+             and getattr(transitions, n) not in TASK_STATUSES + VM_STATUSES]
     assert {getattr(transitions, n) for n in names} == causes
     code = "".join(p.read_text() for p in (Path(transitions.__file__).parent).glob("*.py")
                    if p.name != "transitions.py")

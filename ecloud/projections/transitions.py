@@ -1,4 +1,4 @@
-"""The task state machine, as a table: every move a task's status may make,
+"""The task and VM state machines, as tables: every move a status may make,
 and what makes it.
 
 The reducers move a task only through :func:`move_task`, naming the cause;
@@ -25,9 +25,16 @@ from ecloud.projections.state import (
     READY,
     RUNNING,
     SUCCEEDED,
+    VM_ALLOCATED,
+    VM_FAILED,
+    VM_GONE,
+    VM_KILLING,
+    VM_OBSERVED,
+    VM_REQUESTED,
     WAITING,
     State,
     TaskRecord,
+    VMRecord,
 )
 
 
@@ -89,10 +96,43 @@ TASK_MOVES: tuple[Move, ...] = (
          "`ecloud retry`, but an ancestor has failed or is cancelled: blocked by it"),
 )
 
-_ALLOWED: dict[str, frozenset[tuple[str, str]]] = {}
-for _move in TASK_MOVES:
-    _ALLOWED[_move.cause] = _ALLOWED.get(_move.cause, frozenset()) | {
-        (source, _move.target) for source in _move.sources}
+#: VM causes
+VM_ALLOCATED_AS = "id given"
+SEEN_RUNNING = "seen in service"
+SEEN_GONE = "seen DONE"
+VM_FAILS = "fails"
+KILL_ASKED = "kill asked"
+
+_LIVE_VM = (VM_REQUESTED, VM_ALLOCATED, VM_OBSERVED)
+
+VM_MOVES: tuple[Move, ...] = (
+    Move(VM_ALLOCATED_AS, (VM_REQUESTED,), VM_ALLOCATED,
+         "the cloud gave the VM an id (vm.allocated: the spawn's answer, or found by its name)"),
+    Move(SEEN_RUNNING, (VM_REQUESTED, VM_ALLOCATED, VM_GONE), VM_OBSERVED,
+         "a look at the pool saw it in a state that can serve (vm.state_observed); a VM the log "
+         "took for gone that the pool still has is back"),
+    Move(SEEN_GONE, (VM_ALLOCATED, VM_OBSERVED, VM_FAILED, VM_KILLING), VM_GONE,
+         "the pool has it DONE, or no more (vm.state_observed); its workers are lost at once"),
+    Move(VM_FAILS, (VM_REQUESTED, VM_ALLOCATED, VM_OBSERVED, VM_GONE), VM_FAILED,
+         "its spawn failed (vm.failed), it failed to boot (a *_FAILURE LCM state), or it runs "
+         "nothing and holds quota (POWEROFF, SUSPENDED, STOPPED, UNDEPLOYED, HOLD); the "
+         "reconciler terminates it once nothing runs there"),
+    Move(KILL_ASKED, (VM_REQUESTED, VM_ALLOCATED, VM_OBSERVED, VM_FAILED, VM_GONE), VM_KILLING,
+         "the autoscaler, the reconciler or an operator asked for its end (vm.kill_requested): "
+         "its workers drain; asked again while the cloud still has it"),
+)
+
+
+def _allowed(moves: tuple[Move, ...]) -> dict[str, frozenset[tuple[str, str]]]:
+    allowed: dict[str, frozenset[tuple[str, str]]] = {}
+    for move in moves:
+        allowed[move.cause] = allowed.get(move.cause, frozenset()) | {
+            (source, move.target) for source in move.sources}
+    return allowed
+
+
+_ALLOWED = _allowed(TASK_MOVES)
+_VM_ALLOWED = _allowed(VM_MOVES)
 
 
 def move_task(state: State, task: TaskRecord, target: str, cause: str) -> None:
@@ -107,12 +147,23 @@ def move_task(state: State, task: TaskRecord, target: str, cause: str) -> None:
     state.reindex_status(task, target)
 
 
-def markdown() -> str:
-    """The table as the README shows it."""
+def move_vm(state: State, vm: VMRecord, target: str, cause: str) -> None:
+    """Move ``vm`` to ``target`` because of ``cause`` (the VM table), or
+    raise before anything changes. The caller keeps ``open_vms`` in step."""
+    if vm.status == target:
+        return
+    if (vm.status, target) not in _VM_ALLOWED.get(cause, ()):
+        raise ReducerBug(state.seq + 1, f"VM {vm.vm_name!r}: no move from {vm.status} to "
+                                        f"{target} on {cause!r} in the VM table")
+    vm.status = target
+
+
+def markdown(moves: tuple[Move, ...] = TASK_MOVES) -> str:
+    """A table as the README shows it."""
     lines = ["| from | to | when |", "| --- | --- | --- |"]
-    for move in TASK_MOVES:
+    for move in moves:
         lines.append(f"| {', '.join(move.sources)} | {move.target} | {move.cause}: {move.note} |")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["TASK_MOVES", "Move", "markdown", "move_task"]
+__all__ = ["TASK_MOVES", "VM_MOVES", "Move", "markdown", "move_task", "move_vm"]

@@ -48,6 +48,14 @@ from ecloud.projections.state import (
     State,
     VMRecord,
 )
+from ecloud.projections.transitions import (
+    KILL_ASKED,
+    SEEN_GONE,
+    SEEN_RUNNING,
+    VM_ALLOCATED_AS,
+    VM_FAILS,
+    move_vm,
+)
 from ecloud.projections.workers import drain_vm, let_go, link_vm
 
 #: OpenNebula VM states after which nothing runs on the VM: DONE, POWEROFF,
@@ -117,7 +125,7 @@ def on_allocated(state: State, event: VMAllocated, seq: int, out: list) -> None:
     vm.vm_id = event.vm_id
     state.vm_ids[event.vm_id] = vm.vm_name
     if vm.status == VM_REQUESTED:
-        vm.status = VM_ALLOCATED
+        move_vm(state, vm, VM_ALLOCATED, VM_ALLOCATED_AS)
     if state.spawn_failed_at is None or vm.requested_at > state.spawn_failed_at:
         # the cloud gives VMs again (an answer to a request made before the
         # last refusal - several run at once - proves nothing)
@@ -200,7 +208,7 @@ def on_state_observed(state: State, event: VMStateObserved, seq: int, out: list)
     gone = event.state == DONE if state.rules >= 3 else event.state in GONE_STATES
     unusable = UNUSABLE_STATES.get(event.state) if state.rules >= 3 else None
     if gone:
-        vm.status = VM_GONE
+        move_vm(state, vm, VM_GONE, SEEN_GONE)
         # Its worker cannot be running anything any more: give its work back
         # now rather than after the heartbeat deadline.
         for worker in state.workers_on(vm.vm_id):
@@ -215,7 +223,7 @@ def on_state_observed(state: State, event: VMStateObserved, seq: int, out: list)
     elif event.lcm_state in FAILURE_LCM_STATES:
         _fail(state, vm, f"LCM state {event.lcm_state}")
     else:
-        vm.status = VM_OBSERVED
+        move_vm(state, vm, VM_OBSERVED, SEEN_RUNNING)
     state.track_vm(vm)
 
 
@@ -275,7 +283,7 @@ def on_failed(state: State, event: VMFailed, seq: int, out: list) -> None:
 
 
 def _fail(state: State, vm: VMRecord, reason: str) -> None:
-    vm.status = VM_FAILED
+    move_vm(state, vm, VM_FAILED, VM_FAILS)
     vm.reason = reason
     if vm.failed_at is None:
         vm.failed_at = state.clock
@@ -309,7 +317,7 @@ def on_kill_requested(state: State, event: VMKillRequested, seq: int, out: list)
     if vm is not None:
         if vm.status == VM_GONE and state.rules >= 3:
             return  # gone already: nothing to kill
-        vm.status = VM_KILLING
+        move_vm(state, vm, VM_KILLING, KILL_ASKED)
         vm.reason = event.reason
         vm.kill_asked_at = state.clock
         vm.kills += 1
