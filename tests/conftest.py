@@ -140,3 +140,27 @@ def raw() -> SimpleNamespace:
 
 
 pytest_plugins = ["tests.support.brokers", "tests.support.sshd", "tests.support.secure_broker"]
+
+
+#: modules whose tests start processes, brokers, databases or browsers, or run long
+#: property searches: `pytest -m "not slow"` leaves them out for everyday work (the
+#: rest runs in about a minute and a half here; CI runs everything). Measured with
+#: `pytest --durations=0`; a module that takes more than about 5 s in all goes here.
+SLOW_MODULES = frozenset({
+    "chaos/test_chaos.py", "test_autoscale.py", "test_autoscale_e2e.py", "test_boss.py",
+    "test_boss_live_state.py", "test_broker.py", "test_broker_security.py",
+    "test_callbacks_e2e.py", "test_duplicate_worker.py", "test_e2e.py", "test_escape.py",
+    "test_ingest_fuzz.py", "test_limits_property.py", "test_logs.py", "test_movers.py",
+    "test_opennebula.py", "test_pipeline.py", "test_reconciler_e2e.py", "test_run.py",
+    "test_run_crash.py", "test_run_edges.py", "test_staging_e2e.py", "test_staging_edges.py",
+    "test_standby.py", "test_web.py", "test_web_browser.py", "test_worker.py",
+})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        where = Path(str(item.fspath)).resolve()
+        if where.is_relative_to(tests_dir) and \
+                where.relative_to(tests_dir).as_posix() in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -37,3 +37,9 @@ def test_docs_name_no_file_outside_the_repository() -> None:
     cited = [str(p.relative_to(ROOT)) for p in CODE + sorted((ROOT / "tests").rglob("*.py"))
              if p != here and any(o in p.read_text() for o in outside)]
     assert cited == []
+
+
+def test_every_slow_module_named_exists() -> None:
+    from tests.conftest import SLOW_MODULES
+
+    assert sorted(m for m in SLOW_MODULES if not (ROOT / "tests" / m).is_file()) == []
