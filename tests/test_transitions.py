@@ -22,15 +22,24 @@ from ecloud.projections.state import (
     VM_KILLING,
     VM_OBSERVED,
     VM_REQUESTED,
+    WORKER_STATUSES,
 )
-from ecloud.projections.transitions import RETRY, TASK_MOVES, VM_MOVES, markdown, move_task
+from ecloud.projections.transitions import (
+    RETRY,
+    TASK_MOVES,
+    VM_MOVES,
+    WORKER_MOVES,
+    markdown,
+    move_task,
+)
 from tests.support.folding import Driver
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 VM_STATUSES = (VM_REQUESTED, VM_ALLOCATED, VM_OBSERVED, VM_FAILED, VM_KILLING, VM_GONE)
 
 
-@pytest.mark.parametrize(("marker", "moves"), [("task", TASK_MOVES), ("vm", VM_MOVES)])
+@pytest.mark.parametrize(("marker", "moves"), [("task", TASK_MOVES), ("vm", VM_MOVES),
+                                               ("worker", WORKER_MOVES)])
 def test_the_readme_shows_the_tables_of_the_code(marker: str, moves) -> None:
     block = re.search(rf"<!-- {marker}-transitions:[^\n]*-->\n(.*?)<!-- /{marker}-transitions -->",
                       README.read_text(), re.S)
@@ -47,10 +56,13 @@ def test_the_table_names_only_task_statuses_and_every_cause_is_used() -> None:
     for move in VM_MOVES:
         assert set(move.sources) | {move.target} <= set(VM_STATUSES), move
         assert move.target not in move.sources, move
-    causes = {m.cause for m in TASK_MOVES + VM_MOVES}
+    for move in WORKER_MOVES:
+        assert set(move.sources) | {move.target} <= set(WORKER_STATUSES), move
+        assert move.target not in move.sources, move
+    causes = {m.cause for m in TASK_MOVES + VM_MOVES + WORKER_MOVES}
     names = [n for n in dir(transitions) if n.isupper() and isinstance(getattr(transitions, n), str)
              and getattr(transitions, n) in causes
-             and getattr(transitions, n) not in TASK_STATUSES + VM_STATUSES]
+             and getattr(transitions, n) not in TASK_STATUSES + VM_STATUSES + WORKER_STATUSES]
     assert {getattr(transitions, n) for n in names} == causes
     code = "".join(p.read_text() for p in (Path(transitions.__file__).parent).glob("*.py")
                    if p.name != "transitions.py")

@@ -65,13 +65,16 @@ from ecloud.projections.transitions import (
     CANCELLED_BY,
     DISPATCHED_TO,
     FAILED_FOR_GOOD,
+    GIVEN_WORK,
     PARENTS_DONE,
     REQUEUED,
     RETRIED,
     RETRY,
+    SLOTS_FREE,
     STARTED,
     SUCCEEDED_NOW,
     move_task,
+    move_worker,
 )
 
 #: seconds: a worker whose last attempt ended within this may queue ahead
@@ -241,7 +244,7 @@ def on_dispatched(state: State, event: TaskDispatched, seq: int, out: list) -> N
     task.deadline = None
     worker.running[(task.spec.id, event.attempt)] = task.spec.slots
     worker.used += task.spec.slots
-    worker.status = BUSY
+    move_worker(state, worker, BUSY, GIVEN_WORK)
     worker.idle_since = None
     state.refresh_free(worker, was_free=True)
     out.append(dispatch_effect(state, seq, task, worker.worker_id))
@@ -345,7 +348,7 @@ def release_slot(state: State, worker_id: str, task_id: str, attempt: int) -> bo
     if worker.used == 0:
         worker.idle_since = state.clock
         if worker.status == BUSY:
-            worker.status = IDLE
+            move_worker(state, worker, IDLE, SLOTS_FREE)
     state.refresh_free(worker, was_free)
     return True
 

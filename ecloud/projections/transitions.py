@@ -1,5 +1,5 @@
-"""The task and VM state machines, as tables: every move a status may make,
-and what makes it.
+"""The task, worker and VM state machines, as tables: every move a status
+may make, and what makes it.
 
 The reducers move a task only through :func:`move_task`, naming the cause;
 a move the table does not hold is a bug of the reducer
@@ -19,9 +19,14 @@ from attrs import frozen
 from ecloud.errors import ReducerBug
 from ecloud.projections.state import (
     BLOCKED,
+    BUSY,
     CANCELLED,
     DISPATCHED,
+    DRAINING,
     FAILED,
+    GONE,
+    IDLE,
+    LOST,
     READY,
     RUNNING,
     SUCCEEDED,
@@ -35,6 +40,7 @@ from ecloud.projections.state import (
     State,
     TaskRecord,
     VMRecord,
+    WorkerRecord,
 )
 
 
@@ -131,8 +137,34 @@ def _allowed(moves: tuple[Move, ...]) -> dict[str, frozenset[tuple[str, str]]]:
     return allowed
 
 
+#: worker causes
+GIVEN_WORK = "given work"
+SLOTS_FREE = "slots free"
+HOLDS_ATTEMPTS = "announced holding attempts"
+DRAINS = "drains"
+LEFT = "goodbye"
+LOSES = "taken for lost"
+
+_LIVE_WORKER = (IDLE, BUSY, DRAINING)
+
+WORKER_MOVES: tuple[Move, ...] = (
+    Move(GIVEN_WORK, (IDLE,), BUSY, "an attempt was dispatched to it (task.dispatched)"),
+    Move(SLOTS_FREE, (BUSY,), IDLE, "its last attempt ended: every slot is free"),
+    Move(HOLDS_ATTEMPTS, (IDLE,), BUSY,
+         "it announced itself (again) running attempts the log gave it (worker.announced)"),
+    Move(DRAINS, (IDLE, BUSY), DRAINING,
+         "it is shutting down (worker.draining), or its VM is being killed or has failed: no "
+         "new work, what it holds runs on"),
+    Move(LEFT, _LIVE_WORKER, GONE,
+         "it said goodbye (worker.left): its attempts go back to the queue"),
+    Move(LOSES, _LIVE_WORKER, LOST,
+         "silent past heartbeat_timeout (the boss's worker.lost), its connection died, its VM is "
+         "gone or out of service, or a new incarnation replaced it: its attempts go back"),
+)
+
 _ALLOWED = _allowed(TASK_MOVES)
 _VM_ALLOWED = _allowed(VM_MOVES)
+_WORKER_ALLOWED = _allowed(WORKER_MOVES)
 
 
 def move_task(state: State, task: TaskRecord, target: str, cause: str) -> None:
@@ -158,6 +190,18 @@ def move_vm(state: State, vm: VMRecord, target: str, cause: str) -> None:
     vm.status = target
 
 
+def move_worker(state: State, worker: WorkerRecord, target: str, cause: str) -> None:
+    """Move ``worker`` to ``target`` because of ``cause`` (the worker table),
+    or raise before anything changes. The caller keeps ``free`` in step."""
+    if worker.status == target:
+        return
+    if (worker.status, target) not in _WORKER_ALLOWED.get(cause, ()):
+        raise ReducerBug(state.seq + 1, f"worker {worker.worker_id!r}: no move from "
+                                        f"{worker.status} to {target} on {cause!r} in the "
+                                        "worker table")
+    worker.status = target
+
+
 def markdown(moves: tuple[Move, ...] = TASK_MOVES) -> str:
     """A table as the README shows it."""
     lines = ["| from | to | when |", "| --- | --- | --- |"]
@@ -166,4 +210,5 @@ def markdown(moves: tuple[Move, ...] = TASK_MOVES) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["TASK_MOVES", "VM_MOVES", "Move", "markdown", "move_task", "move_vm"]
+__all__ = ["TASK_MOVES", "VM_MOVES", "WORKER_MOVES", "Move", "markdown", "move_task", "move_vm",
+           "move_worker"]

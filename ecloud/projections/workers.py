@@ -54,7 +54,15 @@ from ecloud.projections.state import (
     WorkerRecord,
 )
 from ecloud.projections.tasks import release_slot, requeue
-from ecloud.projections.transitions import TAKEN_BACK, move_task
+from ecloud.projections.transitions import (
+    DRAINS,
+    HOLDS_ATTEMPTS,
+    LEFT,
+    LOSES,
+    TAKEN_BACK,
+    move_task,
+    move_worker,
+)
 
 #: The worker protocol this boss speaks; an agent announcing another is refused.
 PROTOCOL_VERSION = 1
@@ -145,7 +153,7 @@ def _take_back(state: State, worker: WorkerRecord, held: tuple[tuple[str, int], 
         worker.used += slots
         worker.idle_since = None
         if worker.status == IDLE:
-            worker.status = BUSY
+            move_worker(state, worker, BUSY, HOLDS_ATTEMPTS)
         if (task.attempt == attempt and task.status == READY and task.worker is None
                 and task.not_before is None):
             move_task(state, task, RUNNING, TAKEN_BACK)
@@ -173,7 +181,7 @@ def link_vm(state: State, worker: WorkerRecord, vm_id: int) -> None:
     if vm.announced_at is None:
         vm.announced_at = state.clock
     if vm.status in (VM_KILLING, VM_FAILED):
-        worker.status = DRAINING
+        move_worker(state, worker, DRAINING, DRAINS)
         worker.reason = f"its VM {vm.vm_name} is {vm.status}"
 
 
@@ -183,7 +191,7 @@ def drain_vm(state: State, vm_id: int, reason: str) -> None:
     for worker in state.workers_on(vm_id):
         if worker.status in (IDLE, BUSY):
             listed = state.is_listed_free(worker)
-            worker.status = DRAINING
+            move_worker(state, worker, DRAINING, DRAINS)
             worker.reason = reason
             state.refresh_free(worker, listed)
 
@@ -229,7 +237,7 @@ def on_draining(state: State, event: WorkerDraining, seq: int, out: list) -> Non
     liveness.heard(state, worker)
     if worker.status in (IDLE, BUSY):
         listed = state.is_listed_free(worker)
-        worker.status = DRAINING
+        move_worker(state, worker, DRAINING, DRAINS)
         worker.reason = event.reason or "shutting down"
         state.refresh_free(worker, listed)
 
@@ -272,7 +280,7 @@ def let_go(state: State, worker: WorkerRecord, status: str, reason: str) -> None
         if task is not None:
             requeue(state, task, f"worker {worker.worker_id} {status}: {reason}")
     listed = state.is_listed_free(worker)
-    worker.status = status
+    move_worker(state, worker, status, LEFT if status == GONE else LOSES)
     worker.reason = reason
     state.refresh_free(worker, listed)
     liveness.forget(state, worker.worker_id)
