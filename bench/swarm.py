@@ -5,7 +5,7 @@ speaking the worker protocol, to see how one boss holds up under them.
     python -m bench.swarm --measure --workers 10000 --tasks 20000 --seconds 120   # broker+boss too
     python -m bench.swarm --measure --mysql mysql://root@127.0.0.1:3306 --workers 1000
 
-Each simulated worker is what :mod:`worker.agent` looks like from the broker
+Each simulated worker is what :mod:`ecloud_worker.agent` looks like from the broker
 and the boss (the boss cannot tell them apart):
 
 - a persistent MQTT 3.1.1 session (``clean_session=False``) with client id
@@ -24,7 +24,7 @@ and the boss (the boss cannot tell them apart):
 - every report but a heartbeat carries ``<incarnation[:8]>-<n>`` as its
   ``msg_id`` and is resent until the boss acks it: after 2 s, 4 s, 8 s, then
   every 10 s, reports due within half a second going along (the rules of
-  :mod:`worker.outbox`); after a reconnect every unacked report is due;
+  :mod:`ecloud_worker.outbox`); after a reconnect every unacked report is due;
 - ``reannounce`` from the boss sends a fresh hello; ``refuse`` ends that
   worker (as the agent exits with status 3); cancels are counted (a no-op
   task has always finished already).
@@ -110,7 +110,7 @@ from ecloud.effects.messaging.mqtt import parse_broker_url
 
 HEARTBEAT = 10.0  # seconds between heartbeats
 KEEPALIVE = 30  # MQTT keepalive, as ecloud.effects.messaging.mqtt.Connection
-FIRST_RESEND = 2.0  # worker.outbox
+FIRST_RESEND = 2.0  # ecloud_worker.outbox
 MAX_RESEND = 10.0
 COALESCE = 0.5
 CONNECT_WINDOW = 32  # MQTT handshakes in flight per process
@@ -273,7 +273,7 @@ class SimWorker:
                  now, first=True)
 
     def flush(self, now: float) -> None:
-        """Send the fresh reports and those due (``worker.outbox.Outbox.take``)."""
+        """Send the fresh reports and those due (``ecloud_worker.outbox.Outbox.take``)."""
         if not self.online:
             return
         fresh, self.fresh = self.fresh, []

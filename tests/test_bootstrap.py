@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ecloud.errors import UserError
-from worker.settings import resolve
+from ecloud_worker.settings import resolve
 
 SCRIPT = Path(__file__).resolve().parent.parent / "worker" / "bootstrap" / "start.sh"
 KEY = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\xff\x00\n" \

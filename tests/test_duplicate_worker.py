@@ -20,7 +20,7 @@ def agent(cluster: Cluster, name: str) -> subprocess.Popen:
     """An ``ecloud-worker`` called ``dup``, with a journal and a work dir of its own."""
     log = open(cluster.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.agent", "--broker", cluster.broker, "--cluster",
+        [sys.executable, "-m", "ecloud_worker.agent", "--broker", cluster.broker, "--cluster",
          cluster.cluster, "--worker-id", "dup", "--slots", "2", "--heartbeat", "0.5",
          "--work-dir", str(cluster.workdir / name), "--journal",
          str(cluster.workdir / f"{name}.jsonl")],

@@ -43,3 +43,19 @@ def test_every_slow_module_named_exists() -> None:
     from tests.conftest import SLOW_MODULES
 
     assert sorted(m for m in SLOW_MODULES if not (ROOT / "tests" / m).is_file()) == []
+
+
+def test_the_worker_is_installed_as_ecloud_worker_not_as_worker(tmp_path) -> None:
+    """Installing ecloud must not take the global name ``worker``; the
+    checkout's bin/ecloud-worker finds the agent all the same."""
+    import subprocess
+    import sys
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    assert run(sys.executable, "-c", "import ecloud_worker.agent").returncode == 0
+    taken = run(sys.executable, "-c", "import worker")
+    assert taken.returncode != 0 and "No module named 'worker'" in taken.stderr
+    helped = run(sys.executable, str(ROOT / "bin" / "ecloud-worker"), "--help")
+    assert helped.returncode == 0 and "--broker" in helped.stdout

@@ -73,8 +73,8 @@ from ecloud.log.url import open_store
 from ecloud.projections.snapshot import canonical
 from ecloud.projections.tasks import dispatch_effect
 from ecloud.taskfiles.taskgraph import ID_RE
-from worker.reaper import TOKEN_VAR
-from worker.runner import attempt_path
+from ecloud_worker.reaper import TOKEN_VAR
+from ecloud_worker.runner import attempt_path
 
 ROOT = Path(__file__).resolve().parent.parent
 

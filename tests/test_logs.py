@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from ecloud.wire import LogsRequest
+from ecloud_worker import logserve
 from tests.support.brokers import wait_for
 from tests.support.e2e import Cluster
 from tests.test_run import ecloud
-from worker import logserve
 
 #: a stream far longer than the 4 KiB the log keeps, and than one MQTT chunk
 BIG_LINES = 40_000  # "line 00001\n" ... : 440,000 bytes

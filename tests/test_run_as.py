@@ -13,8 +13,8 @@ import pytest
 
 from ecloud.errors import UserError
 from ecloud.wire import DispatchMsg
+from ecloud_worker.runas import resolve_run_as
 from tests.test_worker import boss, start  # noqa: F401 - fixtures
-from worker.runas import resolve_run_as
 
 USER = "nobody"
 

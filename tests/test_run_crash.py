@@ -132,7 +132,7 @@ def test_a_second_run_on_a_log_a_live_run_holds_is_refused_and_touches_nothing(
 
         wait_for(lambda: running() >= 2, 60, "two tasks of the first run running")
         workers = sorted(p for p in tagged(tag)
-                         if b"worker.agent" in Path(f"/proc/{p}/cmdline").read_bytes())
+                         if b"ecloud_worker.agent" in Path(f"/proc/{p}/cmdline").read_bytes())
         with open_store(db, create=False) as store:
             head = store.head()
         started = time.monotonic()

@@ -48,7 +48,7 @@ def test_no_secret_in_the_log_the_cli_output_the_log_files_or_process_listings(
         cluster.start_boss(workers=2)
         state = cluster.wait_all()
         listings = _command_lines(name)
-        assert any("worker.agent" in line for line in listings), listings  # the scan saw them
+        assert any("ecloud_worker.agent" in line for line in listings), listings  # the scan saw them
         outputs = []
         for args in (("status",), ("status", "--json"), ("log",), ("log", "--json"),
                      ("config", "show"), ("context", "show"), ("workers", "list")):

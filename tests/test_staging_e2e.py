@@ -129,7 +129,7 @@ def test_a_worker_killed_mid_transfer_leaves_no_partial_input_and_the_next_attem
     assert peaks, "no process of the second worker was measured"
     worst = max(peaks.items(), key=lambda kv: kv[1])
     assert worst[1] < RSS_BOUND, f"{worst[0]} peaked at {worst[1] / 2**20:.0f} MiB"
-    stager = [k for k in peaks if "worker.stage" in k]
+    stager = [k for k in peaks if "ecloud_worker.stage" in k]
     assert stager, f"the staging wrapper was not seen among {sorted(peaks)}"
     top = sorted(peaks.items(), key=lambda kv: -kv[1])[:4]
     print(f"\npeak RSS while staging {BIG >> 20} MiB, largest processes: " + "; ".join(

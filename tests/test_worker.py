@@ -1,7 +1,7 @@
 """The worker agent as a real process against the machine's Mosquitto.
 
 Each test plays the boss (:class:`worker_helpers.FakeBoss`, on a cluster of
-its own) and starts ``python -m worker.agent`` processes. No test sleeps past
+its own) and starts ``python -m ecloud_worker.agent`` processes. No test sleeps past
 a race: every expectation is a condition waited for with a deadline.
 """
 
@@ -29,6 +29,8 @@ from ecloud.wire import (
     parse_worker_payload,
     to_topic,
 )
+from ecloud_worker.agent import START_REPORT_AFTER
+from ecloud_worker.outbox import Outbox, payloads
 from tests.support.brokers import wait_for
 from tests.support.worker_helpers import (
     BROKER,
@@ -39,8 +41,6 @@ from tests.support.worker_helpers import (
     tagged,
     wait_dead,
 )
-from worker.agent import START_REPORT_AFTER
-from worker.outbox import Outbox, payloads
 
 
 @pytest.fixture
@@ -454,11 +454,11 @@ def test_debug_prints_every_step(boss, start):
 
 def test_missing_broker_is_one_error_line():
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECLOUD_")}
-    result = subprocess.run([sys.executable, "-m", "worker.agent"], env=env,
+    result = subprocess.run([sys.executable, "-m", "ecloud_worker.agent"], env=env,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "broker" in result.stderr
-    usage = subprocess.run([sys.executable, "-m", "worker.agent", "--help"], env=env,
+    usage = subprocess.run([sys.executable, "-m", "ecloud_worker.agent", "--help"], env=env,
                            capture_output=True, text=True, timeout=30)
     for option in ("--broker", "--cluster", "--worker-id", "--slots", "--work-dir", "--heartbeat",
                    "--vm-id", "--context-file", "--drain-timeout", "--debug"):
@@ -488,7 +488,7 @@ def test_context_file_fills_in_below_flags_and_environment(boss, start, tmp_path
 
 def test_the_context_file_may_carry_values_in_base64(tmp_path) -> None:
     from ecloud.errors import UserError
-    from worker.settings import read_context
+    from ecloud_worker.settings import read_context
 
     path = tmp_path / "context.sh"
     path.write_text("BOSS_ADDRESS_B64='MTAuMC4wLjE6MTg4Mw=='\nECLOUD_CLUSTER='plain'\n"
@@ -528,7 +528,7 @@ def test_an_attempt_directory_name_fits_name_max_whatever_the_task_id(tmp_path):
     directory name ('/' -> '%2F') passed NAME_MAX: 'File name too long'."""
     from pathlib import Path
 
-    from worker.runner import attempt_path
+    from ecloud_worker.runner import attempt_path
 
     ids = ["a/" * 99 + "b", "a/" * 99 + "c", "x" * 200, "plain", "with/one"]
     paths = [attempt_path(str(tmp_path), tid, 1) for tid in ids]

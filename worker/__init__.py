@@ -28,8 +28,8 @@ What it does, in order of a worker's life:
   still runs, says ``bye``, waits briefly for its ack and disconnects cleanly,
   so the will is not published. Exit status 0.
 
-Modules: :mod:`worker.agent` (main loop and command line), :mod:`worker.runner`
-(processes), :mod:`worker.outbox` (acks and resends), :mod:`worker.settings`
+Modules: :mod:`ecloud_worker.agent` (main loop and command line), :mod:`ecloud_worker.runner`
+(processes), :mod:`ecloud_worker.outbox` (acks and resends), :mod:`ecloud_worker.settings`
 (flags, environment, context file).
 """
 
@@ -40,7 +40,7 @@ __all__ = ["main"]
 
 def main() -> None:
     """The ``ecloud-worker`` command (imported lazily, so that
-    ``python -m worker.agent`` does not import the agent twice)."""
-    from worker.agent import main as run
+    ``python -m ecloud_worker.agent`` does not import the agent twice)."""
+    from ecloud_worker.agent import main as run
 
     run()

@@ -64,13 +64,13 @@ from ecloud.wire import (
     parse_boss_payload,
     to_topic,
 )
-from worker import logserve
-from worker.inbox import Inbox
-from worker.journal import Journal
-from worker.outbox import Outbox, payloads
-from worker.reaper import become_subreaper
-from worker.runner import Launched, Runner
-from worker.settings import Settings, resolve
+from ecloud_worker import logserve
+from ecloud_worker.inbox import Inbox
+from ecloud_worker.journal import Journal
+from ecloud_worker.outbox import Outbox, payloads
+from ecloud_worker.reaper import become_subreaper
+from ecloud_worker.runner import Launched, Runner
+from ecloud_worker.settings import Settings, resolve
 
 log = logging.getLogger("worker")
 
@@ -364,7 +364,7 @@ class Agent:
 
     def _serve_logs(self, request: LogsRequest) -> None:
         """Answer ``ecloud logs`` with a piece of an attempt's output (see
-        :mod:`worker.logserve`); read even while shutting down."""
+        :mod:`ecloud_worker.logserve`); read even while shutting down."""
         running = self.runner.has((request.task_id, request.attempt))
         reply = logserve.answer(str(self.s.work_dir), request, running)
         log.debug("logs %s %s/%s %s from %d: %s", request.request_id, request.task_id,

@@ -13,7 +13,7 @@ import base64
 import os
 
 from ecloud.wire import LogsReply, LogsRequest, check_logs_request
-from worker.runner import attempt_path
+from ecloud_worker.runner import attempt_path
 
 
 def answer(work_dir: str, request: LogsRequest, running: bool) -> LogsReply:

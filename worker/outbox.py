@@ -35,7 +35,7 @@ class _Entry:
 
 class Outbox:
     def __init__(self, incarnation: str, journal: Any = None) -> None:
-        self._journal = journal  # a worker.journal.Journal, or None
+        self._journal = journal  # a ecloud_worker.journal.Journal, or None
         self._prefix = incarnation[:8]
         self._counter = itertools.count(1)
         self._unacked: dict[str, _Entry] = {}

@@ -20,7 +20,7 @@ session and process group, with stdout and stderr going to the files
 blocks the task. When the task's leader exits, whatever it left running in its
 process group is killed, so no attempt outlives its report. What left the group
 (``setsid``) is told by the token in its environment and gets the group's
-signals all the same (:mod:`worker.reaper`).
+signals all the same (:mod:`ecloud_worker.reaper`).
 
 Stopping an attempt (cancel, timeout, shutdown) sends SIGTERM to the whole
 group and SIGKILL 5 s later if the leader still runs. An attempt stopped on
@@ -51,8 +51,8 @@ from attrs import define, frozen
 from ecloud import limits
 from ecloud.events.types import StagedFile, default_results_folder
 from ecloud.wire import TAIL, DispatchMsg, Finished
-from worker.reaper import TOKEN_VAR, Reaper, new_token
-from worker.runas import RunAs
+from ecloud_worker.reaper import TOKEN_VAR, Reaper, new_token
+from ecloud_worker.runas import RunAs
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class Runner:
         """Act on deadlines that have passed: timeouts, SIGKILL escalations,
         and dispatches that waited too long in the queue (given back); kill
         the escapees of attempts over and reap the children we adopted
-        (:class:`worker.reaper.Reaper`: nothing to do unless an attempt ended
+        (:class:`ecloud_worker.reaper.Reaper`: nothing to do unless an attempt ended
         or a child exited since the last tick)."""
         self.reaper.reap(now, self._leaders)
         returned = []
@@ -386,7 +386,7 @@ class Runner:
                 "inputs": [{"source": _source(msg, i), "path": i.path, "name": i.name,
                             "sha256": i.sha256} for i in msg.inputs]}
         (meta / "plan.json").write_text(json.dumps(plan))
-        return [sys.executable, "-m", "worker.stage", str((meta / "plan.json").resolve())]
+        return [sys.executable, "-m", "ecloud_worker.stage", str((meta / "plan.json").resolve())]
 
     def _wait(self, attempt: Attempt) -> None:
         """The waiter thread: block until the leader exits, then clear its

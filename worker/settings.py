@@ -37,7 +37,7 @@ from attrs import frozen
 
 from ecloud.effects.messaging.mqtt import MqttAuth, parse_broker_url
 from ecloud.errors import UserError
-from worker.runas import RunAs, resolve_run_as
+from ecloud_worker.runas import RunAs, resolve_run_as
 
 #: context-file variable -> setting (BOSS_ADDRESS is turned into a broker URL)
 CONTEXT_KEYS = {

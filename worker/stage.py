@@ -1,6 +1,6 @@
 """The staging wrapper: a task attempt's process when data moves.
 
-The runner starts ``python -m worker.stage PLAN`` as the attempt's process
+The runner starts ``python -m ecloud_worker.stage PLAN`` as the attempt's process
 instead of the bare command. In the attempt's own process group it
 
 1. fetches every input from the datastore into the working directory,

@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 
 from ecloud.effects.messaging.mqtt import parse_broker_url
-from worker.settings import read_context
+from ecloud_worker.settings import read_context
 
 #: where OpenNebula's context package leaves the VM's context variables
 CONTEXT_FILES = ("/var/run/one-context/one_env", "/mnt/context/context.sh")

@@ -8,7 +8,7 @@ report); it is, in order of preference:
    and the report names them with their sha256 (checked on the way back);
 2. **in a local worker's directory** on this machine (``ecloud run`` and
    ``ecloud-boss --local`` keep them under ``.ecloud-workers/<worker>/``);
-3. **on the worker**, asked over MQTT (:mod:`worker.logserve`), while it
+3. **on the worker**, asked over MQTT (:mod:`ecloud_worker.logserve`), while it
    lives: the only way to a running attempt on a VM;
 4. **in the log**: the tails of the finish report, said to be only tails.
 
@@ -147,7 +147,7 @@ class LocalReader:
     """A local worker's attempt directory on this machine."""
 
     def __init__(self, attempt: Attempt, work_root: Path) -> None:
-        from worker.runner import attempt_path
+        from ecloud_worker.runner import attempt_path
 
         self.folder = Path(attempt_path(str(work_root / attempt.worker_id), attempt.task_id,
                                         attempt.attempt))
@@ -165,7 +165,7 @@ class LocalReader:
 
 
 class WorkerReader:
-    """Ask the worker over MQTT (see :mod:`worker.logserve`)."""
+    """Ask the worker over MQTT (see :mod:`ecloud_worker.logserve`)."""
 
     def __init__(self, attempt: Attempt, broker: str | None, cluster: str, auth,
                  timeout: float = 10.0) -> None:

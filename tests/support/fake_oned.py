@@ -195,7 +195,7 @@ NO_TERMINATE = ("PROLOG", "BOOT", "SHUTDOWN", "EPILOG")
 def ecloud_worker_command(heartbeat: float = 0.5) -> list[str]:
     """The guest's start script for an ecloud worker VM: the real agent,
     reading the VM's context file."""
-    return [sys.executable, "-m", "worker.agent", "--context-file", "{context_file}",
+    return [sys.executable, "-m", "ecloud_worker.agent", "--context-file", "{context_file}",
             "--work-dir", "{vm_dir}/work", "--heartbeat", f"{heartbeat:g}",
             "--drain-timeout", "2"]
 

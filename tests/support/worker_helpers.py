@@ -180,7 +180,7 @@ def _brief(report: Any) -> str:
 
 
 class WorkerProc:
-    """A real ``python -m worker.agent`` process talking to ``boss``."""
+    """A real ``python -m ecloud_worker.agent`` process talking to ``boss``."""
 
     def __init__(self, boss: FakeBoss, tmp_path: Path, worker_id: str = "w1", *extra: str,
                  slots: int = 2, heartbeat: float = 1.0, debug: bool = True,
@@ -189,7 +189,7 @@ class WorkerProc:
         self.worker_id = worker_id
         self.work_dir = tmp_path / f"work-{worker_id}"
         self.stderr_path = tmp_path / f"{worker_id}-{uuid.uuid4().hex[:6]}.stderr"
-        args = [sys.executable, "-m", "worker.agent"]
+        args = [sys.executable, "-m", "ecloud_worker.agent"]
         if standard:
             args += ["--broker", broker, "--cluster", boss.cluster, "--worker-id", worker_id,
                      "--slots", str(slots), "--work-dir", str(self.work_dir)]

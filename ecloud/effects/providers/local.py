@@ -11,7 +11,7 @@ kept in ``<work root>/<name>.pid`` (its output in ``<name>.log``), and a new
 provider *adopts* the live ones (:meth:`LocalProvider.adopt`, called once the
 boss holds the log - never before, so a boss that is refused the log touches
 no process of the one that holds it). A worker is recognised by its command
-line - ``worker.agent`` with ``--work-dir <work root>/<name>`` - from its pid
+line - ``ecloud_worker.agent`` with ``--work-dir <work root>/<name>`` - from its pid
 file or, for one started just before a crash wrote that file, by a look
 through ``/proc``; a reused pid is never signalled. A restarted boss
 therefore keeps its workers, and the reports they made while it was down
@@ -111,7 +111,7 @@ def _worker_argv(pid: int, name: str | None = None) -> list[str] | None:
     except OSError:
         return None
     text = [a.decode(errors="replace") for a in argv]
-    if "worker.agent" not in text or not _Process(pid).alive():
+    if "ecloud_worker.agent" not in text or not _Process(pid).alive():
         return None
     if name is not None and _flag(text, "--worker-id") != name:
         return None
@@ -203,7 +203,7 @@ class LocalProvider:
 
     def command(self, name: str, vm_id: int) -> list[str]:
         cmd = [
-            sys.executable, "-m", "worker.agent",
+            sys.executable, "-m", "ecloud_worker.agent",
             "--broker", self.broker, "--cluster", self.cluster, "--worker-id", name,
             "--slots", str(self.slots), "--vm-id", str(vm_id),
             "--work-dir", str(self.work_root / name), "--heartbeat", f"{self.heartbeat:g}",
