@@ -170,11 +170,12 @@ def test_a_callback_on_a_worker_s_own_topic_is_no_report_of_it() -> None:
     """A worker cannot write the hook's topic (the broker hangs up on it:
     tests/test_broker_security.py); what it writes on its own is refused."""
     from ecloud.boss.edge import to_events
+    from ecloud.boss.heard import HeardReports
     from ecloud.effects.messaging.outbox import Outbox
 
     outbox = Outbox(lambda *a, **k: None, CLUSTER, 5.0)
     (event,) = to_events(f"ecloud/{CLUSTER}/from/{PREFIX}1", message(), CLUSTER,
-                         with_vm().state, outbox)
+                         with_vm().state, outbox, HeardReports())
     assert isinstance(event, ev.InputRejected) and event.sender == PREFIX + "1"
 
 
@@ -184,13 +185,14 @@ def test_ecloud_s_own_broker_accounts_are_heard_as_no_worker(account: str) -> No
     (or the boss's) cannot pose as a worker there."""
     from ecloud import wire
     from ecloud.boss.edge import to_events
+    from ecloud.boss.heard import HeardReports
     from ecloud.effects.messaging.outbox import Outbox
 
     hello = wire.dumps(wire.WorkerPayload(account, [wire.Hello("m1", "h", 1, wire.PROTOCOL,
                                                                 "i1")], incarnation="i1"))
     outbox = Outbox(lambda *a, **k: None, CLUSTER, 5.0)
     (event,) = to_events(f"ecloud/{CLUSTER}/from/{account}", hello, CLUSTER, with_vm().state,
-                         outbox)
+                         outbox, HeardReports())
     assert isinstance(event, ev.InputRejected)
     assert "a broker account of ecloud's own" in event.reason
 

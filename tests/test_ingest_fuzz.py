@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from ecloud import wire
 from ecloud.boss.edge import to_events
+from ecloud.boss.heard import HeardReports
 from ecloud.effects.messaging.outbox import Outbox
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded, TaskSpec
@@ -72,6 +73,7 @@ class Run:
         self.rejected: list[ev.InputRejected] = []
         self.rejected_seqs: set[int] = set()
         self.outbox = Outbox(lambda t, p: None, CLUSTER, clock=lambda: 0.0)
+        self.heard = HeardReports(clock=lambda: 0.0)
         self.decisions: list = []
         self.held: list[Dispatch] = []  # dispatches the workers will answer next round
         self.msg = 0
@@ -111,7 +113,7 @@ class Run:
     def round(self, messages: list[tuple[str, bytes]]) -> None:
         events = list(self.decisions)
         for t, p in messages:
-            events += to_events(t, p, CLUSTER, self.state, self.outbox)
+            events += to_events(t, p, CLUSTER, self.state, self.outbox, self.heard)
         self._fold(events)
 
     def outcome(self) -> tuple[Any, list]:

@@ -35,18 +35,20 @@ from ecloud.projections.transitions import (
 from tests.support.folding import Driver
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+ARCHITECTURE = README.parent / "docs" / "architecture.md"
 VM_STATUSES = (VM_REQUESTED, VM_ALLOCATED, VM_OBSERVED, VM_FAILED, VM_KILLING, VM_GONE)
 
 
 @pytest.mark.parametrize(("marker", "moves"), [("task", TASK_MOVES), ("vm", VM_MOVES),
                                                ("worker", WORKER_MOVES)])
-def test_the_readme_shows_the_tables_of_the_code(marker: str, moves) -> None:
-    block = re.search(rf"<!-- {marker}-transitions:[^\n]*-->\n(.*?)<!-- /{marker}-transitions -->",
-                      README.read_text(), re.S)
-    assert block, f"README.md lacks the generated {marker} table"
-    assert block.group(1) == markdown(moves), (
-        f"README.md's {marker} table differs from ecloud/projections/transitions.py: "
-        f"paste markdown({marker.upper()}_MOVES)")
+def test_the_docs_show_the_tables_of_the_code(marker: str, moves) -> None:
+    for doc in (README, ARCHITECTURE):
+        block = re.search(rf"<!-- {marker}-transitions:[^\n]*-->\n(.*?)<!-- /{marker}-transitions -->",
+                          doc.read_text(), re.S)
+        assert block, f"{doc.name} lacks the generated {marker} table"
+        assert block.group(1) == markdown(moves), (
+            f"{doc.name}'s {marker} table differs from ecloud/projections/transitions.py: "
+            f"paste markdown({marker.upper()}_MOVES)")
 
 
 def test_the_table_names_only_task_statuses_and_every_cause_is_used() -> None:

@@ -25,6 +25,7 @@ which refuses it with a reason.
 from __future__ import annotations
 
 from ecloud import wire
+from ecloud.boss.heard import HeardReports
 from ecloud.effects.messaging.outbox import Outbox
 from ecloud.events import types as ev
 from ecloud.projections.state import ACTIVE, LIVE, State
@@ -99,7 +100,8 @@ def rejected(topic: str, reason: str, payload: bytes, sender: str = "",
                             sender, msg_id)
 
 
-def to_events(topic: str, payload: bytes, cluster: str, state: State, outbox: Outbox) -> list:
+def to_events(topic: str, payload: bytes, cluster: str, state: State, outbox: Outbox,
+              heard: HeardReports) -> list:
     """Events for one MQTT message (possibly none, e.g. only resends)."""
     worker_id = wire.worker_of(topic, cluster)
     if worker_id is None:
@@ -117,7 +119,7 @@ def to_events(topic: str, payload: bytes, cluster: str, state: State, outbox: Ou
     incarnation = message.incarnation
     other = (live and bool(incarnation) and incarnation != worker.incarnation)  # type: ignore[union-attr]
     for report in message.reports:
-        if report.msg_id and outbox.already_acked(worker_id, report.msg_id):
+        if report.msg_id and heard.already_acked(worker_id, report.msg_id):
             outbox.ack(worker_id, report.msg_id)
             continue
         if other and type(report) is not wire.Hello:
@@ -126,7 +128,7 @@ def to_events(topic: str, payload: bytes, cluster: str, state: State, outbox: Ou
             why = (f"a {report.kind} from incarnation {incarnation[:8]} of worker {worker_id!r}, "
                    f"which is not its live incarnation ({worker.incarnation[:8]})")  # type: ignore[union-attr]
             outbox.refuse(worker_id, incarnation, f"superseded: {why}")
-            if outbox.stranger_due(f"{worker_id}/{incarnation}"):
+            if heard.stranger_due(f"{worker_id}/{incarnation}"):
                 events.append(rejected(topic, why, payload, worker_id, report.msg_id))
             continue
         if (live and not incarnation and state.rules >= 2 and worker.incarnation  # type: ignore[union-attr]
@@ -139,14 +141,14 @@ def to_events(topic: str, payload: bytes, cluster: str, state: State, outbox: Ou
         if problem is not None:
             # judged before a resend is recognised: every one is logged, and
             # acknowledged once logged, so that an agent stops sending it
-            if not (report.msg_id and outbox.in_flight(worker_id, report.msg_id)):
+            if not (report.msg_id and heard.in_flight(worker_id, report.msg_id)):
                 events.append(rejected(topic, problem, payload, worker_id, report.msg_id))
             continue
-        if report.msg_id and outbox.in_flight(worker_id, report.msg_id):
+        if report.msg_id and heard.in_flight(worker_id, report.msg_id):
             continue  # a resend of a report not yet committed: its ack follows the commit
         if type(report) is wire.Heartbeat and not live:
             outbox.reannounce(worker_id, incarnation)
-            if worker is None and outbox.stranger_due(worker_id):
+            if worker is None and heard.stranger_due(worker_id):
                 events.append(rejected(topic, f"a heartbeat from worker {worker_id!r}, which "
                                        "never announced itself (asked to announce)", payload,
                                        worker_id))

@@ -48,6 +48,7 @@ from ecloud import wire
 from ecloud.boss.callbacks import callback_events, hook_topic
 from ecloud.boss.cloud import CloudSide
 from ecloud.boss.edge import to_events
+from ecloud.boss.heard import HeardReports
 from ecloud.boss.lease import Lease, lease_for
 from ecloud.boss.recent_reports import committed_reports
 from ecloud.effects.messaging.mqtt import Connection, MqttAuth
@@ -60,6 +61,7 @@ from ecloud.log.store import LogStore
 from ecloud.log.url import open_store
 from ecloud.projections import context
 from ecloud.projections.autoscale import autoscale
+from ecloud.projections.effects import Ack
 from ecloud.projections.fold import step
 from ecloud.projections.liveness import losses
 from ecloud.projections.outstanding import outstanding
@@ -182,6 +184,8 @@ class Boss:
         self.cloud = CloudSide(provider, self.inbox, observe_every)
         self.conn: Connection | None = None
         self.outbox: Outbox | None = None
+        #: the reports heard: committed, on their way, and from strangers (boss/heard.py)
+        self.heard = HeardReports()
         self.error: BaseException | None = None
         self.finished = threading.Event()
 
@@ -252,7 +256,7 @@ class Boss:
         )
         self.outbox = Outbox(self.conn.publish, self.cluster, self.resend_after)
         for worker_id, msg_id in committed_reports(self.store):
-            self.outbox.remember(worker_id, msg_id)  # their resends get an ack, not a new event
+            self.heard.remember(worker_id, msg_id)  # their resends get an ack, not a new event
         self._log_id = self.store.log_id()
         self.conn.start(wait=self.connect_wait)
         # the retained beat (if any) comes right after the subscription: a boss
@@ -443,7 +447,8 @@ class Boss:
                                           time.time(), self._heard_callbacks))
         elif item[0] == "mqtt":
             assert self.outbox is not None
-            events.extend(to_events(item[1], item[2], self.cluster, self.state, self.outbox))
+            events.extend(to_events(item[1], item[2], self.cluster, self.state, self.outbox,
+                                    self.heard))
         else:
             events.extend(item[1])
 
@@ -520,6 +525,9 @@ class Boss:
     def _perform(self, effects: list) -> None:
         assert self.outbox is not None
         self.outbox.perform(effects, self.state)
+        for effect in effects:
+            if type(effect) is Ack:  # committed: a resend of it only needs the ack again
+                self.heard.remember(effect.worker_id, effect.msg_id)
         self.cloud.perform(effects)
 
     # ------------------------------------------------------------- upkeep

@@ -16,7 +16,6 @@ own - and ride along with whatever else goes to the worker.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 from attrs import define, field
@@ -27,10 +26,6 @@ from ecloud.projections.effects import Ack, CancelAttempt, Dispatch, RefuseWorke
 from ecloud.projections.state import DISPATCHED, LIVE, State
 
 Publish = Callable[[str, bytes], None]
-REMEMBERED_ACKS = 2000  # per worker: how many acked msg_ids to recognise resends by
-INFLIGHT_FOR = 60.0  # seconds a report counts as on its way into the log
-MAX_INFLIGHT = 100_000  # reports on their way before old claims are swept
-STRANGER_EVERY = 600.0  # seconds between two records of one unannounced worker
 
 
 @define
@@ -68,12 +63,6 @@ class Outbox:
         self._drafts: dict[tuple[str, str | None], _Draft] = {}
         self._dispatches: dict[tuple[str, int], tuple[str, float, wire.DispatchMsg]] = {}
         self._cancels: dict[tuple[str, int], tuple[str, float, wire.CancelMsg]] = {}
-        self._acked: dict[str, OrderedDict[str, None]] = {}
-        # reports turned into events but not yet committed and acked: a resend
-        # of one of these (several pile up at the broker while a boss is down)
-        # is neither logged again nor acked before the original commits
-        self._inflight: dict[tuple[str, str], float] = {}
-        self._strangers: dict[str, float] = {}  # see stranger_due
         self.sent = 0
         self._walked = float("-inf")  # when resend_due last walked the outstanding messages
 
@@ -111,48 +100,6 @@ class Outbox:
 
     def ack(self, worker_id: str, msg_id: str) -> None:
         self._draft(worker_id).acks.append(msg_id)
-        self.remember(worker_id, msg_id)
-
-    def remember(self, worker_id: str, msg_id: str) -> None:
-        """Know ``msg_id`` as committed without sending an ack now (a boss
-        starting learns this from the log's tail)."""
-        self._inflight.pop((worker_id, msg_id), None)
-        seen = self._acked.setdefault(worker_id, OrderedDict())
-        seen[msg_id] = None
-        if len(seen) > REMEMBERED_ACKS:
-            seen.popitem(last=False)
-
-    def in_flight(self, worker_id: str, msg_id: str) -> bool:
-        """Whether this report is already on its way into the log. Claims
-        it if not (for ``INFLIGHT_FOR`` seconds: a report whose event never
-        brings an ack is logged again if resent after that)."""
-        key = (worker_id, msg_id)
-        now = self._clock()
-        since = self._inflight.get(key)
-        if since is not None and now - since < INFLIGHT_FOR:
-            return True
-        if len(self._inflight) > MAX_INFLIGHT:
-            self._inflight = {k: t for k, t in self._inflight.items() if now - t < INFLIGHT_FOR}
-        self._inflight[key] = now
-        return False
-
-    def already_acked(self, worker_id: str, msg_id: str) -> bool:
-        """A report committed and acked before: its resend needs only an ack."""
-        seen = self._acked.get(worker_id)
-        return seen is not None and msg_id in seen
-
-    def stranger_due(self, worker_id: str) -> bool:
-        """Whether a worker that never announced itself (it heartbeats) is
-        due to be recorded again: once, then at most every
-        :data:`STRANGER_EVERY` seconds, so that it cannot flood the log."""
-        now = self._clock()
-        last = self._strangers.get(worker_id)
-        if last is not None and now - last < STRANGER_EVERY:
-            return False
-        if len(self._strangers) > MAX_INFLIGHT:
-            self._strangers.clear()
-        self._strangers[worker_id] = now
-        return True
 
     def refuse(self, worker_id: str, incarnation: str, reason: str) -> None:
         """Tell one agent under ``worker_id`` that it may not go on (for good)."""
