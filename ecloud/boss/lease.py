@@ -314,21 +314,21 @@ def _holder_text(fd: int) -> str:
 
 def _try_flock(fd: int, within: float = 1.0) -> str | None:
     """Take the flock on ``fd`` (None), or say who holds it, as the holder
-    wrote it. A lock found held is tried again for ``within`` seconds before
-    it counts as a boss's: a probe (:func:`_file_holder`, ``ecloud status``)
-    holds it for an instant only, and the line in the file may be a dead
-    boss's, so neither the lock nor the text alone says a boss is there (CI
-    saw a run refused, naming a boss killed long before, because a look held
-    the lock that instant). A boss that took it this instant writes its line
-    just after."""
+    wrote it. Within ``within`` seconds, a lock held with nothing written
+    is tried again: a boss that took it this instant writes its line just
+    after, and a probe (:func:`holder`) lets go at once - a run started
+    while ``ecloud status`` looks is not refused."""
     deadline = time.monotonic() + within
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return None
         except BlockingIOError:
+            text = _holder_text(fd)
+            if text:
+                return text
             if time.monotonic() >= deadline:
-                return _holder_text(fd) or "a boss that is starting"
+                return "a boss that is starting"
             time.sleep(0.02)
 
 
