@@ -94,12 +94,7 @@ class Rig:
         self.ecloud("opennebula", "hook", "--broker", self.broker, "--python", sys.executable,
                     "--password-file", str(password), "--owner", self.oned.uname,
                     "--hooks-dir", str(self.oned.hooks_dir), "--dir", str(written))
-        self.oned.hooks_dir.mkdir(parents=True, exist_ok=True)
-        script = written / f"ecloud-{self.cluster}-hook"
-        (self.oned.hooks_dir / script.name).write_bytes(script.read_bytes())
-        (self.oned.hooks_dir / script.name).chmod(0o755)
-        for template in sorted(written.glob("*.hook")):
-            self.oned.create_hook(template.read_text())
+        self.oned.install_hooks(written)
 
     def trial(self) -> float:
         """Seconds from a VM's power-off to its DONE."""

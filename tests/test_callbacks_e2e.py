@@ -41,14 +41,8 @@ def install_hooks(cloud: CloudCluster, *extra: str) -> list[str]:
          cloud.oned.uname, "--hooks-dir", str(cloud.oned.hooks_dir), "--dir", str(written),
          *extra], cwd=cloud.workdir, env=cloud.env, capture_output=True, text=True, timeout=60,
         check=True)
-    cloud.oned.hooks_dir.mkdir(parents=True, exist_ok=True)
-    script = written / f"ecloud-{cloud.cluster}-hook"
-    (cloud.oned.hooks_dir / script.name).write_bytes(script.read_bytes())
-    (cloud.oned.hooks_dir / script.name).chmod(0o755)
-    templates = sorted(written.glob("*.hook"))
-    for template in templates:
-        cloud.oned.create_hook(template.read_text())
-    return [t.read_text() for t in templates]
+    cloud.oned.install_hooks(written)
+    return [t.read_text() for t in sorted(written.glob("*.hook"))]
 
 
 def events(cloud: CloudCluster, kind: str) -> list:

@@ -36,6 +36,7 @@ import re
 from typing import Any
 
 from ecloud import strictjson
+from ecloud.boss.edge import rejected
 from ecloud.events import types as ev
 from ecloud.projections.state import State
 from onehook.hook import hook_topic
@@ -57,8 +58,6 @@ __all__ = ["MAX_AGE", "MAX_AHEAD", "MAX_BYTES", "callback_events", "hook_topic"]
 
 
 def _rejected(reason: str, payload: bytes, topic: str) -> ev.InputRejected:
-    from ecloud.boss.edge import rejected
-
     return rejected(topic, f"callback: {reason}", payload)
 
 

@@ -132,7 +132,6 @@ class Boss:
         self.takeover_after = takeover_after
         self.poll = poll
         self.resend_after = resend_after
-        self.observe_every = observe_every
         self.boss_id = boss_id or uuid.uuid4().hex[:12]
         self.until = until
         self.on_start = on_start

@@ -17,7 +17,7 @@ from ecloud.projections import context
 from ecloud.projections.autoscale import cloud_ceiling
 from ecloud.projections.scheduler import unschedulable
 from ecloud.projections.state import LIVE, READY, TASK_STATUSES, State
-from ecloud.views.vms import cloud_state, precise_when
+from ecloud.views.vms import precise_when, state_with_codes
 
 STATUS_STYLE = {
     "waiting": "dim", "ready": "cyan", "dispatched": "blue", "running": "bold blue",
@@ -213,11 +213,6 @@ def _short(items: list[str], limit: int = 5) -> str:
     return shown + (f", … (+{len(items) - limit})" if len(items) > limit else "")
 
 
-def vm_state_text(state: int, lcm: int) -> str:
-    """OpenNebula's codes for people, with the codes: ``POWEROFF (8/0)``."""
-    return f"{cloud_state(state, lcm)} ({state}/{lcm})"
-
-
 def summarise(event: Any) -> str:
     """One line saying what an event means."""
     if isinstance(event, ev.TasksSubmitted):
@@ -250,12 +245,13 @@ def summarise(event: Any) -> str:
     if isinstance(event, ev.ContextSet):
         return f"{event.key} = {event.value}"
     if isinstance(event, ev.VMCallback):
-        return (f"the hook: VM {event.vm_id} {event.vm_name} is {vm_state_text(event.state, event.lcm_state)}"
+        return (f"the hook: VM {event.vm_id} {event.vm_name} is "
+                f"{state_with_codes(event.state, event.lcm_state)}"
                 f" (its clock: {precise_when(event.at)} UTC; a hint, the next look at the pool decides)")
     if isinstance(event, ev.VMStateObserved):
         ip = f", ip {event.ip}" if event.ip else ""
         return (f"the poll: VM {event.vm_id} {event.vm_name or ''} is "
-                f"{vm_state_text(event.state, event.lcm_state)}{ip}").replace("  ", " ")
+                f"{state_with_codes(event.state, event.lcm_state)}{ip}").replace("  ", " ")
     fields = converter.unstructure(event)
     return " ".join(f"{k}={v}" for k, v in fields.items() if v not in ("", None, [], {}))
 

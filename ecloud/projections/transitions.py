@@ -167,39 +167,37 @@ _VM_ALLOWED = _allowed(VM_MOVES)
 _WORKER_ALLOWED = _allowed(WORKER_MOVES)
 
 
+def _check(state: State, allowed: dict[str, frozenset[tuple[str, str]]], what: str,
+           current: str, target: str, cause: str) -> bool:
+    """Whether ``current`` -> ``target`` is a move (False: the status stays);
+    ReducerBug, before anything changes, when the table lacks it."""
+    if current == target:
+        return False
+    if (current, target) not in allowed.get(cause, ()):
+        raise ReducerBug(state.seq + 1, f"{what}: no move from {current} to {target} on "
+                                        f"{cause!r} in its table")
+    return True
+
+
 def move_task(state: State, task: TaskRecord, target: str, cause: str) -> None:
     """Move ``task`` to ``target`` because of ``cause``, keeping the state's
     indexes in step; a move the table does not hold raises (before anything
     changes). Moving to the status it has is no move, and always allowed."""
-    if task.status == target:
-        return
-    if (task.status, target) not in _ALLOWED.get(cause, ()):
-        raise ReducerBug(state.seq + 1, f"task {task.spec.id!r}: no move from {task.status} to "
-                                        f"{target} on {cause!r} in the task table")
-    state.reindex_status(task, target)
+    if _check(state, _ALLOWED, f"task {task.spec.id!r}", task.status, target, cause):
+        state.reindex_status(task, target)
 
 
 def move_vm(state: State, vm: VMRecord, target: str, cause: str) -> None:
-    """Move ``vm`` to ``target`` because of ``cause`` (the VM table), or
-    raise before anything changes. The caller keeps ``open_vms`` in step."""
-    if vm.status == target:
-        return
-    if (vm.status, target) not in _VM_ALLOWED.get(cause, ()):
-        raise ReducerBug(state.seq + 1, f"VM {vm.vm_name!r}: no move from {vm.status} to "
-                                        f"{target} on {cause!r} in the VM table")
-    vm.status = target
+    """The same for a VM (the VM table). The caller keeps ``open_vms`` in step."""
+    if _check(state, _VM_ALLOWED, f"VM {vm.vm_name!r}", vm.status, target, cause):
+        vm.status = target
 
 
 def move_worker(state: State, worker: WorkerRecord, target: str, cause: str) -> None:
-    """Move ``worker`` to ``target`` because of ``cause`` (the worker table),
-    or raise before anything changes. The caller keeps ``free`` in step."""
-    if worker.status == target:
-        return
-    if (worker.status, target) not in _WORKER_ALLOWED.get(cause, ()):
-        raise ReducerBug(state.seq + 1, f"worker {worker.worker_id!r}: no move from "
-                                        f"{worker.status} to {target} on {cause!r} in the "
-                                        "worker table")
-    worker.status = target
+    """The same for a worker (the worker table). The caller keeps ``free`` in step."""
+    if _check(state, _WORKER_ALLOWED, f"worker {worker.worker_id!r}", worker.status, target,
+              cause):
+        worker.status = target
 
 
 def markdown(moves: tuple[Move, ...] = TASK_MOVES) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded
 from ecloud.projections.state import State, VMRecord
-from ecloud.views.vms import cloud_state, precise_when, verdict
+from ecloud.views.vms import precise_when, state_with_codes, verdict
 
 #: how far a poll's sight may come after a callback's and still be "the same news"
 SAME_NEWS = 3600.0
@@ -42,10 +42,6 @@ def _about(event: Any, name: str, vm_id: int | None) -> bool:
     return False
 
 
-def _code(state: int | None, lcm: int | None) -> str:
-    return f"{cloud_state(state, lcm)} ({state}/{lcm})"
-
-
 def story(records: Iterable[Recorded], vm: VMRecord) -> list[dict[str, Any]]:
     """The log's events about ``vm``, oldest first, as rows (seq, ts, who,
     what); a callback and the poll's sight of the same state (the next one
@@ -65,7 +61,7 @@ def story(records: Iterable[Recorded], vm: VMRecord) -> list[dict[str, Any]]:
             row.update(who="cloud", what=f"allocated as VM {e.vm_id}")
         elif isinstance(e, ev.VMDiscovered):
             row.update(who="poll", what=f"found in the pool, never asked for: "
-                                        f"{_code(e.state, e.lcm_state)}")
+                                        f"{state_with_codes(e.state, e.lcm_state)}")
         elif isinstance(e, ev.VMFailed):
             row.update(who="cloud", what=f"failed ({e.kind}): {e.reason}")
         elif isinstance(e, ev.VMKillRequested):
@@ -75,7 +71,7 @@ def story(records: Iterable[Recorded], vm: VMRecord) -> list[dict[str, Any]]:
         elif isinstance(e, (ev.VMCallback, ev.VMStateObserved)):
             key = (e.state, e.lcm_state)
             me, other = ("hook", "poll") if isinstance(e, ev.VMCallback) else ("poll", "hook")
-            row.update(who=me, what=f"{'callback' if me == 'hook' else 'seen'}: {_code(*key)}",
+            row.update(who=me, what=f"{'callback' if me == 'hook' else 'seen'}: {state_with_codes(*key)}",
                        first=None)
             earlier = waiting.pop((other, key), None)
             if earlier is not None and rec.ts - earlier["ts"] <= SAME_NEWS:
@@ -102,7 +98,7 @@ def vm_why(state: State, vm: VMRecord, rows: list[dict[str, Any]]) -> list[str]:
     ident = f" (id {vm.vm_id})" if vm.vm_id is not None else ""
     lines = [f"VM {vm.vm_name}{ident} is {vm.status} at seq {state.seq}: {verdict(vm, worker)}"]
     if vm.callback_at is not None:
-        lines.append(f"  the hook last told {_code(vm.callback_state, vm.callback_lcm)} "
+        lines.append(f"  the hook last told {state_with_codes(vm.callback_state, vm.callback_lcm)} "
                      f"(its clock {precise_when(vm.callback_at)} UTC)")
     for row in rows:
         lines.append(f"  seq {row['seq']:>6}  {precise_when(row['ts'])} UTC  {row['who']:<10}  {row['what']}")

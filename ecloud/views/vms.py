@@ -17,6 +17,11 @@ LCM_STATES = {0: "LCM_INIT", 1: "PROLOG", 2: "BOOT", 3: "RUNNING", 11: "EPILOG",
               40: "EPILOG_FAILURE"}
 
 
+def state_with_codes(state: int | None, lcm: int | None) -> str:
+    """OpenNebula's state for people, with its codes: ``POWEROFF (8/0)``."""
+    return f"{cloud_state(state, lcm)} ({state}/{lcm})"
+
+
 def cloud_state(state: int | None, lcm: int | None) -> str:
     if state is None:
         return "-"

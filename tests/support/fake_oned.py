@@ -478,6 +478,20 @@ class FakeOned:
         with self._lock:
             self.hooks.append(parse_hook(template))
 
+    def install_hooks(self, folder: Path) -> int:
+        """What an admin does with what `ecloud opennebula hook --dir folder`
+        wrote: each ``*-hook`` script into the hooks folder (mode 0755), each
+        ``*.hook`` template created. Returns how many templates."""
+        self.hooks_dir.mkdir(parents=True, exist_ok=True)
+        for script in folder.glob("*-hook"):
+            installed = self.hooks_dir / script.name
+            installed.write_bytes(script.read_bytes())
+            installed.chmod(0o755)
+        templates = sorted(folder.glob("*.hook"))
+        for template in templates:
+            self.create_hook(template.read_text())
+        return len(templates)
+
     def lose_next_callbacks(self, n: int = 1) -> None:
         """The next ``n`` hook runs never happen (oned's hook manager can
         lose them: a restart, a full queue)."""
