@@ -1,4 +1,4 @@
-"""The task table (ecloud/projections/transitions.py): the README shows it
+"""The state tables (ecloud/projections/transitions.py): the README shows it
 as the code has it, and the reducers never move a task outside it - the
 fold's property tests (tests/test_fold_properties.py, test_fold_machine.py)
 fail on any refusal of the fold, and a move outside the table is one."""
@@ -15,6 +15,8 @@ from ecloud.events import types as ev
 from ecloud.events.types import TaskSpec
 from ecloud.projections import transitions
 from ecloud.projections.state import (
+    ATTEMPT_NONE,
+    ATTEMPT_STATUSES,
     TASK_STATUSES,
     VM_ALLOCATED,
     VM_FAILED,
@@ -25,6 +27,7 @@ from ecloud.projections.state import (
     WORKER_STATUSES,
 )
 from ecloud.projections.transitions import (
+    ATTEMPT_MOVES,
     RETRY,
     TASK_MOVES,
     VM_MOVES,
@@ -32,6 +35,7 @@ from ecloud.projections.transitions import (
     markdown,
     move_task,
 )
+from tests.support import tables
 from tests.support.folding import Driver
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -39,16 +43,14 @@ ARCHITECTURE = README.parent / "docs" / "architecture.md"
 VM_STATUSES = (VM_REQUESTED, VM_ALLOCATED, VM_OBSERVED, VM_FAILED, VM_KILLING, VM_GONE)
 
 
-@pytest.mark.parametrize(("marker", "moves"), [("task", TASK_MOVES), ("vm", VM_MOVES),
-                                               ("worker", WORKER_MOVES)])
-def test_the_docs_show_the_tables_of_the_code(marker: str, moves) -> None:
+@pytest.mark.parametrize("marker", sorted(tables.TABLES))
+def test_the_docs_show_the_tables_of_the_code(marker: str) -> None:
     for doc in (README, ARCHITECTURE):
-        block = re.search(rf"<!-- {marker}-transitions:[^\n]*-->\n(.*?)<!-- /{marker}-transitions -->",
-                          doc.read_text(), re.S)
-        assert block, f"{doc.name} lacks the generated {marker} table"
-        assert block.group(1) == markdown(moves), (
+        found = tables.block(marker).search(doc.read_text())
+        assert found, f"{doc.name} lacks the generated {marker} table"
+        assert found.group(2) == markdown(tables.TABLES[marker]), (
             f"{doc.name}'s {marker} table differs from ecloud/projections/transitions.py: "
-            f"paste markdown({marker.upper()}_MOVES)")
+            "run python -m tests.support.tables")
 
 
 def test_the_table_names_only_task_statuses_and_every_cause_is_used() -> None:
@@ -61,10 +63,14 @@ def test_the_table_names_only_task_statuses_and_every_cause_is_used() -> None:
     for move in WORKER_MOVES:
         assert set(move.sources) | {move.target} <= set(WORKER_STATUSES), move
         assert move.target not in move.sources, move
-    causes = {m.cause for m in TASK_MOVES + VM_MOVES + WORKER_MOVES}
+    for move in ATTEMPT_MOVES:
+        assert set(move.sources) | {move.target} <= {ATTEMPT_NONE, *ATTEMPT_STATUSES}, move
+        assert move.target not in move.sources, move
+    causes = {m.cause for m in TASK_MOVES + VM_MOVES + WORKER_MOVES + ATTEMPT_MOVES}
     names = [n for n in dir(transitions) if n.isupper() and isinstance(getattr(transitions, n), str)
              and getattr(transitions, n) in causes
-             and getattr(transitions, n) not in TASK_STATUSES + VM_STATUSES + WORKER_STATUSES]
+             and getattr(transitions, n) not in TASK_STATUSES + VM_STATUSES + WORKER_STATUSES
+             + ATTEMPT_STATUSES]
     assert {getattr(transitions, n) for n in names} == causes
     code = "".join(p.read_text() for p in (Path(transitions.__file__).parent).glob("*.py")
                    if p.name != "transitions.py")

@@ -313,6 +313,20 @@ def history_row(entry: Any, columns: tuple[str, ...]) -> dict[str, Any]:
     return row
 
 
+def _attempt_change(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
+    """A task's latest attempt, where it changed and the task's status does
+    not say it (an attempt that failed with retries left leaves the task
+    ready; one of a lost worker, too)."""
+    if not after or not after.get("attempt_status"):
+        return ""
+    now = (after["attempt"], after["attempt_status"])
+    if before and (before.get("attempt"), before.get("attempt_status")) == now:
+        return ""
+    if now[1] == after["status"]:
+        return ""  # dispatched, running, succeeded...: the status says it
+    return " " + escape(f"[attempt {now[0]} {now[1]}]")
+
+
 def render_history(entries: list[Any], console: Console) -> None:
     """A history as lines: seq, time, type, what happened, the status change
     in bold and its reason in brackets; refused events in red."""
@@ -321,6 +335,7 @@ def render_history(entries: list[Any], console: Console) -> None:
         old = before["status"] if before else None
         new = after["status"] if after else None
         change = f" [bold]{old or '-'} -> {new}[/]" if old != new else ""
+        change += _attempt_change(before, after)
         why = f"  ({escape(entry.why)})" if entry.why else ""
         refused = f"  [red]refused: {escape(entry.rejected)}[/]" if entry.rejected else ""
         console.print(f"{entry.seq:>8}  {when(entry.ts)}  {entry.event.TYPE:<18} "

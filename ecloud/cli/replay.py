@@ -24,7 +24,7 @@ from ecloud.inspect.verify import verify
 from ecloud.log.rebuild import load_state, save_snapshot
 
 #: the fields of a task's / worker's record each history row carries after its event
-TASK_COLUMNS = ("attempt", "worker")
+TASK_COLUMNS = ("attempt", "attempt_status", "worker")
 WORKER_COLUMNS = ("incarnation", "used", "slots", "running")
 
 

@@ -112,7 +112,8 @@ def task_subject(task_id: str) -> Subject:
         task = state.tasks.get(task_id)
         if task is None:
             return None
-        return {"status": task.status, "attempt": task.attempt, "worker": task.worker,
+        return {"status": task.status, "attempt": task.attempt,
+                "attempt_status": task.attempt_status, "worker": task.worker,
                 "reason": task.reason, "blocked_by": task.blocked_by}
 
     def why(before: View, now: dict[str, Any]) -> str:

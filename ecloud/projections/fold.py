@@ -55,7 +55,10 @@ from ecloud.projections.state import State
 #: 8: VMs remember when the poll last saw them change (``observed_at``) and
 #: the last callback of OpenNebula's state hook (``vm.callback``), which asks
 #: for a look at the pool (``ObserveCloud``) and changes no status.
-REDUCER_VERSION = "8"
+#: 9: every task records how its latest attempt stands (``attempt_status``,
+#: the attempt table), and fold rules 4 (only an attempt of a lost worker is
+#: taken back).
+REDUCER_VERSION = "9"
 
 Handler = Callable[[State, Any, int, list], None]
 

@@ -21,6 +21,8 @@ from ecloud.events.types import TaskSpec, TasksReplaced
 from ecloud.projections.effects import CancelAttempt
 from ecloud.projections.state import (
     ACTIVE,
+    ATTEMPT_CANCELLED,
+    ATTEMPT_LOST,
     BLOCKED,
     BLOCKING,
     CANCELLED,
@@ -31,6 +33,7 @@ from ecloud.projections.state import (
     TaskRecord,
 )
 from ecloud.projections.tasks import spec_problem
+from ecloud.projections.transitions import REPLACED, may_move_task, move_attempt
 
 
 def replace_problem(state: State, specs: tuple[TaskSpec, ...],
@@ -160,6 +163,8 @@ def _rerun(state: State, task: TaskRecord, reason: str, seq: int, out: list,
     cancelled, its retry budget renewed; it waits for, or is blocked by, its
     (new) dependencies as they now are. ``queued``: a READY task is in the
     ready queue (not taken out already)."""
+    if task.status in ACTIVE or task.attempt_status == ATTEMPT_LOST:
+        move_attempt(state, task, ATTEMPT_CANCELLED, REPLACED)
     if task.status in ACTIVE:
         out.append(CancelAttempt(seq, task.spec.id, task.attempt, task.worker or "", "replaced"))
     in_queue = queued and task.status == READY and task.not_before is None
@@ -179,6 +184,7 @@ def _rerun(state: State, task: TaskRecord, reason: str, seq: int, out: list,
             break
     task.blocked_by = cause
     status = BLOCKED if cause else READY if task.unmet == 0 else WAITING
+    may_move_task(state, task, status, REPLACED)  # the table's check; the indexes are kept here
     if in_queue:
         state.ready.remove(task.ready_key)
     state.counts[task.status] -= 1

@@ -40,6 +40,20 @@ FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 #: statuses that stop descendants from ever running (until an operator retries)
 BLOCKING = frozenset({FAILED, CANCELLED, BLOCKED})
 
+# Attempt statuses (``TaskRecord.attempt_status``: the task's latest
+# attempt; "" before its first dispatch). While the task is dispatched or
+# running, its attempt is too; the others say how the latest attempt ended.
+ATTEMPT_NONE = ""
+ATTEMPT_DISPATCHED = DISPATCHED
+ATTEMPT_RUNNING = RUNNING
+ATTEMPT_SUCCEEDED = SUCCEEDED
+ATTEMPT_FAILED = FAILED
+ATTEMPT_RETURNED = "given back"
+ATTEMPT_LOST = "worker lost"
+ATTEMPT_CANCELLED = CANCELLED
+ATTEMPT_STATUSES = (ATTEMPT_DISPATCHED, ATTEMPT_RUNNING, ATTEMPT_SUCCEEDED, ATTEMPT_FAILED,
+                    ATTEMPT_RETURNED, ATTEMPT_LOST, ATTEMPT_CANCELLED)
+
 # Worker statuses.
 IDLE = "idle"
 BUSY = "busy"
@@ -68,9 +82,11 @@ VM_GONE = "gone"
 #: CLONING_FAILURE holds quota and runs nothing - it has *failed* (its
 #: workers are lost at once, the reconciler terminates it) - and a worker
 #: is tied to its VM by the name the boss gave both (its worker id), not
-#: only by the VM id it announces. A log keeps the rules it was written
+#: only by the VM id it announces. 4: a worker announcing itself takes back
+#: only an attempt that went back because its worker was lost - not one
+#: that failed (a timeout, an exit) or was given back unstarted. A log keeps the rules it was written
 #: under: its events fold as they did when they were appended.
-CURRENT_RULES = 3
+CURRENT_RULES = 4
 
 # Timer kinds in ``State.timers``.
 T_HEARTBEAT = "heartbeat"
@@ -98,6 +114,8 @@ class TaskRecord:
     dispatched_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    #: how its latest attempt (``attempt``) stands (ATTEMPT_*; the attempt table)
+    attempt_status: str = ATTEMPT_NONE
 
     @property
     def ready_key(self) -> tuple[int, int, int, str]:

@@ -42,6 +42,11 @@ from ecloud.projections.effects import Ack, CancelAttempt, Dispatch
 from ecloud.projections.liveness import heard_from
 from ecloud.projections.state import (
     ACTIVE,
+    ATTEMPT_CANCELLED,
+    ATTEMPT_FAILED,
+    ATTEMPT_LOST,
+    ATTEMPT_RETURNED,
+    ATTEMPT_SUCCEEDED,
     BLOCKED,
     BLOCKING,
     BUSY,
@@ -64,15 +69,20 @@ from ecloud.projections.transitions import (
     ANCESTOR_RETRIED,
     CANCELLED_BY,
     DISPATCHED_TO,
+    ENDED_BADLY,
     FAILED_FOR_GOOD,
     GIVEN_WORK,
     PARENTS_DONE,
     REQUEUED,
     RETRIED,
     RETRY,
+    RETURNED,
     SLOTS_FREE,
     STARTED,
     SUCCEEDED_NOW,
+    WORKER_WENT,
+    begin_attempt,
+    move_attempt,
     move_task,
     move_worker,
 )
@@ -236,8 +246,8 @@ def on_dispatched(state: State, event: TaskDispatched, seq: int, out: list) -> N
         return
     task = state.tasks[event.task_id]
     worker = state.workers[event.worker_id]
+    begin_attempt(state, task, event.attempt)
     move_task(state, task, DISPATCHED, DISPATCHED_TO)
-    task.attempt = event.attempt
     task.worker = worker.worker_id
     task.dispatched_at = state.clock
     task.started_at = None
@@ -292,6 +302,7 @@ def on_started(state: State, event: TaskStarted, seq: int, out: list) -> None:
         return
     if task.status == RUNNING:
         return  # a resend of a start we already have
+    move_attempt(state, task, RUNNING, STARTED)
     move_task(state, task, RUNNING, STARTED)
     task.started_at = state.clock
     if task.spec.timeout is not None:
@@ -316,7 +327,7 @@ def on_finished(state: State, event: TaskFinished, seq: int, out: list) -> None:
         return  # stale or repeated: the log keeps it, the state ignores it
     if event.returned:
         if task.status == DISPATCHED:  # given back unstarted: ready again
-            requeue(state, task, event.reason or "given back unstarted")
+            requeue(state, task, event.reason or "given back unstarted", ATTEMPT_RETURNED)
             return
         # a worker that started the attempt cannot give it back: a failure
     task.exit_code = event.exit_code
@@ -364,6 +375,7 @@ def set_quick(state: State, worker_id: str, quick: bool) -> None:
 
 
 def succeed(state: State, task: TaskRecord) -> None:
+    move_attempt(state, task, ATTEMPT_SUCCEEDED, SUCCEEDED_NOW)
     move_task(state, task, SUCCEEDED, SUCCEEDED_NOW)
     task.worker = None
     task.reason = ""
@@ -378,6 +390,7 @@ def succeed(state: State, task: TaskRecord) -> None:
 def attempt_failed(state: State, task: TaskRecord, reason: str, seq: int, out: list) -> None:
     """An attempt ended badly: retry after backoff if retries are left, else
     fail for good and block every descendant."""
+    move_attempt(state, task, ATTEMPT_FAILED, ENDED_BADLY)
     task.failures += 1
     task.reason = reason
     final = task.failures > task.spec.retries
@@ -417,9 +430,11 @@ def retry_backoff(state: State, task: TaskRecord) -> float:
     return min(math.ldexp(mantissa, exponent), cap)
 
 
-def requeue(state: State, task: TaskRecord, reason: str) -> None:
-    """Put an attempt back without counting it as a failure (its worker was
-    lost): the next dispatch is a new attempt."""
+def requeue(state: State, task: TaskRecord, reason: str, outcome: str) -> None:
+    """Put an attempt back without counting it as a failure - given back
+    unstarted (``outcome`` ATTEMPT_RETURNED), or its worker went
+    (ATTEMPT_LOST): the next dispatch is a new attempt."""
+    move_attempt(state, task, outcome, RETURNED if outcome == ATTEMPT_RETURNED else WORKER_WENT)
     task.worker = None
     task.deadline = None
     task.reason = reason
@@ -508,6 +523,8 @@ def on_cancelled(state: State, event: TaskCancelled, seq: int, out: list) -> Non
         state.reject(seq, "operator", f"cancel: {problem}")
         return
     task = state.tasks[event.task_id]
+    if task.status in ACTIVE or task.attempt_status == ATTEMPT_LOST:
+        move_attempt(state, task, ATTEMPT_CANCELLED, CANCELLED_BY)
     if task.status in ACTIVE:
         # The worker keeps its slot until it reports the attempt ended.
         out.append(

@@ -1,5 +1,5 @@
-"""The task, worker and VM state machines, as tables: every move a status
-may make, and what makes it.
+"""The task, attempt, worker and VM state machines, as tables: every move a
+status may make, and what makes it.
 
 The reducers move a task only through :func:`move_task`, naming the cause;
 a move the table does not hold is a bug of the reducer
@@ -10,6 +10,9 @@ test checks that the two agree, so the prose cannot drift from the code.
 
 A task is born ``waiting``, ``ready`` or ``blocked`` when its batch is
 submitted (by its dependencies); every later status comes from a move here.
+An attempt is born ``dispatched`` (the row from ``(new)``): a task's
+``attempt_status`` tells how its latest attempt stands, and a task that is
+dispatched or running has an attempt in that same status.
 """
 
 from __future__ import annotations
@@ -18,6 +21,14 @@ from attrs import frozen
 
 from ecloud.errors import ReducerBug
 from ecloud.projections.state import (
+    ATTEMPT_CANCELLED,
+    ATTEMPT_DISPATCHED,
+    ATTEMPT_FAILED,
+    ATTEMPT_LOST,
+    ATTEMPT_NONE,
+    ATTEMPT_RETURNED,
+    ATTEMPT_RUNNING,
+    ATTEMPT_SUCCEEDED,
     BLOCKED,
     BUSY,
     CANCELLED,
@@ -63,11 +74,12 @@ SUCCEEDED_NOW = "attempt succeeded"
 PARENTS_DONE = "dependencies met"
 RETRY = "failed, retries left"
 FAILED_FOR_GOOD = "failed for good"
-REQUEUED = "given back"
+REQUEUED = "requeued"
 ANCESTOR_BLOCKS = "ancestor failed or cancelled"
 ANCESTOR_RETRIED = "ancestor retried"
 CANCELLED_BY = "operator cancel"
 RETRIED = "operator retry"
+REPLACED = "spec replaced"
 
 _ACTIVE = (DISPATCHED, RUNNING)
 
@@ -82,13 +94,14 @@ TASK_MOVES: tuple[Move, ...] = (
          "the current attempt exited 0; each child with no unmet dependency left becomes ready"),
     Move(PARENTS_DONE, (WAITING,), READY, "the last of its dependencies succeeded"),
     Move(RETRY, _ACTIVE, READY,
-         "the attempt failed (exit, signal, timeout, lost worker) and retries are left: ready "
-         "again after its backoff, with a new attempt"),
+         "the attempt failed (an exit status other than 0, a signal, its timeout) and retries "
+         "are left: ready again after its backoff, with a new attempt"),
     Move(FAILED_FOR_GOOD, _ACTIVE, FAILED,
          "the attempt failed and no retry is left; its descendants are blocked"),
     Move(REQUEUED, _ACTIVE, READY,
-         "the attempt ended without running the command (given back unstarted, its worker "
-         "lost before it started it): not a failure"),
+         "the attempt ended without counting as a failure: given back unstarted, or its "
+         "worker left, was lost or replaced, or its VM went (it may have run part of the "
+         "command: commands must bear running again)"),
     Move(ANCESTOR_BLOCKS, (WAITING,), BLOCKED,
          "a task it depends on, directly or not, failed for good or was cancelled"),
     Move(ANCESTOR_RETRIED, (BLOCKED,), WAITING,
@@ -100,6 +113,56 @@ TASK_MOVES: tuple[Move, ...] = (
     Move(RETRIED, (FAILED, CANCELLED), WAITING, "`ecloud retry`, a dependency still to succeed"),
     Move(RETRIED, (FAILED, CANCELLED), BLOCKED,
          "`ecloud retry`, but an ancestor has failed or is cancelled: blocked by it"),
+    Move(REPLACED, (WAITING, DISPATCHED, RUNNING, SUCCEEDED, FAILED, BLOCKED), READY,
+         "`push --replace` changed its spec, or a task upstream's (tasks.replaced): it runs "
+         "again, its running attempt cancelled, a full retry budget again; a cancelled task "
+         "stays cancelled"),
+    Move(REPLACED, (READY, DISPATCHED, RUNNING, SUCCEEDED, FAILED, BLOCKED), WAITING,
+         "the same, a dependency still to succeed"),
+    Move(REPLACED, (WAITING, READY, DISPATCHED, RUNNING, SUCCEEDED, FAILED), BLOCKED,
+         "the same, but a new dependency has failed or is cancelled, or is blocked"),
+)
+
+#: attempt causes (the task's causes where the two move together)
+ENDED_BADLY = "ended badly"
+RETURNED = "given back unstarted"
+WORKER_WENT = "its worker went"
+TAKEN_BACK_OLD = "taken back (fold rules 3 and older)"
+
+_ENDED = (ATTEMPT_FAILED, ATTEMPT_RETURNED, ATTEMPT_LOST, ATTEMPT_CANCELLED, ATTEMPT_SUCCEEDED)
+_LIVE_ATTEMPT = (ATTEMPT_DISPATCHED, ATTEMPT_RUNNING)
+
+ATTEMPT_MOVES: tuple[Move, ...] = (
+    Move(DISPATCHED_TO, (ATTEMPT_NONE,) + _ENDED, ATTEMPT_DISPATCHED,
+         "the scheduler gave the task to a worker (task.dispatched): a new attempt, numbered "
+         "one past the last, whose own status starts here; the last one had ended"),
+    Move(STARTED, (ATTEMPT_DISPATCHED,), ATTEMPT_RUNNING,
+         "the worker reported it running (task.started); its timeout starts"),
+    Move(SUCCEEDED_NOW, _LIVE_ATTEMPT, ATTEMPT_SUCCEEDED, "it exited 0 (task.finished)"),
+    Move(ENDED_BADLY, _LIVE_ATTEMPT, ATTEMPT_FAILED,
+         "an exit status other than 0 or a signal (task.finished), a start it gave back, or "
+         "its timeout and grace passed (a tick: the worker is told to kill it); it counts "
+         "against the task's retries"),
+    Move(RETURNED, (ATTEMPT_DISPATCHED,), ATTEMPT_RETURNED,
+         "the worker gave it back before starting it (task.finished with returned): not a "
+         "failure"),
+    Move(WORKER_WENT, _LIVE_ATTEMPT, ATTEMPT_LOST,
+         "its worker said goodbye, was taken for lost or replaced, or its VM went: the task "
+         "goes back to the queue, no failure counted"),
+    Move(TAKEN_BACK, (ATTEMPT_LOST,), ATTEMPT_RUNNING,
+         "its worker, taken for lost, announced itself still running it, and the task was "
+         "given to nobody since (worker.announced): it runs on, nothing runs twice"),
+    Move(TAKEN_BACK_OLD, (ATTEMPT_FAILED, ATTEMPT_RETURNED, ATTEMPT_CANCELLED, ATTEMPT_SUCCEEDED),
+         ATTEMPT_RUNNING,
+         "only in logs written under fold rules 3 or older: any latest attempt of a ready task "
+         "was taken back - one that had failed with retries left, been given back, or whose "
+         "task was cancelled and retried or replaced"),
+    Move(CANCELLED_BY, _LIVE_ATTEMPT + (ATTEMPT_LOST,), ATTEMPT_CANCELLED,
+         "`ecloud cancel`: the worker is told to kill it; one of a lost worker can no longer "
+         "be taken back"),
+    Move(REPLACED, _LIVE_ATTEMPT + (ATTEMPT_LOST,), ATTEMPT_CANCELLED,
+         "its task's spec was replaced (tasks.replaced): the worker is told to kill it; one of "
+         "a lost worker can no longer be taken back (it runs the old spec)"),
 )
 
 #: VM causes
@@ -163,6 +226,7 @@ WORKER_MOVES: tuple[Move, ...] = (
 )
 
 _ALLOWED = _allowed(TASK_MOVES)
+_ATTEMPT_ALLOWED = _allowed(ATTEMPT_MOVES)
 _VM_ALLOWED = _allowed(VM_MOVES)
 _WORKER_ALLOWED = _allowed(WORKER_MOVES)
 
@@ -187,6 +251,28 @@ def move_task(state: State, task: TaskRecord, target: str, cause: str) -> None:
         state.reindex_status(task, target)
 
 
+def may_move_task(state: State, task: TaskRecord, target: str, cause: str) -> bool:
+    """The table's check alone, for the one reducer that keeps the indexes
+    itself (a replaced spec changes the task's place in the ready queue):
+    whether it is a move at all; raises when the table lacks it."""
+    return _check(state, _ALLOWED, f"task {task.spec.id!r}", task.status, target, cause)
+
+
+def move_attempt(state: State, task: TaskRecord, target: str, cause: str) -> None:
+    """Move the task's latest attempt (the attempt table)."""
+    if _check(state, _ATTEMPT_ALLOWED, f"attempt {task.attempt} of {task.spec.id!r}",
+              task.attempt_status, target, cause):
+        task.attempt_status = target
+
+
+def begin_attempt(state: State, task: TaskRecord, number: int) -> None:
+    """A new attempt of ``task``, numbered ``number``, given to a worker: its
+    row in the attempt table is the one from ``(new)``, and the last one must
+    have ended."""
+    move_attempt(state, task, ATTEMPT_DISPATCHED, DISPATCHED_TO)
+    task.attempt = number
+
+
 def move_vm(state: State, vm: VMRecord, target: str, cause: str) -> None:
     """The same for a VM (the VM table). The caller keeps ``open_vms`` in step."""
     if _check(state, _VM_ALLOWED, f"VM {vm.vm_name!r}", vm.status, target, cause):
@@ -204,9 +290,10 @@ def markdown(moves: tuple[Move, ...] = TASK_MOVES) -> str:
     """A table as the README shows it."""
     lines = ["| from | to | when |", "| --- | --- | --- |"]
     for move in moves:
-        lines.append(f"| {', '.join(move.sources)} | {move.target} | {move.cause}: {move.note} |")
+        sources = ", ".join(source or "(new)" for source in move.sources)
+        lines.append(f"| {sources} | {move.target} | {move.cause}: {move.note} |")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["TASK_MOVES", "VM_MOVES", "WORKER_MOVES", "Move", "markdown", "move_task", "move_vm",
-           "move_worker"]
+__all__ = ["ATTEMPT_MOVES", "TASK_MOVES", "VM_MOVES", "WORKER_MOVES", "Move", "begin_attempt",
+           "markdown", "may_move_task", "move_attempt", "move_task", "move_vm", "move_worker"]

@@ -37,6 +37,7 @@ from ecloud.projections import context, liveness
 from ecloud.projections.context import bounded_time
 from ecloud.projections.effects import Ack, CancelAttempt, RefuseWorker
 from ecloud.projections.state import (
+    ATTEMPT_LOST,
     BUSY,
     CURRENT_RULES,
     DRAINING,
@@ -60,6 +61,8 @@ from ecloud.projections.transitions import (
     LEFT,
     LOSES,
     TAKEN_BACK,
+    TAKEN_BACK_OLD,
+    move_attempt,
     move_task,
     move_worker,
 )
@@ -155,7 +158,10 @@ def _take_back(state: State, worker: WorkerRecord, held: tuple[tuple[str, int], 
         if worker.status == IDLE:
             move_worker(state, worker, BUSY, HOLDS_ATTEMPTS)
         if (task.attempt == attempt and task.status == READY and task.worker is None
-                and task.not_before is None):
+                and task.not_before is None
+                and (task.attempt_status == ATTEMPT_LOST or state.rules < 4)):
+            move_attempt(state, task, RUNNING,
+                         TAKEN_BACK if task.attempt_status == ATTEMPT_LOST else TAKEN_BACK_OLD)
             move_task(state, task, RUNNING, TAKEN_BACK)
             task.worker = worker.worker_id
             task.reason = f"taken back from {worker.worker_id}, which still ran it"
@@ -278,7 +284,7 @@ def let_go(state: State, worker: WorkerRecord, status: str, reason: str) -> None
         release_slot(state, worker.worker_id, task_id, attempt)
         task = state.current_attempt(task_id, attempt, worker.worker_id)
         if task is not None:
-            requeue(state, task, f"worker {worker.worker_id} {status}: {reason}")
+            requeue(state, task, f"worker {worker.worker_id} {status}: {reason}", ATTEMPT_LOST)
     listed = state.is_listed_free(worker)
     move_worker(state, worker, status, LEFT if status == GONE else LOSES)
     worker.reason = reason

@@ -17,6 +17,8 @@ from ecloud.projections.reconcile import reconcile
 from ecloud.projections.scheduler import schedule
 from ecloud.projections.state import (
     ACTIVE,
+    ATTEMPT_NONE,
+    ATTEMPT_SUCCEEDED,
     BLOCKED,
     BLOCKING,
     DRAINING,
@@ -110,6 +112,17 @@ def check_invariants(state: State) -> None:
             assert (tid, task.attempt) in worker.running, tid
         if task.status == SUCCEEDED:
             assert all(d.status == SUCCEEDED for d in deps), tid
+        # the attempt table and the task's agree: a dispatched or running task
+        # has its latest attempt in the same status, and any other task's has
+        # ended (or never began); a succeeded task's attempt succeeded
+        if task.attempt == 0:
+            assert task.attempt_status == ATTEMPT_NONE, tid
+        elif task.status in ACTIVE:
+            assert task.attempt_status == task.status, (tid, task.attempt_status)
+        else:
+            assert task.attempt_status not in (ATTEMPT_NONE, *ACTIVE), (tid, task.attempt_status)
+        if task.status == SUCCEEDED and task.attempt:
+            assert task.attempt_status == ATTEMPT_SUCCEEDED, (tid, task.attempt_status)
     free = []
     for wid, worker in state.workers.items():
         assert worker.used == sum(worker.running.values()), wid
