@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from ecloud.boss.inbox import Inbox
 from ecloud.events import types as ev
 from ecloud.projections.effects import KillVM, ObserveCloud, SpawnVM
 from ecloud.projections.state import State
@@ -33,7 +33,7 @@ LOOK_GAP = 0.5
 
 
 class CloudSide:
-    def __init__(self, provider: Any, inbox: queue.SimpleQueue, every: float) -> None:
+    def __init__(self, provider: Any, inbox: Inbox, every: float) -> None:
         self.provider = provider
         self.inbox = inbox
         self.every = every
