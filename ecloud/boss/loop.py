@@ -187,6 +187,10 @@ class Boss:
         """Another boss took the log over: this one stops without a word more."""
         return self._fenced or (self.journal is not None and self.journal.fenced)
 
+    def watch(self, task_ids: list[str]) -> None:
+        """Count these tasks apart in :attr:`view` (``run_counts``)."""
+        self._view.watch(task_ids)
+
     def submit(self, events: list) -> None:
         """Queue events to be appended by the boss (thread-safe)."""
         self.inbox.put(("events", list(events)))

@@ -19,6 +19,16 @@ class BossView:
         #: the latest copy (replaced whole, never changed in place)
         self.view: dict[str, Any] = {}
         self._roster_at = 0.0  # when the view's workers and VMs were last copied
+        #: the tasks of the owner's run, counted apart (None: none)
+        self._watched: list[str] | None = None
+        self._run_counts: dict[str, int] | None = None
+        self._run_counted_at = 0.0
+
+    def watch(self, task_ids: list[str]) -> None:
+        """Count these tasks apart in :attr:`view` (``run_counts``): the
+        tasks of the file ``ecloud run`` runs, which the log may hold among
+        others. Thread-safe (one assignment)."""
+        self._watched = list(task_ids)
 
     def publish(self, state: State, roster_changed: bool) -> bool:
         """Copy the counts and the head, and the roster when due; True when
@@ -38,13 +48,35 @@ class BossView:
                       [(vm.vm_id, vm.status) for vm in state.vms.values() if vm.vm_id is not None])
             self._roster_at = now
         counts = state.counts
+        run_counts = self._count_run(state, now, copied)
         # only when nothing runs: then it costs a walk over the ready tasks
         blocked = stuck(state) if not (counts["dispatched"] or counts["running"]) else {}
         self.view = {"seq": state.seq, "counts": dict(counts), "total": len(state.tasks),
                      "workers": roster[0], "vms": roster[1], "stuck": blocked,
+                     "run_counts": run_counts,
                      "vm_failures": [(vm.vm_name, vm.reason) for vm in state.vms.values()
                                      if vm.failed_at is not None] if blocked else []}
         return copied
+
+    def _count_run(self, state: State, now: float, due: bool) -> dict[str, int] | None:
+        """The watched tasks' counts per status: the state's own counts when
+        they are every task of the log; else a walk over them, as often as
+        the roster is copied (a run of 100,000 tasks costs ~10 ms a walk)."""
+        watched = self._watched
+        if watched is None:
+            return None
+        if len(watched) == len(state.tasks):
+            self._run_counts = dict(state.counts)
+        elif due or self._run_counts is None or now - self._run_counted_at >= ROSTER_EVERY:
+            counts = dict.fromkeys(state.counts, 0)
+            tasks = state.tasks
+            for task_id in watched:
+                task = tasks.get(task_id)
+                if task is not None:
+                    counts[task.status] += 1
+            self._run_counts = counts
+            self._run_counted_at = now
+        return self._run_counts
 
 
 __all__ = ["ROSTER_EVERY", "BossView"]

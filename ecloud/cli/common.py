@@ -4,6 +4,7 @@ handling at the boundary, output consoles and progress bars."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +24,18 @@ from ecloud.errors import ConfigError, EcloudError, MissingLogError, UserError
 from ecloud.log.store import LogStore
 from ecloud.log.url import open_store
 
-out = Console(highlight=False, soft_wrap=True)
+#: the width of output that is not a terminal (a file, a pipe): wide enough
+#: that no table cuts or folds a value (rich would lay them out at 80)
+PIPE_WIDTH = 1000
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, soft_wrap=True,
+                   width=None if stream.isatty() else PIPE_WIDTH)
+
+
+out = _console()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

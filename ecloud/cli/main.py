@@ -133,12 +133,25 @@ def _plan_text(plan, replace: bool = False, dry: bool = False) -> str:
                    "(booting, busy, idle) and bytes staged, derived from the whole log.")
 @click.option("--top", type=click.IntRange(min=0), default=20, show_default=True,
               help="With --cost: how many of the costliest tasks to list (--json lists all).")
+@click.option("--watch", "watch_every", type=click.FloatRange(min=0.2), is_flag=False,
+              flag_value=2.0, default=None, metavar="[SECONDS]",
+              help="Keep showing the status as the log moves on, every SECONDS (default 2), "
+                   "until Ctrl-C; on a terminal the view is redrawn in place, elsewhere a line "
+                   "of counts is printed whenever they change.")
 @common_options
 @handle_errors
-def status(as_json: bool, cost: bool, top: int, db: str | None, config_path: str | None) -> None:
-    """Counts per task state, the workers table and recent failures."""
+def status(as_json: bool, cost: bool, top: int, watch_every: float | None, db: str | None,
+           config_path: str | None) -> None:
+    """Counts per task state, the workers table, every failed task (the
+    latest ten; ecloud tasks lists them all) and recent retried attempts."""
     if cost:
         return _cost(as_json, top, db, config_path)
+    if watch_every is not None:
+        if as_json:
+            raise UserError("--watch draws the status for people; --json prints it once")
+        from ecloud.cli.watch import watch_status
+
+        return watch_status(db, config_path, watch_every)
     with (
         log_store(db, config_path, create=False) as store,
         progress_bar("reading the log", enabled=not as_json) as progress,
@@ -446,6 +459,7 @@ def _register_late_commands() -> None:
     from ecloud.cli.run import run
     from ecloud.cli.scale import scale
     from ecloud.cli.security import broker_group, certs_group
+    from ecloud.cli.tasks import tasks
     from ecloud.cli.web import web
     from ecloud.cli.workers import workers_group
 
@@ -456,6 +470,7 @@ def _register_late_commands() -> None:
     cli.add_command(broker_group)
     cli.add_command(run)
     cli.add_command(scale)
+    cli.add_command(tasks)
     cli.add_command(workers_group)
     cli.add_command(opennebula_group)
 

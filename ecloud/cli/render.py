@@ -16,7 +16,8 @@ from ecloud.inspect.explain import at_text
 from ecloud.projections import context
 from ecloud.projections.autoscale import cloud_ceiling
 from ecloud.projections.scheduler import unschedulable
-from ecloud.projections.state import LIVE, READY, TASK_STATUSES, State
+from ecloud.projections.state import BLOCKED, FAILED, LIVE, READY, TASK_STATUSES, State
+from ecloud.views import task_list
 from ecloud.views.vms import precise_when, state_with_codes
 
 STATUS_STYLE = {
@@ -63,12 +64,53 @@ def status_data(state: State) -> dict[str, Any]:
                   "in_backoff": backoff},
         "workers": workers,
         "recent_failures": [converter.unstructure(f) for f in reversed(state.recent_failures)],
+        # every task failed for good, however many (the recent failures are bounded)
+        "failed": [{"task": t.spec.id, "attempt": t.attempt, "reason": t.reason,
+                    "exit_code": t.exit_code, "worker": t.ran_on, "finished_at": t.finished_at}
+                   for t in task_list.select(state, states=(FAILED,))],
         "rejected_inputs": len(state.rejected),
         "unschedulable": [{"task": t, "reason": why} for t, why in unschedulable(state).items()],
         "unknown_workers": [{"id": w, "last_heard": at} for w, at in state.strangers.items()],
         "cloud_ceiling": cloud_ceiling(state),
     }
 
+
+
+#: failed tasks and retried attempts ``ecloud status`` names (the rest: ecloud tasks)
+STATUS_NAMES = 10
+
+
+def render_failures(state: State, console: Console) -> None:
+    """The tasks that failed for good (the latest first; past
+    :data:`STATUS_NAMES`, how many more and where to see them), how many are
+    blocked behind them, and the recent failed attempts that will retry."""
+    failed = task_list.select(state, states=(FAILED,))
+    if failed:
+        failed.sort(key=lambda t: t.finished_at or 0.0, reverse=True)
+        table = Table(title=f"Failed tasks ({len(failed)})", title_justify="left")
+        for col in ("task", "attempt", "worker", "finished", "reason", "output"):
+            table.add_column(col)
+        for t in failed[:STATUS_NAMES]:
+            table.add_row(escape(t.spec.id), str(t.attempt), escape(t.ran_on or "-"),
+                          when(t.finished_at), escape(t.reason),
+                          f"ecloud logs {escape(t.spec.id)}")
+        console.print(table)
+        if len(failed) > STATUS_NAMES:
+            console.print(f"  ... and {len(failed) - STATUS_NAMES} more: "
+                          "ecloud tasks --state failed")
+    blocked = state.counts[BLOCKED]
+    if blocked:
+        console.print(f"[yellow]{blocked} task(s) blocked[/] behind failed or cancelled tasks "
+                      "(ecloud tasks --state blocked; retrying the failed task runs them again)")
+    retries = [f for f in reversed(state.recent_failures) if not f.final][:STATUS_NAMES]
+    if retries:
+        table = Table(title="Recent failed attempts that will retry", title_justify="left")
+        for col in ("seq", "task", "attempt", "worker", "reason"):
+            table.add_column(col)
+        for f in retries:
+            table.add_row(str(f.seq), escape(f.task_id), str(f.attempt), escape(f.worker or "-"),
+                          escape(f.reason))
+        console.print(table)
 
 
 def render_status(state: State, console: Console, title: str = "", now: float | None = None) -> None:
@@ -90,15 +132,7 @@ def render_status(state: State, console: Console, title: str = "", now: float | 
         counts.add_row(label, f"{n}{extra}")
     console.print(counts)
     render_workers(state, console, now)
-    if state.recent_failures:
-        table = Table(title="Recent failures", title_justify="left")
-        for col in ("seq", "task", "attempt", "worker", "reason", "outcome"):
-            table.add_column(col)
-        for f in reversed(state.recent_failures):
-            table.add_row(str(f.seq), escape(f.task_id), str(f.attempt), escape(f.worker or "-"),
-                          escape(f.reason),
-                          "[red]failed for good[/]" if f.final else "will retry")
-        console.print(table)
+    render_failures(state, console)
     never = data["unschedulable"]
     if never:
         console.print(f"[red]{len(never)} task(s) unschedulable[/] (no present or possible "

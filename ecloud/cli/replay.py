@@ -205,7 +205,7 @@ def _show_state(store, until: int | None, head: int, *, no_snapshot: bool, save:
         out.print(f"  rejected at seq {r.seq} ({r.source}): {r.reason}", markup=False)
 
 
-def parse_time(text: str) -> float:
+def parse_time(text: str, option: str = "--at") -> float:
     """Seconds since the epoch for ISO 8601 (UTC unless it says) or a number."""
     try:
         return float(text)
@@ -214,7 +214,8 @@ def parse_time(text: str) -> float:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise UserError(f"--at {text!r}: not a time (try 2026-11-26T14:05:00 or epoch seconds)") from None
+        raise UserError(f"{option} {text!r}: not a time (try 2026-11-26T14:05:00 or epoch "
+                        "seconds)") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()

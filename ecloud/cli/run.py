@@ -30,15 +30,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import click
+import orjson
 from attrs import define, field
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from ecloud.boss.lease import take
@@ -46,18 +40,23 @@ from ecloud.boss.loop import BEAT_EVERY, Boss
 from ecloud.cli import exits, render
 from ecloud.cli.boss import make_provider, request_local_vms, start_web
 from ecloud.cli.common import common_options, config_for, err, handle_errors, log_refusal, out
+from ecloud.cli.run_progress import RunDisplay
 from ecloud.effects.providers.local import become_subreaper
 from ecloud.errors import EcloudError, UserError, ValidationError
 from ecloud.events import types as ev
 from ecloud.log.rebuild import load_state
 from ecloud.log.url import open_store
-from ecloud.projections.state import LIVE, SUCCEEDED, State
+from ecloud.projections.state import BLOCKED, FAILED, LIVE, SUCCEEDED, State
 from ecloud.security.setup import BrokerSecurity, broker_security
+from ecloud.views import task_list
+from ecloud.views.progress import clock, tally
 
 #: seconds "nothing can move" must hold before the run gives up (exit 3)
 STUCK_FOR = 1.0
 
 FINISHED = ("succeeded", "failed", "blocked", "cancelled")
+#: failed and blocked tasks the summary names (each); past that it says how many more
+SUMMARY_NAMES = 20
 
 
 def check_file_against_log(config, file: Path, replace: bool) -> list:
@@ -147,16 +146,53 @@ def all_finished(view: dict) -> bool:
     return view.get("total", 0) > 0 and sum(counts.get(s, 0) for s in FINISHED) == view["total"]
 
 
+def _run_counts(state: State, ids: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for task_id in ids:
+        status = state.tasks[task_id].status
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
 def _summary(state: State, elapsed: float, ids: list[str]) -> Table:
-    table = Table(title=f"Run summary ({len(ids)} tasks in {elapsed:.1f}s)", title_justify="left")
+    table = Table(title=f"Run summary ({len(ids)} tasks in {clock(elapsed)})",
+                  title_justify="left")
     table.add_column("state")
     table.add_column("tasks", justify="right")
-    mine = [state.tasks[i] for i in ids]
+    counts = _run_counts(state, ids)
     for status in FINISHED + ("waiting", "ready", "dispatched", "running"):
-        n = sum(1 for t in mine if t.status == status)
-        if n:
-            table.add_row(f"[{render.STATUS_STYLE[status]}]{status}[/]", str(n))
+        if counts.get(status):
+            table.add_row(f"[{render.STATUS_STYLE[status]}]{status}[/]", str(counts[status]))
     return table
+
+
+def _print_failures(state: State, ids: list[str]) -> None:
+    """Every failed and blocked task of the run, up to :data:`SUMMARY_NAMES`
+    of each, with the command that shows its output; past that, how many
+    more and the command that lists them all."""
+    for status in (FAILED, BLOCKED):
+        tasks = task_list.select(state, states=(status,), among=ids)
+        for task in tasks[:SUMMARY_NAMES]:
+            tid = escape(task.spec.id)
+            if status == FAILED:
+                out.print(f"  [red]failed[/] {tid} (attempt {task.attempt}): "
+                          f"{escape(task.reason or '-')}  - output: ecloud logs {tid}")
+            else:
+                out.print(f"  [yellow]blocked[/] {tid}: behind {escape(task.blocked_by or '?')}")
+        if len(tasks) > SUMMARY_NAMES:
+            out.print(f"  ... and {len(tasks) - SUMMARY_NAMES} more {status}: "
+                      f"ecloud tasks --state {status}")
+
+
+def _summary_data(state: State, elapsed: float, ids: list[str], status: int,
+                  db: str) -> dict:
+    """``ecloud run --json``: the run's outcome for a program."""
+    rows = [task_list.row(state, t)
+            for t in task_list.select(state, states=(FAILED, BLOCKED), among=ids)]
+    return {"log": db, "tasks": len(ids), "elapsed": round(elapsed, 3),
+            "counts": _run_counts(state, ids), "exit_status": status,
+            "failed": [r for r in rows if r["state"] == FAILED],
+            "blocked": [r for r in rows if r["state"] == BLOCKED]}
 
 
 @click.command("run")
@@ -183,11 +219,15 @@ def _summary(state: State, elapsed: float, ids: list[str]) -> Table:
                    "every task downstream of them); without it a changed task refuses the run "
                    "and shows the differences (see ecloud push --replace).")
 @click.option("--debug", is_flag=True, help="Workers log every step (see --work-dir/*.log).")
+@click.option("--json", "as_json", is_flag=True,
+              help="At the end, print the run's outcome as one JSON object on stdout (counts, "
+                   "every failed and blocked task, the exit status) instead of the summary; "
+                   "progress still goes to stderr.")
 @common_options
 @handle_errors
 def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path,
         datastore: str | None, web_address: str | None, replace: bool, debug: bool,
-        db: str | None, config_path: str | None) -> None:
+        as_json: bool, db: str | None, config_path: str | None) -> None:
     """Run the tasks of FILE to the end on local worker processes.
 
     Run it again to continue where it stopped - after Ctrl-C, or after the
@@ -261,22 +301,31 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
                 record_datastore(store, *marked)
             ids, what = push_or_continue(store, file, specs, replace)
             pushed = store.head()
+        boss.watch(ids)
         err.print(what, markup=False)
-        outcome = _watch(boss, thread, len(ids), pushed,
-                         lambda: _keep_broker(embedded, log_id) if embedded else None)
-        boss.upkeep = None  # the workers go now: none is replaced
-        _retire_workers(boss, thread)
-        _stop_boss(boss, thread)
-        state = boss.state
+        with RunDisplay(err, len(ids)) as display:
+            outcome = _watch(boss, thread, display, pushed,
+                             lambda: _keep_broker(embedded, log_id) if embedded else None)
+            boss.upkeep = None  # the workers go now: none is replaced
+            _retire_workers(boss, thread)
+            _stop_boss(boss, thread)
+            state = boss.state
+            # the last word from the state the boss ended with (the view's
+            # counts of the run's tasks may be a turn behind)
+            display.finish(tally(_run_counts(state, ids), len(ids)))
     elapsed = time.monotonic() - started
-    out.print(_summary(state, elapsed, ids))
     if boss.error is not None:  # the run ended because the boss did: say why
+        if not as_json:
+            out.print(_summary(state, elapsed, ids))
         raise EcloudError(f"the boss stopped: {boss.error!r} (run the same command again to "
                           "continue)")
-    failed = [f for f in state.recent_failures if f.final and f.task_id in set(ids)]
-    for f in failed[-10:]:
-        out.print(f"  [red]failed[/] {escape(f.task_id)} (attempt {f.attempt}): "
-                  f"{escape(f.reason)}  - see: ecloud logs {escape(f.task_id)}")
+    status = _exit_status(state, ids, outcome)
+    if as_json:
+        sys.stdout.write(orjson.dumps(_summary_data(state, elapsed, ids, status, config.db))
+                         .decode() + "\n")
+    else:
+        out.print(_summary(state, elapsed, ids))
+        _print_failures(state, ids)
     if outcome.interrupted:
         err.print("interrupted: run the same command again to continue")
         sys.exit(exits.INTERRUPTED)
@@ -291,8 +340,20 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
         err.print("nothing else can run (see: ecloud why TASK); run again with workers that "
                   "offer enough slots (--slots N), or change the task")
         sys.exit(exits.UNSCHEDULABLE)
+    sys.exit(status)
+
+
+def _exit_status(state: State, ids: list[str], outcome: Outcome) -> int:
+    """The run's exit status (the table of :mod:`ecloud.cli.exits`)."""
+    if outcome.interrupted:
+        return exits.INTERRUPTED
+    if outcome.workers_failed:
+        return exits.FAILED
+    if outcome.stuck:
+        return exits.UNSCHEDULABLE
     if any(state.tasks[i].status != SUCCEEDED for i in ids):
-        sys.exit(exits.FAILED)
+        return exits.FAILED
+    return exits.OK
 
 
 def _log_id(url: str) -> str:
@@ -337,47 +398,36 @@ class Outcome:
     workers_failed: list[tuple[str, str]] = field(factory=list)
 
 
-def _watch(boss: Boss, thread: threading.Thread, total: int, pushed: int,
+def _watch(boss: Boss, thread: threading.Thread, display: RunDisplay, pushed: int,
            upkeep: Callable[[], None] = lambda: None) -> Outcome:
     """Draw progress until every task is finished, nothing can move any
     more, or the run is interrupted; ``upkeep`` runs on every look."""
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(),
-        TextColumn("{task.completed}/{task.total} done · {task.fields[running]} running · "
-                   "[red]{task.fields[failed]} failed[/]"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
-    )
     stuck_since: float | None = None
     try:
-        with bar:
-            task = bar.add_task("tasks", total=total, running=0, failed=0)
-            while not stop.is_set() and thread.is_alive():
-                view = boss.view
-                counts = view.get("counts", {})
-                # the boss runs every task in the log, not only this file's
-                # (a log reused from an earlier run): count against all of them
-                bar.update(task, total=view.get("total") or total,
-                           completed=sum(counts.get(s, 0) for s in FINISHED),
-                           running=counts.get("running", 0) + counts.get("dispatched", 0),
-                           failed=counts.get("failed", 0) + counts.get("blocked", 0))
-                current = view.get("seq", 0) >= pushed
-                if current and all_finished(view):
-                    return Outcome()
-                if current and view.get("stuck"):
-                    now = time.monotonic()
-                    stuck_since = stuck_since if stuck_since is not None else now
-                    if now - stuck_since >= STUCK_FOR:
-                        failed = view.get("vm_failures", [])
-                        if failed and not _serving(view):
-                            return Outcome(workers_failed=failed)
-                        return Outcome(stuck=dict(view["stuck"]))
-                else:
-                    stuck_since = None
-                upkeep()
-                stop.wait(0.2)
+        # the bar counts this run's tasks; the boss runs every task in the
+        # log (a log reused from an earlier run), and the run waits for them
+        # all: the display says how many of the others are unfinished
+        while not stop.is_set() and thread.is_alive():
+            view = boss.view
+            display.show(view)
+            current = view.get("seq", 0) >= pushed
+            if current and all_finished(view):
+                return Outcome()
+            if current and view.get("stuck"):
+                now = time.monotonic()
+                stuck_since = stuck_since if stuck_since is not None else now
+                if now - stuck_since >= STUCK_FOR:
+                    failed = view.get("vm_failures", [])
+                    if failed and not _serving(view):
+                        return Outcome(workers_failed=failed)
+                    return Outcome(stuck=dict(view["stuck"]))
+            else:
+                stuck_since = None
+            upkeep()
+            stop.wait(0.2)
         return Outcome(interrupted=stop.is_set())
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -56,8 +56,8 @@ from ecloud.projections.state import State
 #: the last callback of OpenNebula's state hook (``vm.callback``), which asks
 #: for a look at the pool (``ObserveCloud``) and changes no status.
 #: 9: every task records how its latest attempt stands (``attempt_status``,
-#: the attempt table), and fold rules 4 (only an attempt of a lost worker is
-#: taken back).
+#: the attempt table) and the worker it went to (``ran_on``); fold rules 4
+#: (only an attempt of a lost worker is taken back).
 REDUCER_VERSION = "9"
 
 Handler = Callable[[State, Any, int, list], None]

@@ -116,6 +116,9 @@ class TaskRecord:
     finished_at: float | None = None
     #: how its latest attempt (``attempt``) stands (ATTEMPT_*; the attempt table)
     attempt_status: str = ATTEMPT_NONE
+    #: the worker its latest attempt was given to (kept once it ended: ``worker``
+    #: is only the one holding it now)
+    ran_on: str | None = None
 
     @property
     def ready_key(self) -> tuple[int, int, int, str]:

@@ -248,7 +248,7 @@ def on_dispatched(state: State, event: TaskDispatched, seq: int, out: list) -> N
     worker = state.workers[event.worker_id]
     begin_attempt(state, task, event.attempt)
     move_task(state, task, DISPATCHED, DISPATCHED_TO)
-    task.worker = worker.worker_id
+    task.worker = task.ran_on = worker.worker_id
     task.dispatched_at = state.clock
     task.started_at = None
     task.deadline = None

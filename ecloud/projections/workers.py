@@ -163,7 +163,7 @@ def _take_back(state: State, worker: WorkerRecord, held: tuple[tuple[str, int], 
             move_attempt(state, task, RUNNING,
                          TAKEN_BACK if task.attempt_status == ATTEMPT_LOST else TAKEN_BACK_OLD)
             move_task(state, task, RUNNING, TAKEN_BACK)
-            task.worker = worker.worker_id
+            task.worker = task.ran_on = worker.worker_id
             task.reason = f"taken back from {worker.worker_id}, which still ran it"
             if task.started_at is None:
                 task.started_at = state.clock
