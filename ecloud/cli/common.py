@@ -7,36 +7,50 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
 from ecloud.cli.exits import handle_errors  # noqa: F401 - every command's, re-exported
 from ecloud.errors import ConfigError, EcloudError, MissingLogError, UserError
-from ecloud.log.store import LogStore
-from ecloud.log.url import open_store
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ecloud.log.store import LogStore
 
 #: the width of output that is not a terminal (a file, a pipe): wide enough
 #: that no table cuts or folds a value (rich would lay them out at 80)
 PIPE_WIDTH = 1000
 
 
-def _console(stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, highlight=False, soft_wrap=True,
-                   width=None if stream.isatty() else PIPE_WIDTH)
+class LazyConsole:
+    """A rich Console made on first use: importing rich costs ~50 ms, which
+    ``ecloud --help`` and every command that fails early need not pay. It
+    passes every attribute on to the console; :meth:`real` is the console
+    itself, for rich's own classes (a progress bar, a live view)."""
+
+    def __init__(self, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            stream = sys.stderr if self._stderr else sys.stdout
+            # output to a file or a pipe is laid out wide: no table cuts a value
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True,
+                                    width=None if self._stderr or stream.isatty()
+                                    else PIPE_WIDTH)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
 
 
-out = _console()
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = LazyConsole()
+err = LazyConsole(stderr=True)
 
 
 def common_options(fn: Callable) -> Callable:
@@ -123,6 +137,8 @@ def log_store(db: str | None, config_path: str | None, *, create: bool,
     """Open the configured log; ``create`` only for commands that write.
     ``read_only`` (by default: unless ``create``) for commands that only
     read: they work on a read-only filesystem too."""
+    from ecloud.log.url import open_store
+
     config = config_for(db, config_path)
     store = open_store(config.db, create=create,
                        read_only=not create if read_only is None else read_only)
@@ -135,15 +151,23 @@ def log_store(db: str | None, config_path: str | None, *, create: bool,
 @contextmanager
 def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A progress callback ``(done, total)``; draws a bar on a terminal only."""
-    if not enabled or not err.is_terminal:
+    if not enabled or not sys.stderr.isatty():
         yield lambda done, total: None
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=err.real(),
         transient=True,
     )
     with bar:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any
-
-from attrs import frozen
+from typing import Any, NamedTuple
 
 OK = 0
 #: a task did not succeed (``ecloud run``), or the environment failed
@@ -41,8 +39,7 @@ WORKER_ORPHANED = 4
 WORKER_BROKER_REFUSED = 5
 
 
-@frozen
-class Row:
+class Row(NamedTuple):  # not attrs: this module is imported by every command, --help too
     status: int
     commands: str
     meaning: str

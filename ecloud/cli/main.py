@@ -11,12 +11,10 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import orjson
-from rich.markup import escape
 
-from ecloud.cli import render
 from ecloud.cli.common import (
     common_options,
     handle_errors,
@@ -25,17 +23,24 @@ from ecloud.cli.common import (
     out,
     progress_bar,
 )
+from ecloud.cli.lazy import LazyGroup
 from ecloud.errors import MissingLogError, UserError, ValidationError
-from ecloud.events import types as ev
-from ecloud.events.codec import converter
-from ecloud.log.rebuild import load_state
-from ecloud.projections import context as ctx
-from ecloud.projections import tasks as task_rules
-from ecloud.projections.state import FAILED, State
-from ecloud.taskfiles.submit import append_checked
+
+if TYPE_CHECKING:
+    from ecloud.events.types import Recorded
+
+# Every command imports what it uses when it runs (see ecloud/cli/lazy.py):
+# `ecloud --help` and a command that fails early import click and little else.
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+@click.group(cls=LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="ecloud")
 def cli() -> None:
     """Distribute shell-command tasks with dependencies over many machines.
@@ -68,6 +73,8 @@ def push(file: Path, dry_run: bool, replace: bool, db: str | None,
     pushed earlier. A file pushed again adds its new tasks and leaves the
     unchanged ones alone; a changed task is an error unless --replace.
     """
+    from ecloud.log.rebuild import load_state
+    from ecloud.projections.state import State
     from ecloud.taskfiles.submit import check_dispatch_sizes, diff_lines, plan_push, push_file
     from ecloud.taskfiles.taskfile import parse_task_file
 
@@ -144,6 +151,11 @@ def status(as_json: bool, cost: bool, top: int, watch_every: float | None, db: s
            config_path: str | None) -> None:
     """Counts per task state, the workers table, every failed task (the
     latest ten; ecloud tasks lists them all) and recent retried attempts."""
+    import orjson
+
+    from ecloud.cli import render
+    from ecloud.log.rebuild import load_state
+
     if cost:
         return _cost(as_json, top, db, config_path)
     if watch_every is not None:
@@ -188,6 +200,9 @@ def why(task_id: str, until: int | None, as_json: bool, db: str | None,
 
 
 def _cost(as_json: bool, top: int, db: str | None, config_path: str | None) -> None:
+    import orjson
+
+    from ecloud.cli import render
     from ecloud.views.cost import ledger_of
 
     with log_store(db, config_path, create=False) as store:
@@ -204,7 +219,9 @@ def _cost(as_json: bool, top: int, db: str | None, config_path: str | None) -> N
 # ------------------------------------------------------------------------- log
 
 
-def _wanted(rec: ev.Recorded, task: str | None, worker: str | None) -> bool:
+def _wanted(rec: Recorded, task: str | None, worker: str | None) -> bool:
+    from ecloud.events import types as ev
+
     event = rec.event
     if task is not None:
         if isinstance(event, ev.TasksSubmitted):
@@ -215,7 +232,12 @@ def _wanted(rec: ev.Recorded, task: str | None, worker: str | None) -> bool:
     return not (worker is not None and getattr(event, "worker_id", None) != worker)
 
 
-def _print_record(rec: ev.Recorded, as_json: bool) -> None:
+def _print_record(rec: Recorded, as_json: bool) -> None:
+    import orjson
+
+    from ecloud.cli import render
+    from ecloud.events.codec import converter
+
     if as_json:
         line = {"seq": rec.seq, "ts": rec.ts, "type": rec.event.TYPE,
                 "version": rec.event.VERSION, "body": converter.unstructure(rec.event)}
@@ -241,6 +263,8 @@ def log_command(start: int, end: int | None, types: tuple[str, ...], task: str |
                 worker: str | None, follow: bool, as_json: bool, db: str | None,
                 config_path: str | None) -> None:
     """Show events from the log, oldest first."""
+    from ecloud.events import types as ev
+
     unknown = sorted(set(types) - set(ev.EVENT_TYPES))
     if unknown:
         raise UserError(f"unknown event type(s) {', '.join(unknown)}; known: "
@@ -271,6 +295,10 @@ def log_command(start: int, end: int | None, types: tuple[str, ...], task: str |
 def cancel(task_ids: tuple[str, ...], reason: str, db: str | None, config_path: str | None) -> None:
     """Cancel tasks: they will not run (a running attempt is killed) and their
     descendants are blocked until the task is retried."""
+    from ecloud.events import types as ev
+    from ecloud.projections import tasks as task_rules
+    from ecloud.taskfiles.submit import append_checked
+
     with operator_log(db, config_path, create=False) as store:
         def build(state):
             problems = [p for t in task_ids if (p := task_rules.cancel_problem(state, t))]
@@ -290,6 +318,11 @@ def cancel(task_ids: tuple[str, ...], reason: str, db: str | None, config_path: 
 def retry(task_ids: tuple[str, ...], all_failed: bool, db: str | None, config_path: str | None) -> None:
     """Run failed or cancelled tasks again (with their full retry budget);
     the tasks they blocked become eligible again."""
+    from ecloud.events import types as ev
+    from ecloud.projections import tasks as task_rules
+    from ecloud.projections.state import FAILED
+    from ecloud.taskfiles.submit import append_checked
+
     if bool(task_ids) == all_failed:
         raise UserError("give task ids or --failed (one of the two)")
     chosen: list[str] = []
@@ -320,6 +353,12 @@ def context_group() -> None:
 @handle_errors
 def context_show(as_json: bool, db: str | None, config_path: str | None) -> None:
     """Every context key with its value (or default) and meaning."""
+    import orjson
+
+    from ecloud.cli import render
+    from ecloud.log.rebuild import load_state
+    from ecloud.projections import context as ctx
+
     with log_store(db, config_path, create=False) as store:
         state = load_state(store)
     if as_json:
@@ -330,6 +369,10 @@ def context_show(as_json: bool, db: str | None, config_path: str | None) -> None
 
 
 def _set_context(store, key: str, value: str) -> None:
+    from ecloud.events import types as ev
+    from ecloud.projections import context as ctx
+    from ecloud.taskfiles.submit import append_checked
+
     if key in ("datastore_address", "datastore_id"):
         raise UserError(f"{key} is set with the datastore's mark: ecloud datastore set ADDRESS")
     problem = ctx.check(key, value)
@@ -357,6 +400,10 @@ def context_set(key: str, value: str, db: str | None, config_path: str | None) -
 def context_drop(keys: tuple[str, ...], db: str | None, config_path: str | None) -> None:
     """Remove context values (all of them when no KEY is given), e.g. so the
     boss sets its own address afresh, as in the seed."""
+    from ecloud.events import types as ev
+    from ecloud.projections import context as ctx
+    from ecloud.taskfiles.submit import append_checked
+
     unknown = sorted(set(keys) - set(ctx.KEYS))
     if unknown:
         raise UserError(f"unknown context key(s) {', '.join(unknown)}; known: {', '.join(sorted(ctx.KEYS))}")
@@ -409,6 +456,7 @@ def datastore_set(address: str, key_file: str | None, db: str | None,
 def datastore_check(key_file: str | None, db: str | None, config_path: str | None) -> None:
     """Test that the datastore is reachable and writable from here; say what is wrong."""
     from ecloud.effects.data.movers import mover_for
+    from ecloud.log.rebuild import load_state
 
     with log_store(db, config_path, create=False) as store:
         context = load_state(store).context
@@ -450,32 +498,6 @@ def config_show(db: str | None, config_path: str | None) -> None:
     for name, value, source in config_for(db, config_path).describe():
         table.add_row(name, value, source)
     out.print(table)
-
-
-def _register_late_commands() -> None:
-    from ecloud.cli.graph import graph
-    from ecloud.cli.logs import logs
-    from ecloud.cli.opennebula import opennebula_group
-    from ecloud.cli.run import run
-    from ecloud.cli.scale import scale
-    from ecloud.cli.security import broker_group, certs_group
-    from ecloud.cli.tasks import tasks
-    from ecloud.cli.web import web
-    from ecloud.cli.workers import workers_group
-
-    cli.add_command(graph)
-    cli.add_command(logs)
-    cli.add_command(web)
-    cli.add_command(certs_group)
-    cli.add_command(broker_group)
-    cli.add_command(run)
-    cli.add_command(scale)
-    cli.add_command(tasks)
-    cli.add_command(workers_group)
-    cli.add_command(opennebula_group)
-
-
-_register_late_commands()
 
 
 def main() -> None:

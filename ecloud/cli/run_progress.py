@@ -37,7 +37,8 @@ class RunDisplay:
     the end (a last line where no bar is drawn)."""
 
     def __init__(self, console: Console, total: int, started: float | None = None) -> None:
-        self.console = console
+        # the console itself, not the CLI's lazy stand-in: rich's bar wants it
+        self.console = console = console.real() if hasattr(console, "real") else console
         self.total = total
         self.started = time.monotonic() if started is None else started
         self.rate = Rate()

@@ -43,7 +43,7 @@ def _drawn(state: State, title: str) -> Text:
 
 
 def _redraw(store, state: State, every: float) -> None:
-    with Live(_drawn(state, store.url), console=out, auto_refresh=False,
+    with Live(_drawn(state, store.url), console=out.real(), auto_refresh=False,
               vertical_overflow="visible") as live:
         while True:
             time.sleep(every)  # the watch's own pace: nothing to wait on but the clock

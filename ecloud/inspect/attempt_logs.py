@@ -168,7 +168,7 @@ class WorkerReader:
     """Ask the worker over MQTT (see :mod:`ecloud_worker.logserve`)."""
 
     def __init__(self, attempt: Attempt, broker: str | None, cluster: str, auth,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 3.0) -> None:
         from ecloud.effects.messaging.mqtt import Connection
 
         if not broker:

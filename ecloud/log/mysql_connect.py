@@ -74,17 +74,23 @@ def connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, pymysql.err.OperationalError) and error_code(exc) in _LOST_CODES
 
 
+#: seconds a new connection may take: a server that does not answer within it
+#: (down, firewalled, a wrong address) is reported at once, not after the
+#: 10 s PyMySQL waits by default; a live MariaDB answers in milliseconds
+CONNECT_TIMEOUT = 3.0
+
+
 def connect(
     params: MySQLParams,
     database: str | None,
     *,
-    connect_timeout: float = 10.0,
+    connect_timeout: float = CONNECT_TIMEOUT,
     read_timeout: float | None = 120.0,
 ) -> pymysql.connections.Connection:
     """Open a PyMySQL connection or raise a one-line :class:`StoreError`
     (:class:`UserError` for a database that does not exist)."""
     try:
-        return pymysql.connect(
+        conn = pymysql.connect(
             host=params.host,
             port=params.port,
             user=params.user,
@@ -93,12 +99,21 @@ def connect(
             charset="utf8mb4",
             autocommit=False,
             connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            write_timeout=read_timeout,
+            # the handshake too must be done within connect_timeout: PyMySQL
+            # reads the server's greeting under read_timeout, and something
+            # that accepts the TCP connection but never speaks (a proxy, a
+            # firewall, a hung server) would hold the command that long
+            read_timeout=connect_timeout,
+            write_timeout=connect_timeout,
             sql_mode="STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION",
         )
     except pymysql.err.Error as exc:
         raise connect_error(params, exc) from None
+    # then the timeouts of queries; PyMySQL applies them from the next packet
+    # on (pymysql.connections.Connection._read_packet, PyMySQL 1.x)
+    conn._read_timeout = read_timeout
+    conn._write_timeout = read_timeout
+    return conn
 
 
 def connect_error(params: MySQLParams, exc: BaseException) -> EcloudError:
@@ -111,4 +126,7 @@ def connect_error(params: MySQLParams, exc: BaseException) -> EcloudError:
         return StoreError(
             f"MariaDB at {params.where} refused user {params.user!r}: {describe_error(exc)}"
         )
-    return StoreError(f"cannot connect to MariaDB at {params.where}: {describe_error(exc)}")
+    text = describe_error(exc)
+    if "timed out" in text:
+        text += f" (no answer within {CONNECT_TIMEOUT:g}s: is the address right, is it up?)"
+    return StoreError(f"cannot connect to MariaDB at {params.where}: {text}")

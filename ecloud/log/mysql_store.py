@@ -57,6 +57,7 @@ from ecloud.errors import (
 )
 from ecloud.log import backend
 from ecloud.log.mysql_connect import (
+    CONNECT_TIMEOUT,
     MySQLParams,
     connect,
     connect_error,
@@ -132,7 +133,7 @@ class MySQLStore(WriterLock, backend.RowStore):
         *,
         create: bool = True,
         page_size: int = backend.DEFAULT_PAGE_SIZE,
-        connect_timeout: float = 10.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float | None = 120.0,
     ) -> None:
         if not params.database:
