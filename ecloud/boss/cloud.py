@@ -79,7 +79,11 @@ class CloudSide:
 
     def _call(self, fn: Callable | None, effect: Any) -> None:
         if fn is None:
-            log.warning("no provider for %s", effect)
+            # a boss without a provider cannot act on VMs: the effect stays
+            # outstanding in the state, for a boss that has one (a standby
+            # must be started as the active one was: --local N, --provider)
+            log.warning("cannot %s: this boss has no provider (start it with --local N or "
+                        "--provider opennebula, as the boss before it was)", effect)
             return
         self._pool.submit(fn, effect).add_done_callback(self._done)
 

@@ -38,9 +38,19 @@ class LazyConsole:
         if self._console is None:
             from rich.console import Console
 
+            class QuietOnBrokenPipe(Console):
+                """A reader that stopped reading (``ecloud log | head -1``) is no
+                failure: stop writing and exit 0 (rich exits 1)."""
+
+                def on_broken_pipe(self) -> None:
+                    self.quiet = True
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, sys.stdout.fileno())
+                    raise SystemExit(0)
+
             stream = sys.stderr if self._stderr else sys.stdout
             # output to a file or a pipe is laid out wide: no table cuts a value
-            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True,
+            self._console = QuietOnBrokenPipe(stderr=self._stderr, highlight=False, soft_wrap=True,
                                     width=None if self._stderr or stream.isatty()
                                     else PIPE_WIDTH)
         return self._console

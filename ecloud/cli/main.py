@@ -362,7 +362,7 @@ def context_show(as_json: bool, db: str | None, config_path: str | None) -> None
     with log_store(db, config_path, create=False) as store:
         state = load_state(store)
     if as_json:
-        values = {k: state.context.get(k, spec.default) for k, spec in sorted(ctx.KEYS.items())}
+        values = {k: ctx.get(state, k) for k in sorted(ctx.KEYS)}  # numbers as numbers
         sys.stdout.write(orjson.dumps(values).decode() + "\n")
     else:
         render.render_context(state, out)
@@ -381,7 +381,9 @@ def _set_context(store, key: str, value: str) -> None:
     append_checked(store, lambda state: [ev.ContextSet(key, value)])
 
 
-@context_group.command("set")
+# a VALUE may start with '-' (`queue_ahead -3` is refused for what it is, not
+# taken for an unknown option)
+@context_group.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @common_options

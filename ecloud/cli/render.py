@@ -162,18 +162,33 @@ def _slots_text(used: int, slots: int) -> str:
     return f"{slots}/{slots} +{used - slots} queued"
 
 
+#: workers no longer live that ``ecloud status`` still shows: the latest few
+#: to go, within RECENT_GONE seconds; the rest are counted (``--json`` lists all)
+SHOWN_GONE = 5
+RECENT_GONE = 600.0
+
+
 def render_workers(state: State, console: Console, now: float | None = None) -> None:
+    """Every live worker, and the latest few that left or were lost (a
+    long-lived log knows thousands of workers that are gone)."""
+    now = state.clock if now is None else now
     live = [w for w in state.workers.values() if w.status in LIVE]
+    ended = sorted((w for w in state.workers.values() if w.status not in LIVE),
+                   key=lambda w: w.last_seen, reverse=True)
+    recent = [w for w in ended if now - w.last_seen <= RECENT_GONE][:SHOWN_GONE]
     table = Table(title=f"Workers ({len(live)} live, {len(state.workers)} known)", title_justify="left")
     for col in ("worker", "host", "state", "slots", "running", "last seen"):
         table.add_column(col)
-    for wid in sorted(state.workers):
-        w = state.workers[wid]
+    for w in sorted(live, key=lambda w: w.worker_id) + recent:
         running = ", ".join(f"{t}#{a}" for t, a in sorted(w.running)) or "-"
-        table.add_row(escape(wid), escape(w.host), f"[{STATUS_STYLE[w.status]}]{w.status}[/]",
-                      _slots_text(w.used, w.slots), escape(running),
-                      ago(w.last_seen, state.clock if now is None else now))
+        table.add_row(escape(w.worker_id), escape(w.host),
+                      f"[{STATUS_STYLE[w.status]}]{w.status}[/]",
+                      _slots_text(w.used, w.slots), escape(running), ago(w.last_seen, now))
     console.print(table)
+    hidden = len(ended) - len(recent)
+    if hidden:
+        console.print(f"  ... and {hidden} more gone or lost earlier (ecloud status --json "
+                      "lists every worker)")
 
 
 def render_context(state: State, console: Console) -> None:

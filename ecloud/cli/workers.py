@@ -19,6 +19,7 @@ from rich.table import Table
 from ecloud.cli.common import (
     common_options,
     config_for,
+    err,
     handle_errors,
     log_store,
     operator_log,
@@ -53,7 +54,21 @@ def spawn(count: int, db: str | None, config_path: str | None) -> None:
             return [ev.VMRequested(name, "ecloud workers spawn") for name in names]
 
         append_checked(store, build)
+        idle = _no_boss(store)
     out.print(f"requested {count} VM(s): {', '.join(names)}", markup=False)
+    if idle:
+        err.print(idle, markup=False)
+
+
+def _no_boss(store) -> str | None:
+    """What to tell an operator whose request no boss is there to perform:
+    it waits in the log until one starts (None when a boss holds the log)."""
+    from ecloud.boss.lease import holder
+
+    if holder(store) is not None:
+        return None
+    return ("note: no boss is running on this log: nothing happens until one starts "
+            "(ecloud-boss --provider opennebula); the request waits in the log")
 
 
 @workers_group.command("list")
@@ -106,4 +121,7 @@ def kill(vm_ids: tuple[int, ...], reason: str, db: str | None, config_path: str 
             return [ev.VMKillRequested(i, reason, source="operator") for i in vm_ids]
 
         append_checked(store, build)
+        idle = _no_boss(store)
     out.print(f"kill requested for VM(s) {', '.join(map(str, vm_ids))}")
+    if idle:
+        err.print(idle, markup=False)
