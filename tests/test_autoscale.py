@@ -601,7 +601,7 @@ def test_scale_appends_the_changes_in_one_batch_and_prints_the_policy(durable_ur
         ("max_workers", "4"), ("min_workers", "1"), ("idle_timeout", "120")]
     assert len({r.ts for r in logged}) == 1  # one append
     shown = json.loads(run("context", "show", "--json", "--db", durable_url).stdout)
-    assert (shown["max_workers"], shown["boot_timeout"]) == ("4", "600")
+    assert (shown["max_workers"], shown["boot_timeout"]) == (4, 600.0)  # numbers as numbers
     again = run("scale", "--max", 4, "--spawn-backoff", 0, "--db", durable_url)
     assert again.stdout.splitlines()[0] == "set spawn_backoff = 0"  # max was 4 already
     assert len(rows(durable_url)) == 4
@@ -646,8 +646,8 @@ def test_context_show_lists_the_policy_keys(sqlite_url: str) -> None:
     shown = json.loads(run("context", "show", "--json", "--db", sqlite_url).stdout)
     assert {k: shown[k] for k in ("max_workers", "min_workers", "slots_per_worker", "max_booting",
                                   "idle_timeout", "boot_timeout", "spawn_backoff")} == {
-        "max_workers": "0", "min_workers": "0", "slots_per_worker": "1", "max_booting": "4",
-        "idle_timeout": "300", "boot_timeout": "600", "spawn_backoff": "30"}
+        "max_workers": 0, "min_workers": 0, "slots_per_worker": 1, "max_booting": 4,
+        "idle_timeout": 300.0, "boot_timeout": 600.0, "spawn_backoff": 30.0}
 
 
 def test_the_boss_names_its_vms_after_the_cluster() -> None:

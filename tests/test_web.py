@@ -20,10 +20,12 @@ from ecloud.views import summary
 from ecloud.web.server import WebServer, bind
 from tests.support.brokers import wait_for
 from tests.support.web_helpers import (
+    VARIED,
     Web,
     gated_dag,
     start_run,
     stop_run,
+    varied_log,
     wait_for_tasks,
     wait_until_held,
 )
@@ -123,8 +125,11 @@ def test_any_past_seq_shows_what_a_replay_to_it_says(recorded) -> None:
             assert [w["id"] for w in page["workers"]] == sorted(
                 state.workers, key=lambda w: (state.workers[w].status not in
                                               ("idle", "busy", "draining"), w))
-            assert [f["seq"] for f in page["failures"]] == \
-                [f.seq for f in reversed(state.recent_failures)]
+            assert [f["seq"] for f in page["retrying"]] == \
+                [f.seq for f in reversed(state.recent_failures) if not f.final]
+            assert {f["task"] for f in page["final_failures"]} <= \
+                {t for t, r in state.tasks.items() if r.status == "failed"}
+            assert len(page["final_failures"]) == min(summary.MAX_FINAL, state.counts["failed"])
             assert page["decisions"] == summary.recent_decisions(  # kept, not read again
                 store.read(1, seq, types=summary.DECISION_TYPES), state)
             status, graph = _get(f"{server.url}api/graph?seq={seq}")
@@ -144,18 +149,23 @@ def test_bad_requests_get_a_reason_not_a_traceback(recorded) -> None:
 
 
 def test_nothing_secret_is_served(tmp_path: Path) -> None:
+    """No context value and no environment value on any route; a task's
+    command only on its own page (the operator's, see the README)."""
     db = f"sqlite:///{tmp_path}/e.db"
     with open_store(db) as store:
         store.append([ev.ContextSet("datastore_address", "me@data.example:/srv/s3cret-path"),
-                      ev.TasksSubmitted("b", (TaskSpec("a", "echo s3cret-command",
+                      ev.TasksSubmitted("b", (TaskSpec("a", "echo the-command",
                                                        env={"TOKEN": "s3cret-env"}),))])
     server = WebServer(db, bind("127.0.0.1:0")).start()
     try:
         wait_for(lambda: server.follower.state.seq == 2, 30, "the follower to catch up")
-        for path in ("api/page", "api/page?seq=2", "api/graph", "metrics", ""):
+        for path in ("api/page", "api/page?seq=2", "api/graph", "api/tasks", "api/task/a",
+                     "api/task/a?seq=2", "metrics", ""):
             with urllib.request.urlopen(server.url + path, timeout=10) as response:
                 body = response.read().decode()
             assert "s3cret" not in body, path
+            assert ("the-command" in body) == path.startswith("api/task/"), path
+        assert _get(server.url + "api/task/a")[1]["spec"]["env"] == ["TOKEN"]  # the name only
     finally:
         server.stop()
 
@@ -266,3 +276,179 @@ def test_the_boss_serves_the_page_when_told_to(tmp_path: Path, shared_mqtt_url: 
     finally:
         boss.send_signal(signal.SIGTERM)
         assert boss.wait(60) == 0
+
+
+# ------------------------------------------------------------ tasks and seeks
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory: pytest.TempPathFactory):
+    """:func:`varied_log` served in this process (its events are one second apart)."""
+    db = f"sqlite:///{tmp_path_factory.mktemp('varied')}/v.db"
+    varied_log(db)
+    server = WebServer(db, bind("127.0.0.1:0")).start()
+    wait_for(lambda: server.follower.state.seq == 18, 30, "the follower to catch up")
+    yield server
+    server.stop()
+
+
+def _ids(server, query: str) -> list[str]:
+    status, body = _get(f"{server.url}api/tasks?{query}")
+    assert status == 200, body
+    return [row["id"] for row in body["rows"]]
+
+
+def test_the_task_list_filters_by_state_name_block_and_dag_group(varied) -> None:
+    everything = _get(varied.url + "api/tasks")[1]
+    assert [r["id"] for r in everything["rows"]] == list(VARIED)  # submission order
+    assert [r["status"] for r in everything["rows"]] == list(VARIED.values())
+    assert everything["counts"] == {s: list(VARIED.values()).count(s) for s in TASK_STATUSES}
+    assert (everything["matched"], everything["total"], everything["live"]) == (8, 8, True)
+    assert _ids(varied, "state=failed") == ["sim-01"]
+    assert _ids(varied, "state=blocked,running") == ["post-1", "post-2", "moved"]
+    assert _ids(varied, "q=SIM") == ["sim-01", "sim-02"]  # a part of the id, in any case
+    assert _ids(varied, "q=*-0[2-9]") == ["sim-02"]       # a glob: the whole id
+    assert _ids(varied, "q=post*&state=succeeded") == []
+    assert _ids(varied, "blocked_by=sim-01") == ["post-1", "post-2"]
+    assert _ids(varied, "group=sim-%23&mode=pattern") == ["sim-01", "sim-02"]  # sim-#
+    assert _ids(varied, "group=level%201&mode=level&state=succeeded") == ["sim-02"]
+    # the counts say what each state would show under the other filters
+    assert _get(varied.url + "api/tasks?q=sim&state=failed")[1]["counts"]["succeeded"] == 1
+    # pages: the server sends at most `limit` rows
+    page = _get(varied.url + "api/tasks?offset=2&limit=3")[1]
+    assert [r["id"] for r in page["rows"]] == ["sim-02", "post-1", "post-2"]
+    assert (page["matched"], page["offset"], page["limit"]) == (8, 2, 3)
+    # and at a past seq: the list as it was (seq 3: submitted, nothing run)
+    past = _get(varied.url + "api/tasks?seq=3&state=waiting")[1]
+    assert past["live"] is False
+    assert [r["id"] for r in past["rows"]] == ["sim-01", "sim-02", "post-1", "post-2", "later"]
+
+
+def test_the_task_list_refuses_bad_filters_with_a_reason(varied) -> None:
+    for query, words in (("state=finished", "state must be among"),
+                         ("limit=0", "limit must be from 1"), ("limit=5000", "limit must be"),
+                         ("offset=-1", "offset must be from 0"), ("offset=x", "whole number"),
+                         ("group=sim-%23", "a group needs its mode"),
+                         ("group=sim-%23&mode=auto", "a group needs its mode"),
+                         ("seq=99", "not in the log")):
+        status, body = _get(f"{varied.url}api/tasks?{query}")
+        assert status == 400 and words in body["error"], (query, body)
+
+
+def test_a_task_page_has_its_spec_attempts_tails_and_lineage(varied) -> None:
+    status, task = _get(varied.url + "api/task/sim-01")
+    assert status == 200 and task["live"] is True
+    assert (task["status"], task["attempt"], task["failures"]) == ("failed", 2, 2)
+    assert task["spec"]["command"] == "simulate --mesh m1"
+    assert task["spec"]["depends_on"] == ["prep"] and task["spec"]["env"] == ["MESH_TOKEN"]
+    first, second = task["attempts"]
+    assert (first["worker"], first["outcome"], first["exit_code"], first["final"]) == \
+        ("w1", "failed", 3, False)
+    assert first["stderr_tail"] == "boom: mesh m1 missing\n"
+    assert first["dispatched_at"] < first["started_at"] < first["finished_at"]
+    assert (second["exit_code"], second["final"]) == (4, True)
+    assert second["stderr_tail"] == "boom again: mesh m1 missing\n"
+    assert task["parents"] == {"total": 1, "rows": [{"id": "prep", "status": "succeeded"}]}
+    assert task["children"] == {"total": 1, "rows": [{"id": "post-1", "status": "blocked"}]}
+    assert [r["id"] for r in task["blocks"]["rows"]] == ["post-1", "post-2"]
+    assert "not-for-the-page" not in json.dumps(task)
+
+    blocked = _get(varied.url + "api/task/post-2")[1]
+    assert blocked["blocked_by"] == {"id": "sim-01", "status": "failed"}
+    assert blocked["attempts"] == []
+
+    # an attempt whose worker was lost has no report: the page says what ended it
+    moved = _get(varied.url + "api/task/moved")[1]
+    assert [(a["worker"], a["outcome"]) for a in moved["attempts"]] == \
+        [("w2", "worker lost"), ("w1", "running")]
+    assert "connection lost" in moved["attempts"][0]["reason"]
+    dropped = _get(varied.url + "api/task/dropped")[1]
+    assert dropped["status"] == "cancelled" and "not needed" in dropped["notes"][0]["what"]
+
+    # at a past seq: the first attempt had failed, the second not begun
+    past = _get(varied.url + "api/task/sim-01?seq=9")[1]
+    assert past["live"] is False and past["status"] == "ready"
+    assert [a["stderr_tail"] for a in past["attempts"]] == ["boom: mesh m1 missing\n"]
+
+
+def test_an_unknown_task_is_a_404_with_a_reason_not_a_traceback(varied) -> None:
+    for path, words in (("api/task/no-such-task", "no task 'no-such-task' in the log"),
+                        ("api/task/sim-01/extra", "no task 'sim-01/extra'"),
+                        ("api/task/post-2?seq=2", "no task 'post-2' in the log up to seq 2")):
+        status, body = _get(varied.url + path)
+        assert status == 404 and words in body["error"], (path, body)
+    for path, words in (("api/task/sim-01?seq=abc", "whole number"),
+                        ("api/task/sim-01?seq=999", "not in the log")):
+        status, body = _get(varied.url + path)
+        assert status == 400 and words in body["error"], (path, body)
+
+
+def test_the_slider_seeks_failures_and_times_the_log_has(varied) -> None:
+    start = 1_800_000_000.0  # seq n was appended at start + n - 1
+    seek = lambda query: _get(f"{varied.url}api/seek?{query}")  # noqa: E731
+    assert seek("failure=next&from=0") == (200, {"seq": 8})   # sim-01's first failure
+    assert seek("failure=next&from=8") == (200, {"seq": 12})  # and its last
+    assert seek("failure=prev&from=12") == (200, {"seq": 8})
+    assert seek("failure=next&from=12") == (200, {"seq": None})
+    assert seek("failure=prev&from=8") == (200, {"seq": None})
+    assert seek(f"time={start + 6.5}") == (200, {"seq": 7})
+    assert seek(f"time={start + 7}") == (200, {"seq": 8})
+    assert seek(f"time={start - 1}") == (200, {"seq": 0})
+    assert seek(f"time={start + 3600}") == (200, {"seq": 18})
+    for query, words in (("", "give time"), ("time=soon", "seconds since the epoch"),
+                         ("time=nan", "a number"), ("failure=up&from=1", "give time"),
+                         ("failure=next&from=-2", "from must be")):
+        status, body = seek(query)
+        assert status == 400 and words in body["error"], (query, body)
+
+
+def test_the_page_splits_final_failures_from_retries_and_names_what_they_block(varied) -> None:
+    page = _get(varied.url + "api/page")[1]
+    assert [(f["task"], f["attempt"], f["seq"], f["blocked_total"], f["blocked"])
+            for f in page["final_failures"]] == [("sim-01", 2, 12, 2, ["post-1", "post-2"])]
+    assert page["final_failures"][0]["stderr_tail"] == "boom again: mesh m1 missing\n"
+    assert [(f["task"], f["attempt"], f["status"]) for f in page["retrying"]] == \
+        [("sim-01", 1, "failed")]
+    assert page["retrying"][0]["stderr_tail"] == "boom: mesh m1 missing\n"
+    # right after the first failure: it will retry, nothing has failed for good
+    then = _get(varied.url + "api/page?seq=8")[1]
+    assert then["final_failures"] == [] and then["retrying"][0]["status"] == "ready"
+    assert then["retrying"][0]["stderr_tail"] == "boom: mesh m1 missing\n"
+
+
+def test_throughput_counts_tasks_finished_per_round_interval() -> None:
+    from tests.support.folding import Driver
+
+    assert [summary.bar_width(s) for s in (0, 30, 60, 61, 3600, 86400 * 100)] == \
+        [1, 1, 1, 2, 60, 86400 * 2]
+    d = Driver(start=1000.0)
+    d.apply(ev.WorkerAnnounced("w1", "host", 8, 1, "inc", msg_id="m0"))
+    d.apply(ev.TasksSubmitted("b", tuple(TaskSpec(f"t{i}", "true") for i in range(4))))
+    for i, (when, code) in enumerate(((1010.0, 0), (1010.5, 0), (1035.0, 1))):
+        d.apply(ev.TaskDispatched(f"t{i}", 1, "w1"), dt=when - 1 - d.now)
+        d.apply(ev.TaskFinished(f"t{i}", 1, "w1", code, 1.0, msg_id=f"m{i + 1}"), dt=1.0)
+    d.apply(ev.WorkerHeartbeat("w1", msg_id="h"), dt=50.0)  # the clock: 1085
+    t = summary.throughput(d.state)
+    assert (t["start"], t["interval"], t["end"]) == (1000, 2, 1085.0)  # 85 s in bars of 2 s
+    assert len(t["succeeded"]) == len(t["failed"]) == 43
+    assert (t["succeeded"][5], t["failed"][17]) == (2, 1)  # 1010 and 1010.5; 1035
+    assert sum(t["succeeded"]) == 2 and sum(t["failed"]) == 1
+
+
+@pytest.mark.parametrize(("reason", "by"), [
+    ("ecloud run --local", "ecloud run"),
+    ("ecloud-boss --local", "ecloud-boss --local"),
+    ("ecloud-boss --local 4", "ecloud-boss --local"),
+    ("ecloud workers spawn", "operator"),
+    ("scale up: ready tasks want more slots", "autoscaler"),
+    ("", "autoscaler"),
+    ("ecloudish", "autoscaler"),
+])
+def test_a_vm_request_is_attributed_to_who_asked(reason: str, by: str) -> None:
+    from ecloud.projections.state import State, VMRecord
+    from ecloud.views.vm_story import story
+
+    assert summary.requested_by(reason) == by
+    rec = ev.Recorded(7, 1.0, ev.VMRequested("vm-1", reason))
+    assert summary.decision_row(rec, State())["by"] == by
+    assert story([rec], VMRecord("vm-1", 1.0))[0]["who"] == by

@@ -30,8 +30,10 @@ from tests.support.web_helpers import Web
 TASK = "leaky-sim-042"
 STDERR = "s3cret mesh file missing"
 #: every route of the app (the event stream only where it is refused: it never ends)
-ROUTES = ("/", "/api/page", "/api/page?seq=1", "/api/graph", "/metrics", "/healthz",
-          "/static/index.html")
+ROUTES = ("/", "/api/page", "/api/page?seq=1", "/api/graph", "/api/tasks",
+          "/api/tasks?state=failed&q=leaky*", f"/api/task/{TASK}", f"/api/task/{TASK}?seq=4",
+          "/api/seek?time=0", "/api/seek?failure=next&from=0", "/metrics", "/healthz",
+          "/static/index.html", "/static/app.js")
 MISSING = object()
 
 
@@ -107,9 +109,12 @@ def test_the_loopback_names_get_the_page_and_metrics_and_a_foreign_name_gets_not
             assert status == 200, (host, path, status, body[:200])
         assert TASK in fetch(port, "/api/graph", host)[2]
         assert STDERR in fetch(port, "/api/page", host)[2]
+        assert STDERR in fetch(port, f"/api/task/{TASK}", host)[2]
+        assert TASK in fetch(port, "/api/tasks?state=failed", host)[2]
+        assert fetch(port, "/api/task/nope", host)[0] == 404
         assert "ecloud_tasks" in fetch(port, "/metrics", host)[2]
         assert "<html" in fetch(port, "/", host)[2].lower()
-    for path in (*ROUTES, "/api/stream", "/nowhere"):
+    for path in (*ROUTES, "/api/stream", "/api/task/nope", "/nowhere"):
         assert_refused(port, f"evil.example:{port}", path)
 
 

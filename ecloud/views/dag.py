@@ -79,6 +79,13 @@ def _grouping(state: State, mode: str, depth: dict[str, int]) -> tuple[str, dict
     raise ValueError(f"unknown grouping {mode!r}; known: {', '.join(MODES)}")
 
 
+def group_of(state: State, mode: str) -> dict[str, str]:
+    """Each task's node key under ``mode`` (what a click on a DAG node opens:
+    the tasks whose key is the node's)."""
+    depth = levels(state) if mode not in ("task", "pattern") else {}
+    return _grouping(state, mode, depth)[1]
+
+
 @define(slots=True)
 class Layout:
     """What a DAG's drawing keeps while only task states change: the

@@ -13,6 +13,7 @@ from typing import Any
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded
 from ecloud.projections.state import State, VMRecord
+from ecloud.views.summary import requested_by
 from ecloud.views.vms import precise_when, state_with_codes, verdict
 
 #: how far a poll's sight may come after a callback's and still be "the same news"
@@ -55,7 +56,7 @@ def story(records: Iterable[Recorded], vm: VMRecord) -> list[dict[str, Any]]:
             continue
         row: dict[str, Any] = {"seq": rec.seq, "ts": rec.ts}
         if isinstance(e, ev.VMRequested):
-            row.update(who="operator" if e.reason.startswith("ecloud") else "autoscaler",
+            row.update(who=requested_by(e.reason),
                        what=f"requested: {e.reason}" if e.reason else "requested")
         elif isinstance(e, ev.VMAllocated):
             row.update(who="cloud", what=f"allocated as VM {e.vm_id}")

@@ -8,6 +8,14 @@ Routes::
                          at the head, or right after seq N (the time slider)
     /api/graph[?seq=N&mode=auto|task|pattern|level]
                          the DAG with task states, grouped when large
+    /api/tasks[?seq=N&q=&state=a,b&blocked_by=ID&group=KEY&mode=M&offset=&limit=]
+                         a page of the task list: search (substring or glob),
+                         states, the root of a block, a DAG node's tasks
+    /api/task/ID[?seq=N] one task: spec, every attempt with its output tails,
+                         parents, children and what it blocks; 404 if unknown
+    /api/seek?time=T | ?failure=next|prev&from=SEQ
+                         the seq the log was at at time T, or of the next
+                         (previous) failed attempt: where the slider jumps
     /api/stream          server-sent events: the page's data each time the
                          log moves on (a comment every 15 s keeps proxies open)
     /metrics             Prometheus text format
@@ -42,7 +50,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ecloud.config import host_name
-from ecloud.views import dag
+from ecloud.projections.state import TASK_STATUSES
+from ecloud.views import dag, summary
 from ecloud.views.follower import Follower
 from ecloud.views.metrics import LogCollector
 
@@ -153,6 +162,55 @@ def _seq(request: Request) -> int | None:
     return seq
 
 
+def _whole(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within [low, high]; ValueError says why not."""
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be from {low} to {high}")
+    return value
+
+
+def _list_filters(request: Request) -> dict[str, Any]:
+    """The task list's filters from the query; ValueError names a bad one."""
+    params = request.query_params
+    states = [s for s in params.get("state", "").split(",") if s]
+    unknown = [s for s in states if s not in TASK_STATUSES]
+    if unknown:
+        raise ValueError(f"state must be among {', '.join(TASK_STATUSES)}, not {unknown[0]!r}")
+    group, mode = params.get("group") or None, params.get("mode") or None
+    if group is not None and mode not in dag.MODES[1:]:
+        raise ValueError(f"a group needs its mode: one of {', '.join(dag.MODES[1:])}")
+    return {"query": params.get("q", ""), "states": states,
+            "blocked_by": params.get("blocked_by") or None, "group": group, "mode": mode,
+            "offset": _whole(request, "offset", 0, 0, 2**62),
+            "limit": _whole(request, "limit", summary.DEFAULT_LIST, 1, summary.MAX_LIST)}
+
+
+def _seek(follower: Follower, request: Request) -> dict[str, Any]:
+    """Where the slider jumps: ``time`` (seconds since the epoch, the log's
+    clock), or ``failure`` next or prev ``from`` a seq."""
+    params = request.query_params
+    if "time" in params:
+        try:
+            ts = float(params["time"])
+        except ValueError:
+            raise ValueError(f"time must be seconds since the epoch, not {params['time']!r}") from None
+        if ts != ts:  # NaN: no time at all
+            raise ValueError("time must be a number")
+        return {"seq": follower.seek_time(ts)}
+    direction = params.get("failure")
+    if direction not in ("next", "prev"):
+        raise ValueError("give time=SECONDS, or failure=next|prev with from=SEQ")
+    start = _whole(request, "from", 0, 0, 2**62)
+    return {"seq": follower.seek_failure(start, direction == "next")}
+
+
 def make_app(follower: Follower, hosts: Iterable[str] = LOOPBACK_NAMES,
              own_address: bool = False) -> Starlette:
     """The application serving ``follower``'s view of the log to requests
@@ -182,6 +240,31 @@ def make_app(follower: Follower, hosts: Iterable[str] = LOOPBACK_NAMES,
             if seq is None:
                 return _json(await run_in_threadpool(follower.graph, mode))
             return _json(await run_in_threadpool(follower.graph_at, seq, mode))
+        except ValueError as exc:
+            return _problem(str(exc))
+
+    async def tasks(request: Request) -> Response:
+        try:
+            seq, filters = _seq(request), _list_filters(request)
+            return _json(await run_in_threadpool(lambda: follower.tasks(seq, **filters)))
+        except ValueError as exc:
+            return _problem(str(exc))
+
+    async def task(request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        try:
+            seq = _seq(request)
+            data = await run_in_threadpool(follower.task, task_id, seq)
+        except ValueError as exc:
+            return _problem(str(exc))
+        if data is None:
+            where = f" up to seq {seq}" if seq is not None else ""
+            return _problem(f"no task {task_id!r} in the log{where}", 404)
+        return _json(data)
+
+    async def seek(request: Request) -> Response:
+        try:
+            return _json(await run_in_threadpool(_seek, follower, request))
         except ValueError as exc:
             return _problem(str(exc))
 
@@ -216,6 +299,9 @@ def make_app(follower: Follower, hosts: Iterable[str] = LOOPBACK_NAMES,
         Route("/", index),
         Route("/api/page", page),
         Route("/api/graph", graph),
+        Route("/api/tasks", tasks),
+        Route("/api/task/{task_id:path}", task),
+        Route("/api/seek", seek),
         Route("/api/stream", stream),
         Route("/metrics", metrics),
         Route("/healthz", healthz),

@@ -139,3 +139,53 @@ def artifacts_dir() -> Path:
     folder = Path(os.environ.get("ECLOUD_TEST_ARTIFACTS", ROOT / "test-artifacts"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+#: the small log of :func:`varied_log`: what each task ends as
+VARIED = {"prep": "succeeded", "sim-01": "failed", "sim-02": "succeeded", "post-1": "blocked",
+          "post-2": "blocked", "moved": "running", "dropped": "cancelled", "later": "waiting"}
+
+
+def varied_log(db: str) -> None:
+    """A small log, written event by event (one append each, one second
+    apart), with a task in most states: ``sim-01`` fails twice with
+    something on stderr (a retry, then for good) and blocks ``post-1`` and
+    ``post-2``; ``moved`` loses its worker and runs again elsewhere;
+    ``dropped`` is cancelled; ``later`` waits for ``moved``."""
+    from ecloud.events import types as ev
+    from ecloud.events.types import TaskSpec
+
+    specs = (TaskSpec("prep", "true"),
+             TaskSpec("sim-01", "simulate --mesh m1", depends_on=("prep",), retries=1,
+                      retry_backoff=0.0, env={"MESH_TOKEN": "not-for-the-page"}),
+             TaskSpec("sim-02", "simulate --mesh m2", depends_on=("prep",)),
+             TaskSpec("post-1", "post", depends_on=("sim-01", "sim-02")),
+             TaskSpec("post-2", "post", depends_on=("post-1",)),
+             TaskSpec("moved", "sleep 100"),
+             TaskSpec("dropped", "sleep 100"),
+             TaskSpec("later", "true", depends_on=("moved",)))
+    events = [
+        ev.WorkerAnnounced("w1", "node-1", 4, 1, "i1", msg_id="a1"),
+        ev.WorkerAnnounced("w2", "node-2", 4, 1, "i2", msg_id="a2"),
+        ev.TasksSubmitted("b1", specs),
+        ev.TaskDispatched("prep", 1, "w1"),
+        ev.TaskFinished("prep", 1, "w1", 0, 0.5, stdout_tail="prepared\n", msg_id="f1"),
+        ev.TaskDispatched("sim-01", 1, "w1"),
+        ev.TaskStarted("sim-01", 1, "w1", msg_id="s1"),
+        ev.TaskFinished("sim-01", 1, "w1", 3, 1.0, stderr_tail="boom: mesh m1 missing\n",
+                        msg_id="f2"),
+        ev.TaskDispatched("sim-02", 1, "w1"),
+        ev.TaskFinished("sim-02", 1, "w1", 0, 1.0, msg_id="f3"),
+        ev.TaskDispatched("sim-01", 2, "w1"),
+        ev.TaskFinished("sim-01", 2, "w1", 4, 1.0, stderr_tail="boom again: mesh m1 missing\n",
+                        msg_id="f4"),
+        ev.TaskDispatched("moved", 1, "w2"),
+        ev.TaskStarted("moved", 1, "w2", msg_id="s2"),
+        ev.WorkerLost("w2", "connection lost"),
+        ev.TaskDispatched("moved", 2, "w1"),
+        ev.TaskStarted("moved", 2, "w1", msg_id="s3"),
+        ev.TaskCancelled("dropped", "not needed"),
+    ]
+    with open_store(db) as store:
+        for i, event in enumerate(events):
+            store.append([event], ts=1_800_000_000.0 + i)
