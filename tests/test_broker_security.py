@@ -182,8 +182,12 @@ def test_the_cli_writes_the_certificates_and_the_broker_configuration(tmp_path) 
     assert "Traceback" not in again.stderr
     config = ecloud("broker", "config", "--dir", str(folder), "--port", "18999")
     assert config.returncode == 0, config.stderr
-    for name in ("ca.key", "server.key", "client.key", "boss-password", "worker-secret", "passwd"):
+    for name in ("ca.key", "client.key", "boss-password", "worker-secret", "hook-password",
+                 "passwd.static"):
         assert (folder / name).stat().st_mode & 0o077 == 0, name
+    # what the broker reads: at most its account's group too (tests/test_broker_user.py)
+    for name in ("server.key", "passwd"):
+        assert (folder / name).stat().st_mode & 0o037 == 0, name
     password = (folder / "boss-password").read_text().strip()
     # secrets stay in their files: not in what the commands print, not in the config
     for text in (made.stdout, made.stderr, config.stdout, config.stderr,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import click
 
-from ecloud.cli.common import handle_errors, out
+from ecloud.cli.common import err, handle_errors, out
 from ecloud.config import load_config
 from ecloud.errors import UserError
-from ecloud.security.broker_config import write_broker_config
+from ecloud.security.broker_config import resolve_broker_user, write_broker_config
 from ecloud.security.certs import init_certs
 
 
@@ -65,20 +65,36 @@ def broker_group() -> None:
                    "(it must be one of the certificate's --host names).")
 @click.option("--cluster", metavar="NAME", help="Cluster whose topics the ACL covers. Default: "
               "the configured cluster.")
+@click.option("--user", metavar="NAME", help="The account the broker runs as: Mosquitto, started "
+              "as root, switches to it at once, so it gets what the broker reads (its group, "
+              "mode 0640) and writes (DIR/data, the log). Default: mosquitto if this machine has "
+              "that account (and this runs as root), else none: the broker runs as whoever "
+              "starts it.")
 @handle_errors
-def broker_config(folder: str, port: int, bind: str, host: str, cluster: str | None) -> None:
+def broker_config(folder: str, port: int, bind: str, host: str, cluster: str | None,
+                  user: str | None) -> None:
     """Write a Mosquitto configuration: a TLS listener, no anonymous access,
     a password file the boss keeps (one account per worker VM, removed when
     the VM goes) and an ACL confining each worker to its own topics.
 
     Run the broker with `mosquitto -d -c DIR/mosquitto.conf` on the boss's
-    machine (the boss writes its password file and signals it to reload),
-    and give the boss the settings of DIR/ecloud.toml."""
+    machine, as root: it drops to the --user account (the boss writes its
+    password file and signals it to reload), and give the boss the settings
+    of DIR/ecloud.toml."""
     if any(c in host for c in "/ :") and not host.startswith("["):
         raise UserError(f"--host {host!r}: want a host name or an address")
-    files = write_broker_config(folder, _cluster(cluster), port, bind, host)
+    from rich.markup import escape  # rich is slow to import: only when it is needed
+
+    account, warning = resolve_broker_user(user)
+    files = write_broker_config(folder, _cluster(cluster), port, bind, host, account)
+    for message in ([warning] if warning else []) + list(files.warnings):
+        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
     out.print(f"wrote {files.conf} (and acl, passwd, passwd.static, boss-password, "
               f"worker-secret, hook-password in {files.folder})", highlight=False)
+    if files.user is not None:
+        out.print(f"the broker runs as:  {files.user} (it may read the configuration, acl, "
+                  "passwd and the server's certificate and key through its group; it owns "
+                  f"{files.pid.parent} and the log)", highlight=False)
     out.print(f"OpenNebula's state hook: copy {files.folder / 'hook-password'} to the front-end "
               "(see `ecloud opennebula hook --help`)", highlight=False)
     out.print(f"the boss's settings: {files.toml}", highlight=False)

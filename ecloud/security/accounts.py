@@ -32,6 +32,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -86,15 +87,39 @@ def read_passwd(path: Path) -> dict[str, str]:
 
 
 def write_passwd(path: Path, entries: dict[str, str]) -> None:
-    """Replace the password file at once (a reader never sees half of it);
-    mode 0600 - hashes are still worth guarding."""
+    """Replace the password file at once (a reader never sees half of it).
+
+    A new file is mode 0600 - hashes are still worth guarding. A file
+    replaced keeps its group and mode: the broker, once it has dropped root
+    (``ecloud broker config --user``), reads it through its group, and must
+    still be able to when it reloads the file after this. The new file gets
+    them before it takes the old one's place; a boss that may not give it
+    that group (not root, not in the group) leaves the old file alone and
+    raises :class:`OSError` (the boss logs it and tries again)."""
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        old = None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.writelines(f"{user}:{hashed}\n" for user, hashed in entries.items())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            if old is not None and os.fstat(f.fileno()).st_gid != old.st_gid:
+                try:
+                    os.fchown(f.fileno(), -1, old.st_gid)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"cannot give the new {path.name} the group "
+                                  f"({old.st_gid}) of the old one, which the broker may read it "
+                                  f"by: {exc.strerror}", str(path)) from None
+            # set, not left to os.open: a leftover temporary file keeps its mode
+            os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode) if old is not None else 0o600)
+            f.writelines(f"{user}:{hashed}\n" for user, hashed in entries.items())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def reload_by_pid_file(pid_file: str | os.PathLike) -> Callable[[], None]:

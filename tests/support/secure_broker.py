@@ -5,16 +5,23 @@ end-to-end suite run over TLS with per-worker accounts.
 
 The fixture ``secure_broker`` starts it in the test's temporary folder and
 stops it afterwards; a missing ``mosquitto`` fails the test (never skips).
+It runs as whoever runs the tests (``user=None``: pytest's temporary
+folders are private to their owner, out of reach of any other account); a
+broker that drops to an account of its own (``user="mosquitto"``) needs a
+folder that account can reach: :func:`reachable_folder`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,12 +36,12 @@ HOST = "127.0.0.1"
 
 
 class SecureBroker:
-    def __init__(self, folder: Path, cluster: str) -> None:
+    def __init__(self, folder: Path, cluster: str, user: str | None = None) -> None:
         self.folder = folder
         self.cluster = cluster
         self.port = free_port(HOST)
         init_certs(folder, [HOST], cluster, days=2)
-        self.files = write_broker_config(folder, cluster, self.port, HOST, HOST)
+        self.files = write_broker_config(folder, cluster, self.port, HOST, HOST, user=user)
         self.url = self.files.url
         self.ca = str(folder / "ca.pem")
         self.proc: subprocess.Popen | None = None
@@ -46,7 +53,7 @@ class SecureBroker:
     def accounts(self) -> BrokerAccounts:
         secret = (self.folder / "worker-secret").read_text().strip().encode()
         return BrokerAccounts(self.folder / "passwd", self.folder / "passwd.static", secret,
-                              self.cluster, reload_by_pid_file(self.folder / "mosquitto.pid"))
+                              self.cluster, reload_by_pid_file(self.files.pid))
 
     def worker_auth(self, worker_id: str, password: str | None = None) -> MqttAuth:
         return MqttAuth(worker_id, password or self.accounts().password_for(worker_id), self.ca)
@@ -57,7 +64,7 @@ class SecureBroker:
                 "ECLOUD_BROKER_USER": BOSS_USER,
                 "ECLOUD_BROKER_PASSWORD": f"file:{self.folder / 'boss-password'}",
                 "ECLOUD_BROKER_PASSWD_FILE": str(self.folder / "passwd"),
-                "ECLOUD_BROKER_PID_FILE": str(self.folder / "mosquitto.pid"),
+                "ECLOUD_BROKER_PID_FILE": str(self.files.pid),
                 "ECLOUD_WORKER_SECRET": f"file:{self.folder / 'worker-secret'}"}
 
     def start(self, deadline: float = 10.0) -> SecureBroker:
@@ -78,7 +85,7 @@ class SecureBroker:
                 with socket.create_connection((HOST, self.port), timeout=1) as raw, \
                         context.wrap_socket(raw, server_hostname=HOST):
                     pass
-                if (self.folder / "mosquitto.pid").exists():
+                if self.files.pid.exists():
                     return self
             except OSError:
                 pass
@@ -98,6 +105,19 @@ class SecureBroker:
 
     def log(self) -> str:
         return (self.folder / "mosquitto.log").read_text(errors="replace")
+
+
+@contextmanager
+def reachable_folder() -> Iterator[Path]:
+    """A fresh folder under the system's temporary folder that any account
+    may pass through (mode 0711: only its maker may list or change it), for
+    a broker that runs as an account of its own; removed after."""
+    base = Path(tempfile.mkdtemp(prefix="ecloud-broker-"))
+    try:
+        os.chmod(base, 0o711)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
