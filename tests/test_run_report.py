@@ -112,3 +112,42 @@ def test_forty_failures_are_all_counted_named_and_listed(tmp_path: Path) -> None
     assert outcome["exit_status"] == 1 and outcome["tasks"] == 42
     assert outcome["counts"] == {"failed": 40, "blocked": 1, "succeeded": 1}
     assert len(outcome["failed"]) == 40 and outcome["blocked"][0]["blocked_by"] == "f07"
+
+
+def test_on_a_terminal_the_run_s_page_stays_after_the_run_until_ctrl_c(tmp_path: Path) -> None:
+    """README's `ecloud run ... --web` example: a run of seconds would close
+    its page before anyone saw it. On a terminal it stays; Ctrl-C ends it
+    with the run's own exit status."""
+    import pty
+    import signal
+    import urllib.request
+
+    tasks = write_tasks(tmp_path / "t.json", [{"id": f"t{i}", "command": "true"}
+                                              for i in range(3)])
+    main, child = pty.openpty()
+    run = subprocess.Popen([sys.executable, "-m", "ecloud.cli.main", "run", str(tasks),
+                            "--local", "1", "--web", "127.0.0.1:0"], cwd=tmp_path,
+                           stdin=child, stdout=child, stderr=child,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    os.close(child)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 90
+        while b"until Ctrl-C" not in seen and time.monotonic() < deadline:
+            try:
+                seen += os.read(main, 4096)
+            except OSError:
+                break
+        text = seen.decode(errors="replace")
+        url = re.search(r"its page stays at (http://\S+) until Ctrl-C", text)
+        assert url, text
+        with urllib.request.urlopen(url.group(1) + "api/page", timeout=10) as page:
+            body = json.loads(page.read())
+        assert body["progress"]["counts"]["succeeded"] == 3
+        assert run.poll() is None
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=60) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+        os.close(main)

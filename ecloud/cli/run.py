@@ -313,19 +313,21 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
             # the last word from the state the boss ended with (the view's
             # counts of the run's tasks may be a turn behind)
             display.finish(tally(_run_counts(state, ids), len(ids)))
-    elapsed = time.monotonic() - started
-    if boss.error is not None:  # the run ended because the boss did: say why
-        if not as_json:
+        elapsed = time.monotonic() - started
+        if boss.error is not None:  # the run ended because the boss did: say why
+            if not as_json:
+                out.print(_summary(state, elapsed, ids))
+            raise EcloudError(f"the boss stopped: {boss.error!r} (run the same command again "
+                              "to continue)")
+        status = _exit_status(state, ids, outcome)
+        if as_json:
+            sys.stdout.write(orjson.dumps(_summary_data(state, elapsed, ids, status, config.db))
+                             .decode() + "\n")
+        else:
             out.print(_summary(state, elapsed, ids))
-        raise EcloudError(f"the boss stopped: {boss.error!r} (run the same command again to "
-                          "continue)")
-    status = _exit_status(state, ids, outcome)
-    if as_json:
-        sys.stdout.write(orjson.dumps(_summary_data(state, elapsed, ids, status, config.db))
-                         .decode() + "\n")
-    else:
-        out.print(_summary(state, elapsed, ids))
-        _print_failures(state, ids)
+            _print_failures(state, ids)
+        if web is not None and not outcome.interrupted:
+            _hold_page(web)
     if outcome.interrupted:
         err.print("interrupted: run the same command again to continue")
         sys.exit(exits.INTERRUPTED)
@@ -354,6 +356,22 @@ def _exit_status(state: State, ids: list[str], outcome: Outcome) -> int:
     if any(state.tasks[i].status != SUCCEEDED for i in ids):
         return exits.FAILED
     return exits.OK
+
+
+def _hold_page(web) -> None:
+    """The run is over but its page was asked for: a person at a terminal
+    keeps it until Ctrl-C (a run of seconds would close it before it could
+    be seen; ecloud web shows any log later). Elsewhere (a script, CI) the
+    run ends at once, as without --web."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return
+    err.print(f"the run is over; its page stays at {web.url} until Ctrl-C", markup=False)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _log_id(url: str) -> str:
