@@ -95,3 +95,16 @@ def test_a_database_that_never_answers_is_reported_within_the_connect_timeout() 
     assert f"cannot connect to MariaDB at 127.0.0.1:{port}" in result.stderr
     assert f"no answer within {CONNECT_TIMEOUT:g}s" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_typo_is_matched_against_every_command_imported_or_not() -> None:
+    from click.testing import CliRunner
+
+    from ecloud.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["taks"])
+    assert result.exit_code == 2 and "'tasks'" in result.output
+    result = CliRunner().invoke(cli, ["worker"])
+    assert "'workers'" in result.output
+    result = CliRunner().invoke(cli, ["status", "--watch", "nan"])
+    assert result.exit_code == 2 and "nan is not a number" in result.output

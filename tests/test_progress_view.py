@@ -113,3 +113,9 @@ def test_since_takes_how_long_ago_or_a_time_and_refuses_anything_else() -> None:
     assert parse_since("2026-11-26T14:05:00", 0.0) == 1795701900.0
     with pytest.raises(UserError, match="how long ago"):
         parse_since("yesterday", 0.0)
+
+
+def test_since_refuses_what_cannot_be_meant() -> None:
+    for text in ("nan", "-inf", "1e400", "2026", "0"):
+        with pytest.raises(UserError, match="not a time"):
+            parse_since(text, 1_800_000_000.0)

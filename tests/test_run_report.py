@@ -79,7 +79,7 @@ def test_progress_lines_reach_a_file_while_the_run_goes_on_with_this_run_s_count
     assert run.returncode == 1
     last = progress_lines(err)[-1]
     assert counts_of(last) == (6, 6, {"succeeded": 4, "failed": 1, "blocked": 1}), last
-    assert "failed bad (attempt 1): exit code 3  - output: ecloud logs bad" in stdout
+    assert "failed bad (attempt 1): exit code 3 - output: ecloud logs bad" in stdout
     assert "blocked after-bad: behind bad" in stdout
 
 
@@ -151,3 +151,55 @@ def test_on_a_terminal_the_run_s_page_stays_after_the_run_until_ctrl_c(tmp_path:
         if run.poll() is None:
             run.kill()
         os.close(main)
+
+
+def test_a_reader_that_goes_away_stops_no_run_and_hides_no_failure(tmp_path: Path) -> None:
+    """`ecloud run x.json | head -1`: the run goes on to its end, silenced,
+    and exits with its own status (it once stopped at once and exited 0)."""
+    tasks = write_tasks(tmp_path / "t.json",
+                        [{"id": f"ok{i}", "command": "sleep 0.05"} for i in range(30)]
+                        + [{"id": "bad", "command": "exit 7"}])
+    run = subprocess.Popen([sys.executable, "-m", "ecloud.cli.main", "run", str(tasks),
+                            "--local", "2"], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.stdout is not None
+    run.stdout.readline()
+    run.stdout.close()  # as `| head -1` does
+    assert run.wait(timeout=180) == 1
+    listed = json.loads(ecloud(tmp_path, "tasks", "--json").stdout)
+    assert {r["id"]: r["state"] for r in listed["tasks"]} == {
+        **{f"ok{i}": "succeeded" for i in range(30)}, "bad": "failed"}
+
+
+def test_a_file_run_again_starts_no_worker_and_leaves_no_vm_booting(tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "t.json", [{"id": f"t{i}", "command": "true"}
+                                              for i in range(4)])
+    for _ in range(3):
+        result = ecloud(tmp_path, "run", str(tasks), "--local", "2")
+        assert result.returncode == 0, result.stderr
+        vms = json.loads(ecloud(tmp_path, "workers", "list", "--json").stdout)
+        assert {vm["status"] for vm in vms} <= {"gone"}, vms
+    assert len(vms) == 2  # the first run's two; the others found nothing to do
+
+
+def test_tasks_since_sees_cancels_and_blocks_and_quick_tasks_have_a_runtime(
+        tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "t.json", [
+        {"id": "quick", "command": "true"},
+        {"id": "slow", "command": "sleep 1.2"},
+        {"id": "root", "command": "sleep 600"},
+        {"id": "leaf", "command": "true", "depends_on": ["root"]},
+    ])
+    assert ecloud(tmp_path, "push", str(tasks)).returncode == 0
+    before = time.time()
+    assert ecloud(tmp_path, "cancel", "root", "--reason", "not needed").returncode == 0
+    since = json.loads(ecloud(tmp_path, "tasks", "--since", str(before), "--json").stdout)
+    assert sorted(r["id"] for r in since["tasks"]) == ["leaf", "root"]
+    result = ecloud(tmp_path, "run", str(tasks), "--local", "1")
+    assert result.returncode == 1
+    assert "cancelled root: not needed" in result.stdout
+    rows = {r["id"]: r for r in json.loads(ecloud(tmp_path, "tasks", "--json").stdout)["tasks"]}
+    assert rows["quick"]["runtime"] is not None and rows["quick"]["runtime"] < 1.0
+    assert rows["slow"]["runtime"] >= 1.0
+    order = json.loads(ecloud(tmp_path, "tasks", "--sort", "runtime", "--json").stdout)
+    assert order["tasks"][0]["id"] == "slow"

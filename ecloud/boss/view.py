@@ -54,6 +54,9 @@ class BossView:
         self.view = {"seq": state.seq, "counts": dict(counts), "total": len(state.tasks),
                      "workers": roster[0], "vms": roster[1], "stuck": blocked,
                      "run_counts": run_counts,
+                     # VMs asked for that have no id yet (their spawn is on its way)
+                     "vms_unallocated": sum(1 for name in state.open_vms
+                                            if state.vms[name].vm_id is None),
                      "vm_failures": [(vm.vm_name, vm.reason) for vm in state.vms.values()
                                      if vm.failed_at is not None] if blocked else []}
         return copied

@@ -40,13 +40,15 @@ class LazyConsole:
 
             class QuietOnBrokenPipe(Console):
                 """A reader that stopped reading (``ecloud log | head -1``) is no
-                failure: stop writing and exit 0 (rich exits 1)."""
+                failure: stop writing and exit 0 (rich exits 1) - unless the
+                command does work of its own (:func:`keep_going_on_broken_pipe`):
+                then it only stops writing, and ends with its own status."""
 
                 def on_broken_pipe(self) -> None:
                     self.quiet = True
-                    devnull = os.open(os.devnull, os.O_WRONLY)
-                    os.dup2(devnull, sys.stdout.fileno())
-                    raise SystemExit(0)
+                    _silence(sys.stderr if self.stderr else sys.stdout)
+                    if not _KEEP_GOING[0]:
+                        raise SystemExit(0)
 
             stream = sys.stderr if self._stderr else sys.stdout
             # output to a file or a pipe is laid out wide: no table cuts a value
@@ -57,6 +59,38 @@ class LazyConsole:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real(), name)
+
+
+def _silence(stream: Any) -> None:
+    """Send what is still written to ``stream`` to /dev/null (its reader is gone)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+#: whether a broken pipe only silences the output (True) or ends the command
+_KEEP_GOING = [False]
+
+
+def keep_going_on_broken_pipe() -> None:
+    """For a command whose work matters more than its output (``ecloud
+    run``): a reader that goes away silences it, and it ends with its own
+    exit status - never 0 for a run that did not do its work."""
+    _KEEP_GOING[0] = True
+
+
+def write_stdout(text: str) -> None:
+    """Write to stdout (JSON for programs), silencing it if its reader is gone."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence(sys.stdout)
+        if not _KEEP_GOING[0]:
+            raise
 
 
 out = LazyConsole()

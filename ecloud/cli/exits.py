@@ -61,7 +61,8 @@ TABLE: tuple[Row, ...] = (
         "(add tasks with `ecloud push`, watch with `ecloud status`); or `--work-dir` is the work "
         "directory of another log's live run (give another); nothing was changed"),
     Row(INTERRUPTED, "all", "interrupted (Ctrl-C; for `ecloud run` also SIGTERM): what was in "
-        "hand was committed; run the same command again to continue"),
+        "hand was committed; run the same command again to continue. Not `ecloud status "
+        "--watch` and `ecloud log --follow`, which Ctrl-C ends: 0"),
     Row(WORKER_REFUSED, "`ecloud-worker`", "the boss refused this agent: another protocol "
         "version, or another live agent holds its worker id (after 3 tries)"),
     Row(WORKER_ORPHANED, "`ecloud-worker`", "no boss was heard for `--boss-grace` seconds: its "

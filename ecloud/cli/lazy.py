@@ -55,6 +55,16 @@ class LazyGroup(click.Group):
             self.add_command(getattr(importlib.import_module(module), attribute), name)
         return super().get_command(ctx, name)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        """As click resolves, but a typo's suggestions include the commands
+        not imported yet (click suggests from the loaded ones only)."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand:
+            raise click.exceptions.NoSuchCommand(
+                click.utils.make_str(args[0]), possibilities=self.list_commands(ctx),
+                ctx=ctx) from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """As click lists commands, with the lazy ones' help from the table."""
         names = self.list_commands(ctx)

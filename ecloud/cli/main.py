@@ -33,6 +33,13 @@ if TYPE_CHECKING:
 # `ecloud --help` and a command that fails early import click and little else.
 
 
+def _a_number(param: click.Parameter, value: float | None) -> float | None:
+    """A float option's value, NaN refused (it passes every range check)."""
+    if value is not None and value != value:
+        raise click.BadParameter("nan is not a number", param=param)
+    return value
+
+
 def escape(text: str) -> str:
     from rich.markup import escape as rich_escape
 
@@ -140,7 +147,8 @@ def _plan_text(plan, replace: bool = False, dry: bool = False) -> str:
                    "(booting, busy, idle) and bytes staged, derived from the whole log.")
 @click.option("--top", type=click.IntRange(min=0), default=20, show_default=True,
               help="With --cost: how many of the costliest tasks to list (--json lists all).")
-@click.option("--watch", "watch_every", type=click.FloatRange(min=0.2), is_flag=False,
+@click.option("--watch", "watch_every", type=click.FloatRange(min=0.2, max=3600),
+              callback=lambda ctx, param, value: _a_number(param, value), is_flag=False,
               flag_value=2.0, default=None, metavar="[SECONDS]",
               help="Keep showing the status as the log moves on, every SECONDS (default 2), "
                    "until Ctrl-C; on a terminal the view is redrawn in place, elsewhere a line "
@@ -149,8 +157,8 @@ def _plan_text(plan, replace: bool = False, dry: bool = False) -> str:
 @handle_errors
 def status(as_json: bool, cost: bool, top: int, watch_every: float | None, db: str | None,
            config_path: str | None) -> None:
-    """Counts per task state, the workers table, every failed task (the
-    latest ten; ecloud tasks lists them all) and recent retried attempts."""
+    """Counts per task state, the workers, the failed tasks and the recent
+    retried attempts (ecloud tasks lists every task)."""
     import orjson
 
     from ecloud.cli import render
@@ -278,10 +286,13 @@ def log_command(start: int, end: int | None, types: tuple[str, ...], task: str |
                 _print_record(rec, as_json)
         if follow:
             sys.stdout.flush()
-            for rec in store.follow(max(upto, start - 1)):
-                if (not types or rec.event.TYPE in types) and _wanted(rec, task, worker):
-                    _print_record(rec, as_json)
-                    sys.stdout.flush()
+            try:
+                for rec in store.follow(max(upto, start - 1)):
+                    if (not types or rec.event.TYPE in types) and _wanted(rec, task, worker):
+                        _print_record(rec, as_json)
+                        sys.stdout.flush()
+            except KeyboardInterrupt:
+                return  # the way a follow ends: exit 0
 
 
 # ----------------------------------------------------------------- cancel/retry

@@ -16,9 +16,12 @@ from ecloud.inspect.explain import at_text
 from ecloud.projections import context
 from ecloud.projections.autoscale import cloud_ceiling
 from ecloud.projections.scheduler import unschedulable
-from ecloud.projections.state import BLOCKED, FAILED, LIVE, READY, TASK_STATUSES, State
+from ecloud.projections.state import BLOCKED, FAILED, FINAL, LIVE, READY, TASK_STATUSES, State
 from ecloud.views import task_list
 from ecloud.views.vms import precise_when, state_with_codes
+
+#: statuses a task stays in until an operator acts
+FINISHED_STATES = FINAL | {BLOCKED}
 
 STATUS_STYLE = {
     "waiting": "dim", "ready": "cyan", "dispatched": "blue", "running": "bold blue",
@@ -102,7 +105,11 @@ def render_failures(state: State, console: Console) -> None:
     if blocked:
         console.print(f"[yellow]{blocked} task(s) blocked[/] behind failed or cancelled tasks "
                       "(ecloud tasks --state blocked; retrying the failed task runs them again)")
-    retries = [f for f in reversed(state.recent_failures) if not f.final][:STATUS_NAMES]
+    # only of tasks still under way: a retry that has since succeeded or
+    # failed for good is history (ecloud-replay --task tells it)
+    retries = [f for f in reversed(state.recent_failures)
+               if not f.final and state.tasks[f.task_id].status not in FINISHED_STATES
+               ][:STATUS_NAMES]
     if retries:
         table = Table(title="Recent failed attempts that will retry", title_justify="left")
         for col in ("seq", "task", "attempt", "worker", "reason"):

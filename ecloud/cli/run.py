@@ -39,14 +39,23 @@ from ecloud.boss.lease import take
 from ecloud.boss.loop import BEAT_EVERY, Boss
 from ecloud.cli import exits, render
 from ecloud.cli.boss import make_provider, request_local_vms, start_web
-from ecloud.cli.common import common_options, config_for, err, handle_errors, log_refusal, out
+from ecloud.cli.common import (
+    common_options,
+    config_for,
+    err,
+    handle_errors,
+    keep_going_on_broken_pipe,
+    log_refusal,
+    out,
+    write_stdout,
+)
 from ecloud.cli.run_progress import RunDisplay
 from ecloud.effects.providers.local import become_subreaper
 from ecloud.errors import EcloudError, UserError, ValidationError
 from ecloud.events import types as ev
 from ecloud.log.rebuild import load_state
-from ecloud.log.url import open_store
-from ecloud.projections.state import BLOCKED, FAILED, LIVE, SUCCEEDED, State
+from ecloud.log.url import open_store, redact
+from ecloud.projections.state import BLOCKED, CANCELLED, FAILED, LIVE, SUCCEEDED, State
 from ecloud.security.setup import BrokerSecurity, broker_security
 from ecloud.views import task_list
 from ecloud.views.progress import clock, tally
@@ -167,32 +176,39 @@ def _summary(state: State, elapsed: float, ids: list[str]) -> Table:
 
 
 def _print_failures(state: State, ids: list[str]) -> None:
-    """Every failed and blocked task of the run, up to :data:`SUMMARY_NAMES`
-    of each, with the command that shows its output; past that, how many
-    more and the command that lists them all."""
-    for status in (FAILED, BLOCKED):
+    """Every failed, blocked and cancelled task of the run, up to
+    :data:`SUMMARY_NAMES` of each, with the command that shows its output;
+    past that, how many more and the command that lists them all."""
+    for status in (FAILED, BLOCKED, CANCELLED):
         tasks = task_list.select(state, states=(status,), among=ids)
         for task in tasks[:SUMMARY_NAMES]:
             tid = escape(task.spec.id)
             if status == FAILED:
                 out.print(f"  [red]failed[/] {tid} (attempt {task.attempt}): "
-                          f"{escape(task.reason or '-')}  - output: ecloud logs {tid}")
-            else:
+                          f"{escape(task.reason or '-')} - output: ecloud logs {tid}")
+            elif status == BLOCKED:
                 out.print(f"  [yellow]blocked[/] {tid}: behind {escape(task.blocked_by or '?')}")
+            else:
+                out.print(f"  [magenta]cancelled[/] {tid}: {escape(task.reason or '-')}")
         if len(tasks) > SUMMARY_NAMES:
             out.print(f"  ... and {len(tasks) - SUMMARY_NAMES} more {status}: "
                       f"ecloud tasks --state {status}")
 
 
 def _summary_data(state: State, elapsed: float, ids: list[str], status: int,
-                  db: str) -> dict:
-    """``ecloud run --json``: the run's outcome for a program."""
+                  db: str, outcome: Outcome) -> dict:
+    """``ecloud run --json``: the run's outcome for a program (the log's URL
+    without its password)."""
     rows = [task_list.row(state, t)
-            for t in task_list.select(state, states=(FAILED, BLOCKED), among=ids)]
+            for t in task_list.select(state, states=(FAILED, BLOCKED, CANCELLED), among=ids)]
     return {"log": db, "tasks": len(ids), "elapsed": round(elapsed, 3),
             "counts": _run_counts(state, ids), "exit_status": status,
+            "interrupted": outcome.interrupted,
             "failed": [r for r in rows if r["state"] == FAILED],
-            "blocked": [r for r in rows if r["state"] == BLOCKED]}
+            "blocked": [r for r in rows if r["state"] == BLOCKED],
+            "cancelled": [r for r in rows if r["state"] == CANCELLED],
+            "unschedulable": [{"task": t, "reason": why} for t, why in outcome.stuck.items()],
+            "workers_failed": [{"vm": vm, "reason": why} for vm, why in outcome.workers_failed]}
 
 
 @click.command("run")
@@ -237,6 +253,7 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
     """
     from ecloud.effects.messaging.embedded import open_embedded
 
+    keep_going_on_broken_pipe()  # a reader of its output that goes away stops no run
     config = config_for(db, config_path)
     started = time.monotonic()
     # the file and its differences with the log first: every problem at once,
@@ -279,6 +296,9 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
             return []
 
         def keep_local(state: State) -> list:
+            counts = state.counts
+            if not any(counts[s] for s in ("waiting", "ready", "dispatched", "running")):
+                return []  # nothing left to run (a file run again): no worker to start
             return request_local_vms(state, provider, workers, "ecloud run --local")
 
         boss = Boss(boss_store, broker_url, provider=provider, cluster=config.cluster,
@@ -321,8 +341,8 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
                               "to continue)")
         status = _exit_status(state, ids, outcome)
         if as_json:
-            sys.stdout.write(orjson.dumps(_summary_data(state, elapsed, ids, status, config.db))
-                             .decode() + "\n")
+            write_stdout(orjson.dumps(_summary_data(state, elapsed, ids, status, redact(config.db),
+                                                    outcome)).decode() + "\n")
         else:
             out.print(_summary(state, elapsed, ids))
             _print_failures(state, ids)
@@ -446,6 +466,9 @@ def _watch(boss: Boss, thread: threading.Thread, display: RunDisplay, pushed: in
                 stuck_since = None
             upkeep()
             stop.wait(0.2)
+        if stop.is_set():
+            err.print("interrupted: stopping the workers (what they run now is stopped, and runs "
+                      "again when the run is continued)...", markup=False)
         return Outcome(interrupted=stop.is_set())
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -458,16 +481,23 @@ def _serving(view: dict) -> bool:
 
 
 def _retire_workers(boss: Boss, thread: threading.Thread, grace: float = 30.0) -> None:
-    """Ask every live local VM to stop (workers drain and say goodbye) and
-    wait, bounded, until none is live."""
-    kills = [ev.VMKillRequested(vm_id, "ecloud run finished")
-             for vm_id, status in boss.view.get("vms", [])
-             if status not in ("gone", "failed", "killing")]
-    if kills:
-        boss.submit(kills)
+    """Ask every local VM to stop (workers drain and say goodbye) and wait,
+    bounded, until none is live and none is on its way: a VM requested just
+    before the end is killed too once it has an id, so that the log never
+    keeps a VM of a finished run as booting."""
+    asked: set[int] = set()
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and thread.is_alive():
-        workers = boss.view.get("workers", {})
-        if not any(status in LIVE for status, _ in workers.values()):
+        view = boss.view
+        vms = view.get("vms", [])
+        kills = [ev.VMKillRequested(vm_id, "ecloud run finished") for vm_id, status in vms
+                 if status not in ("gone", "failed", "killing") and vm_id not in asked]
+        if kills:
+            boss.submit(kills)
+            asked.update(k.vm_id for k in kills)
+        workers = view.get("workers", {})
+        if (not any(status in LIVE for status, _ in workers.values())
+                and not view.get("vms_unallocated")
+                and all(status in ("gone", "failed") for _, status in vms)):
             return
         time.sleep(0.1)

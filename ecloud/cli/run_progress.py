@@ -46,6 +46,7 @@ class RunDisplay:
         self.last: Tally | None = None
         self._others = 0
         self._bar: Progress | None = None
+        self._closed = False
         self._task: Any = None
         if console.is_terminal:
             self._bar = Progress(
@@ -92,6 +93,11 @@ class RunDisplay:
         self.close()
 
     def close(self) -> None:
+        """Stop the bar, or print the last line if it was not printed yet
+        (once: ``finish`` and leaving the ``with`` both close)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._bar is not None:
             self._bar.stop()
             self._bar = None

@@ -28,16 +28,26 @@ _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+#: epoch seconds before this (2000-01-01) are taken for a mistake (``--since
+#: 2026`` meant a year, not 33 minutes into 1970)
+EARLIEST = 946_684_800.0
+
+
 def parse_since(text: str, now: float) -> float:
-    """``30s``, ``10m``, ``2h``, ``1d`` ago, or a time as ``--at`` takes it."""
+    """``30s``, ``10m``, ``2h``, ``1d`` ago, or a time as ``--at`` takes it
+    (ISO 8601, or epoch seconds since 2000)."""
+    problem = (f"--since {text!r}: not a time: give how long ago (30s, 10m, 2h, 1d), or ISO "
+               "8601 (2026-11-26T14:05:00), or epoch seconds")
     match = _AGO.match(text.strip())
     if match:
         return now - float(match.group(1)) * _UNIT[match.group(2)]
     try:
-        return parse_time(text, "--since")
+        when = parse_time(text, "--since")
     except UserError:
-        raise UserError(f"--since {text!r}: not a time: give how long ago (30s, 10m, 2h, 1d), "
-                        "or ISO 8601 (2026-11-26T14:05:00), or epoch seconds") from None
+        raise UserError(problem) from None
+    if not (EARLIEST <= when < float("inf")):
+        raise UserError(problem + " since 2000")
+    return when
 
 
 @click.command("tasks")
@@ -82,14 +92,15 @@ def tasks(states: tuple[str, ...], name: str | None, worker: str | None, since: 
         sys.stdout.write(orjson.dumps(body).decode() + "\n")
         return
     if not matched:
-        if not state.tasks:
-            raise UserError("the log has no task yet (ecloud push FILE)")
-        out.print("no task matches")
+        out.print("no task matches" if state.tasks else
+                  "no task matches: the log has no task yet (ecloud push FILE)")
         return
     rows = [_cells(task_list.row(state, t)) for t in picked]
     if len(rows) > TABLE_ROWS:
+        out.print(f"{matched} task(s); task, state, attempt, worker, exit, finished, ran, why "
+                  "(tab-separated)", markup=False)
         for cells in rows:
-            out.print("  ".join(cells), markup=False)
+            out.print("\t".join(cells), markup=False)
     else:
         table = Table(title=f"{matched} task(s)", title_justify="left")
         for col in ("task", "state", "attempt", "worker", "exit", "finished", "ran", "why"):

@@ -56,7 +56,8 @@ from ecloud.projections.state import State
 #: the last callback of OpenNebula's state hook (``vm.callback``), which asks
 #: for a look at the pool (``ObserveCloud``) and changes no status.
 #: 9: every task records how its latest attempt stands (``attempt_status``,
-#: the attempt table) and the worker it went to (``ran_on``); fold rules 4
+#: the attempt table), the worker it went to (``ran_on``), how long it ran
+#: (``ran_for``) and when its status last changed (``changed_at``); fold rules 4
 #: (only an attempt of a lost worker is taken back).
 REDUCER_VERSION = "9"
 

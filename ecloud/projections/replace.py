@@ -189,6 +189,8 @@ def _rerun(state: State, task: TaskRecord, reason: str, seq: int, out: list,
         state.ready.remove(task.ready_key)
     state.counts[task.status] -= 1
     state.counts[status] += 1
+    if task.status != status:
+        task.changed_at = state.clock
     task.status = status
     if status == READY:
         state.ready.add(task.ready_key)

@@ -119,6 +119,11 @@ class TaskRecord:
     #: the worker its latest attempt was given to (kept once it ended: ``worker``
     #: is only the one holding it now)
     ran_on: str | None = None
+    #: seconds its latest attempt ran, as its worker reported (a quick one
+    #: reports no start: its start and finish times do not say it)
+    ran_for: float | None = None
+    #: when its status last changed (a cancel, a block: no other time says it)
+    changed_at: float | None = None
 
     @property
     def ready_key(self) -> tuple[int, int, int, str]:
@@ -299,6 +304,7 @@ class State:
         if old == READY and task.not_before is None:
             self.ready.remove(task.ready_key)
         task.status = status
+        task.changed_at = self.clock
         if status == READY:
             if task.not_before is None:
                 self.ready.add(task.ready_key)

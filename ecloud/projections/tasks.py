@@ -249,6 +249,7 @@ def on_dispatched(state: State, event: TaskDispatched, seq: int, out: list) -> N
     begin_attempt(state, task, event.attempt)
     move_task(state, task, DISPATCHED, DISPATCHED_TO)
     task.worker = task.ran_on = worker.worker_id
+    task.ran_for = None
     task.dispatched_at = state.clock
     task.started_at = None
     task.deadline = None
@@ -332,6 +333,7 @@ def on_finished(state: State, event: TaskFinished, seq: int, out: list) -> None:
         # a worker that started the attempt cannot give it back: a failure
     task.exit_code = event.exit_code
     task.finished_at = state.clock
+    task.ran_for = event.duration
     task.deadline = None
     if event.exit_code == 0:
         succeed(state, task)

@@ -137,11 +137,19 @@ def line(t: Tally, elapsed: float, rate: Rate) -> str:
     return text
 
 
+def _first_trouble(last: Tally, now: Tally) -> bool:
+    """The run's first failure, block or cancel: news a log reader wants at
+    once (later ones come with the next regular line, or a run failing a
+    task a second would print a line a second)."""
+    return any(before == 0 < after for before, after in zip(last.troubles, now.troubles,
+                                                             strict=True))
+
+
 class LinePolicy:
-    """When to print a plain line: at once for the first look, for a new
-    failure, block or cancel (at most one per :data:`NEWS_GAP` s) and at the
-    end; otherwise every :data:`LINE_EVERY` s while the counts move, and
-    every :data:`QUIET_LINE_EVERY` s while they stand still (still alive)."""
+    """When to print a plain line: at once for the first look, for the
+    first failure, block or cancel (at most one per :data:`NEWS_GAP` s) and
+    at the end; otherwise every :data:`LINE_EVERY` s while the counts move,
+    and every :data:`QUIET_LINE_EVERY` s while they stand still (alive)."""
 
     def __init__(self) -> None:
         self._last_at: float | None = None
@@ -153,7 +161,7 @@ class LinePolicy:
             return self._printed(now, t)
         if t == last:
             return now - at >= QUIET_LINE_EVERY and self._printed(now, t)
-        if t.finished or (t.troubles != last.troubles and now - at >= NEWS_GAP):
+        if t.finished or (_first_trouble(last, t) and now - at >= NEWS_GAP):
             return self._printed(now, t)
         if now - at >= LINE_EVERY:
             return self._printed(now, t)

@@ -27,7 +27,10 @@ SORTS = {
 
 
 def runtime(task: TaskRecord) -> float | None:
-    """Seconds its last attempt ran, when it started and finished."""
+    """Seconds its last attempt ran: as its worker reported it (a quick
+    attempt reports no start), else from its start and finish."""
+    if task.ran_for is not None:
+        return task.ran_for
     if task.started_at is None or task.finished_at is None:
         return None
     return max(0.0, task.finished_at - task.started_at)
@@ -36,7 +39,7 @@ def runtime(task: TaskRecord) -> float | None:
 def last_activity(task: TaskRecord) -> float:
     """When anything last happened to it that the state records."""
     return max(t for t in (task.submitted_at, task.dispatched_at, task.started_at,
-                           task.finished_at) if t is not None)
+                           task.finished_at, task.changed_at) if t is not None)
 
 
 def name_matcher(pattern: str):
