@@ -51,7 +51,7 @@ from ecloud.cli.common import (
 )
 from ecloud.cli.run_progress import RunDisplay
 from ecloud.effects.providers.local import become_subreaper
-from ecloud.errors import EcloudError, UserError, ValidationError
+from ecloud.errors import EcloudError, MissingLogError, UserError, ValidationError
 from ecloud.events import types as ev
 from ecloud.log.rebuild import load_state
 from ecloud.log.url import open_store, redact
@@ -71,24 +71,32 @@ SUMMARY_NAMES = 20
 def check_file_against_log(config, file: Path, replace: bool) -> list:
     """Parse FILE (every problem at once) and compare it with the log as it
     is: a changed task refuses the run before anything starts, unless
-    ``replace``. Returns the specs."""
+    ``replace``. Returns the specs. A bad file makes no log where there was
+    none (it is recorded as refused in a log that exists)."""
     from ecloud.taskfiles.submit import check_dispatch_sizes, diff_lines, plan_push
     from ecloud.taskfiles.taskfile import parse_task_file
 
-    with open_store(config.db, create=True) as store:
-        state = load_state(store)
-        try:
-            specs = parse_task_file(file, known=state.tasks.__contains__, redefine=True)
-            plan = plan_push(state, specs, file)
-            check_dispatch_sizes(plan, state, file)
-            if plan.changed and not replace:
-                raise ValidationError(diff_lines(plan) + [
-                    f"{len(plan.changed)} task(s) of the file differ from the log: run with "
-                    "--replace to run them (and what depends on them) again with the new specs"],
-                    str(file))
-        except UserError as exc:
+    try:
+        store = open_store(config.db, create=False)
+    except MissingLogError:
+        store = None
+    try:
+        state = load_state(store) if store is not None else State()
+        specs = parse_task_file(file, known=state.tasks.__contains__, redefine=True)
+        plan = plan_push(state, specs, file)
+        check_dispatch_sizes(plan, state, file)
+        if plan.changed and not replace:
+            raise ValidationError(diff_lines(plan) + [
+                f"{len(plan.changed)} task(s) of the file differ from the log: run with "
+                "--replace to run them (and what depends on them) again with the new specs"],
+                str(file))
+    except UserError as exc:
+        if store is not None:
             log_refusal(store, exc)  # recorded, as a refused push is
-            raise
+        raise
+    finally:
+        if store is not None:
+            store.close()
     return specs
 
 
