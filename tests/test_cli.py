@@ -249,7 +249,7 @@ def test_context_and_datastore(sqlite_url: str, tmp_path: Path) -> None:
     shown = json.loads(run("context", "show", "--json", "--db", sqlite_url).stdout)
     assert shown["datastore_address"] == str(root) and shown["datastore_id"] == marker
     assert shown["boss_address"] == "10.0.0.2:1883"
-    assert shown["heartbeat_timeout"] == "30"  # the default
+    assert shown["heartbeat_timeout"] == 30.0  # the default, as a number
     assert run("context", "drop", "boss_address", "--db", sqlite_url).exit_code == 0
     shown = json.loads(run("context", "show", "--json", "--db", sqlite_url).stdout)
     assert shown["boss_address"] is None and shown["datastore_address"]
