@@ -9,6 +9,7 @@ from typing import Any
 
 from ecloud.projections.scheduler import stuck
 from ecloud.projections.state import State
+from ecloud.views.progress import status_counts
 
 #: seconds: the view's workers and VMs are at most this old
 ROSTER_EVERY = 0.25
@@ -19,6 +20,7 @@ class BossView:
         #: the latest copy (replaced whole, never changed in place)
         self.view: dict[str, Any] = {}
         self._roster_at = 0.0  # when the view's workers and VMs were last copied
+        self._unallocated = 0  # VMs without an id, as of the roster's copy
         #: the tasks of the owner's run, counted apart (None: none)
         self._watched: list[str] | None = None
         self._run_counts: dict[str, int] | None = None
@@ -46,6 +48,9 @@ class BossView:
         if copied:
             roster = ({w: (r.status, sorted(r.running)) for w, r in state.workers.items()},
                       [(vm.vm_id, vm.status) for vm in state.vms.values() if vm.vm_id is not None])
+            # VMs asked for that have no id yet (their spawn is on its way)
+            self._unallocated = sum(1 for name in state.open_vms
+                                    if state.vms[name].vm_id is None)
             self._roster_at = now
         counts = state.counts
         run_counts = self._count_run(state, now, copied)
@@ -54,9 +59,7 @@ class BossView:
         self.view = {"seq": state.seq, "counts": dict(counts), "total": len(state.tasks),
                      "workers": roster[0], "vms": roster[1], "stuck": blocked,
                      "run_counts": run_counts,
-                     # VMs asked for that have no id yet (their spawn is on its way)
-                     "vms_unallocated": sum(1 for name in state.open_vms
-                                            if state.vms[name].vm_id is None),
+                     "vms_unallocated": self._unallocated,
                      "vm_failures": [(vm.vm_name, vm.reason) for vm in state.vms.values()
                                      if vm.failed_at is not None] if blocked else []}
         return copied
@@ -71,13 +74,7 @@ class BossView:
         if len(watched) == len(state.tasks):
             self._run_counts = dict(state.counts)
         elif due or self._run_counts is None or now - self._run_counted_at >= ROSTER_EVERY:
-            counts = dict.fromkeys(state.counts, 0)
-            tasks = state.tasks
-            for task_id in watched:
-                task = tasks.get(task_id)
-                if task is not None:
-                    counts[task.status] += 1
-            self._run_counts = counts
+            self._run_counts = status_counts(state, watched)
             self._run_counted_at = now
         return self._run_counts
 

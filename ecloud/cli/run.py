@@ -58,7 +58,7 @@ from ecloud.log.url import open_store, redact
 from ecloud.projections.state import BLOCKED, CANCELLED, FAILED, LIVE, SUCCEEDED, State
 from ecloud.security.setup import BrokerSecurity, broker_security
 from ecloud.views import task_list
-from ecloud.views.progress import clock, tally
+from ecloud.views.progress import clock, status_counts, tally
 
 #: seconds "nothing can move" must hold before the run gives up (exit 3)
 STUCK_FOR = 1.0
@@ -163,20 +163,12 @@ def all_finished(view: dict) -> bool:
     return view.get("total", 0) > 0 and sum(counts.get(s, 0) for s in FINISHED) == view["total"]
 
 
-def _run_counts(state: State, ids: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for task_id in ids:
-        status = state.tasks[task_id].status
-        counts[status] = counts.get(status, 0) + 1
-    return counts
-
-
 def _summary(state: State, elapsed: float, ids: list[str]) -> Table:
     table = Table(title=f"Run summary ({len(ids)} tasks in {clock(elapsed)})",
                   title_justify="left")
     table.add_column("state")
     table.add_column("tasks", justify="right")
-    counts = _run_counts(state, ids)
+    counts = status_counts(state, ids)
     for status in FINISHED + ("waiting", "ready", "dispatched", "running"):
         if counts.get(status):
             table.add_row(f"[{render.STATUS_STYLE[status]}]{status}[/]", str(counts[status]))
@@ -210,7 +202,7 @@ def _summary_data(state: State, elapsed: float, ids: list[str], status: int,
     rows = [task_list.row(state, t)
             for t in task_list.select(state, states=(FAILED, BLOCKED, CANCELLED), among=ids)]
     return {"log": db, "tasks": len(ids), "elapsed": round(elapsed, 3),
-            "counts": _run_counts(state, ids), "exit_status": status,
+            "counts": status_counts(state, ids), "exit_status": status,
             "interrupted": outcome.interrupted,
             "failed": [r for r in rows if r["state"] == FAILED],
             "blocked": [r for r in rows if r["state"] == BLOCKED],
@@ -340,7 +332,7 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
             state = boss.state
             # the last word from the state the boss ended with (the view's
             # counts of the run's tasks may be a turn behind)
-            display.finish(tally(_run_counts(state, ids), len(ids)))
+            display.finish(tally(status_counts(state, ids), len(ids)))
         elapsed = time.monotonic() - started
         if boss.error is not None:  # the run ended because the boss did: say why
             if not as_json:

@@ -112,9 +112,7 @@ class RunDisplay:
         return text
 
     def _counts_markup(self, t: Tally) -> str:
-        text = counts_text(t) or "nothing started yet"
-        text = text.replace(f"{t.failed} failed", f"[red]{t.failed} failed[/]", 1)
-        text = text.replace(f"{t.blocked} blocked", f"[yellow]{t.blocked} blocked[/]", 1)
+        text = counts_text(t, {"failed": "red", "blocked": "yellow"}) or "nothing started yet"
         if self._others:
             text += f" · {self._others} of earlier pushes"
         return text

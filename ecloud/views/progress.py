@@ -10,9 +10,11 @@ elsewhere into plain lines (:class:`LinePolicy`).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from attrs import frozen
+
+from ecloud.projections.state import State
 
 #: seconds of history the rate is taken over: recent enough to follow a
 #: change of pace, long enough not to jump with every finished task
@@ -53,6 +55,18 @@ class Tally:
     def troubles(self) -> tuple[int, int, int]:
         """What a plain-line reader must hear of at once when it grows."""
         return self.failed, self.blocked, self.cancelled
+
+
+def status_counts(state: State, task_ids: Iterable[str]) -> dict[str, int]:
+    """How many of ``task_ids`` are in each status (non-zero counts only): a
+    run's tasks among the log's."""
+    counts: dict[str, int] = {}
+    tasks = state.tasks
+    for task_id in task_ids:
+        task = tasks.get(task_id)
+        if task is not None:
+            counts[task.status] = counts.get(task.status, 0) + 1
+    return counts
 
 
 def tally(counts: Mapping[str, int], total: int | None = None) -> Tally:
@@ -108,15 +122,22 @@ def clock(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def counts_text(t: Tally) -> str:
+def counts_text(t: Tally, styles: Mapping[str, str] | None = None) -> str:
     """``28 succeeded, 1 failed, 1 blocked · 4 running · 15 queued``: every
-    non-zero count, each under its own name."""
-    ended = [f"{n} {name}" for n, name in ((t.succeeded, "succeeded"), (t.failed, "failed"),
-                                           (t.blocked, "blocked"), (t.cancelled, "cancelled"))
+    non-zero count, each under its own name; ``styles`` (name -> rich
+    style) marks some up for a terminal."""
+    styles = styles or {}
+
+    def shown(n: int, name: str) -> str:
+        style = styles.get(name)
+        return f"[{style}]{n} {name}[/]" if style else f"{n} {name}"
+
+    ended = [shown(n, name) for n, name in ((t.succeeded, "succeeded"), (t.failed, "failed"),
+                                            (t.blocked, "blocked"), (t.cancelled, "cancelled"))
              if n]
     parts = [", ".join(ended)] if ended else []
-    parts += [f"{n} {name}" for n, name in ((t.running, "running"), (t.queued, "queued"),
-                                            (t.waiting, "waiting")) if n]
+    parts += [shown(n, name) for n, name in ((t.running, "running"), (t.queued, "queued"),
+                                             (t.waiting, "waiting")) if n]
     return " · ".join(parts)
 
 
@@ -173,4 +194,4 @@ class LinePolicy:
 
 
 __all__ = ["LINE_EVERY", "NEWS_GAP", "QUIET_LINE_EVERY", "RATE_WINDOW", "LinePolicy", "Rate",
-           "Tally", "clock", "counts_text", "line", "tally"]
+           "Tally", "clock", "counts_text", "line", "status_counts", "tally"]

@@ -150,20 +150,14 @@ def _problem(message: str, status: int = 400) -> Response:
 
 
 def _seq(request: Request) -> int | None:
-    raw = request.query_params.get("seq")
-    if raw in (None, ""):
-        return None
-    try:
-        seq = int(raw)
-    except ValueError:
-        raise ValueError(f"seq must be a whole number, not {raw!r}") from None
-    if seq < 0:
-        raise ValueError("seq must not be negative")
-    return seq
+    """The ``seq`` of a time-travel request (None: the head)."""
+    return _whole(request, "seq", None, 0, None)
 
 
-def _whole(request: Request, name: str, default: int, low: int, high: int) -> int:
-    """A whole-number query parameter within [low, high]; ValueError says why not."""
+def _whole(request: Request, name: str, default: int | None, low: int,
+           high: int | None) -> int | None:
+    """A whole-number query parameter, at least ``low`` and at most ``high``
+    (None: no bound); ValueError says why not."""
     raw = request.query_params.get(name)
     if raw in (None, ""):
         return default
@@ -171,7 +165,10 @@ def _whole(request: Request, name: str, default: int, low: int, high: int) -> in
         value = int(raw)
     except ValueError:
         raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
-    if not low <= value <= high:
+    if high is None and value < low:
+        raise ValueError(f"{name} must not be negative" if low == 0
+                         else f"{name} must be at least {low}")
+    if high is not None and not low <= value <= high:
         raise ValueError(f"{name} must be from {low} to {high}")
     return value
 
