@@ -70,3 +70,14 @@ def test_status_shows_live_workers_and_only_the_latest_gone(sqlite_url: str) -> 
     assert "... and 25 more gone or lost earlier" in text
     everyone = json.loads(run("status", "--json", "--db", sqlite_url).stdout)["workers"]
     assert len(everyone) == 31
+
+
+def test_piped_output_cuts_no_value(tmp_path: Path) -> None:
+    """`ecloud config show | cat` showed values cut at 80 columns."""
+    long_db = f"sqlite:///{tmp_path}/{'a-rather-long-folder-name/' * 6}ecloud.db"
+    result = subprocess.run([sys.executable, "-m", "ecloud.cli.main", "config", "show",
+                             "--db", long_db], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"},
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert long_db in result.stdout
