@@ -64,6 +64,19 @@ class ConcurrencyError(StoreError):
         super().__init__(f"the log moved on: expected head {expected}, found {actual}")
 
 
+class CommitInDoubtError(StoreError):
+    """The connection broke during COMMIT: the batch (seqs ``first`` to
+    ``first + count - 1``) may or may not be in the log.
+
+    A writer that retries must first look whether it landed
+    (:class:`~ecloud.boss.journal.Journal` does), or it may write it twice."""
+
+    def __init__(self, message: str, first: int, count: int) -> None:
+        self.first = first
+        self.count = count
+        super().__init__(message)
+
+
 class FencedError(StoreError):
     """This writer lost the right to append (another boss holds the log).
 

@@ -3,7 +3,11 @@ fold what is new, and snapshot now and then.
 
 Appends that fail (the database down or locked) are kept and tried again, in
 order, ahead of whatever comes next; meanwhile the boss makes no decision
-(:meth:`Journal.commit` says False). A boss that could not listen or log for
+(:meth:`Journal.commit` says False). An append whose COMMIT broke off may
+have landed all the same (:class:`~ecloud.errors.CommitInDoubtError`): before
+it is written again, the journal reads its seqs back, and drops it from the
+retry if the log holds it - else one report or decision would be in the log
+twice. A boss that could not listen or log for
 a while - the database down, the process stopped or starved - starts its next
 append with ``boss.resumed``, which restarts every deadline from that moment:
 the boss's silence is never taken for its workers'. A boss that lost the
@@ -17,7 +21,7 @@ import threading
 import time
 
 from ecloud import wire
-from ecloud.errors import FencedError, StoreError
+from ecloud.errors import CommitInDoubtError, FencedError, StoreError
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded
 from ecloud.log.rebuild import load_state, save_snapshot
@@ -50,6 +54,9 @@ class Journal:
         self._turn_started = 0.0  # monotonic start of the last turn
         #: (first seq, ts, events) of the batch this boss appended last, not yet folded
         self._appended: tuple[int, float, list] | None = None
+        #: (first seq, ts, batch as sent, the events of it that lead ``pending``)
+        #: of an append whose COMMIT broke off: settled before the next append
+        self._in_doubt: tuple[int, float, list, list] | None = None
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self._last_read = 0.0  # when the log was last read for other writers' events
@@ -81,13 +88,20 @@ class Journal:
 
     def commit(self, events: list) -> bool:
         """Append in one transaction; on failure keep them for the next try.
-        After a stall the batch starts with ``boss.resumed``."""
+        After a stall the batch starts with ``boss.resumed``. ``events``
+        starts with what :meth:`take_pending` gave back (a failed batch
+        leads the next)."""
         ts = time.time()
         batch = events
-        if self._stalled is not None:
-            since, why = self._stalled
-            batch = [ev.BossResumed(round(max(0.0, ts - since), 3), why)] + events
         try:
+            events = self._settle(events)
+            if not events:
+                return True
+            if self._stalled is not None:
+                since, why = self._stalled
+                batch = [ev.BossResumed(round(max(0.0, ts - since), 3), why)] + events
+            else:
+                batch = events
             seqs = self.store.append(batch, ts=ts)
             if seqs:
                 self._appended = (seqs[0], ts, batch)
@@ -100,11 +114,35 @@ class Journal:
             raise
         except StoreError as exc:
             log.error("cannot append %d event(s), will retry: %s", len(events), exc)
+            if isinstance(exc, CommitInDoubtError) and self._in_doubt is None:
+                self._in_doubt = (exc.first, ts, batch, events)
             if self._stalled is None:
                 self._stalled = (ts, wire.bounded_reason(f"could not append to the log: {exc}", 300))
             self.pending = events + self.pending
             self.stopping.wait(1.0)
             return False
+
+    def _settle(self, events: list) -> list:
+        """``events`` without the batch whose COMMIT was in doubt, if the log
+        holds it after all (read back: the same events at the same seqs with
+        the same timestamp - no other writer's batch matches that). Raises
+        StoreError while the log cannot be read."""
+        if self._in_doubt is None:
+            return events
+        first, ts, batch, held = self._in_doubt
+        if events[:len(held)] != held:
+            raise AssertionError("the events of a failed append must lead the next one")
+        found = list(self.store.read(first, first + len(batch) - 1))
+        self._in_doubt = None
+        landed = (len(found) == len(batch)
+                  and all(rec.ts == ts and rec.event == e for rec, e in zip(found, batch, strict=True)))
+        if not landed:
+            log.warning("the append whose COMMIT broke off (seqs %d..%d) is not in the log:"
+                        " writing it again", first, first + len(batch) - 1)
+            return events
+        log.warning("the append whose COMMIT broke off (seqs %d..%d) is in the log:"
+                    " not writing it again", first, first + len(batch) - 1)
+        return events[len(held):]
 
     def fold_new(self) -> tuple[list, list[Recorded]]:
         """Fold every event committed since the state's seq (ours and other
@@ -142,8 +180,12 @@ class Journal:
         return effects, records
 
     def append_now(self, events: list) -> None:
-        """Append without the turn's bookkeeping (on the way out); raises StoreError."""
-        self.store.append(events)
+        """Append without the turn's bookkeeping (on the way out); raises
+        StoreError. ``events`` starts with :meth:`take_pending`'s, as for
+        :meth:`commit`."""
+        events = self._settle(events)
+        if events:
+            self.store.append(events)
 
     def maybe_snapshot(self) -> None:
         """A snapshot every ``snapshot_every`` events, or every

@@ -416,7 +416,7 @@ class Boss:
             # outcomes that arrived while shutting down are still worth logging,
             # and the reports among them acked (else every one comes back as
             # a resend to the next boss)
-            leftover = self.inbox.drain(0.0, self._convert) + journal.take_pending()
+            leftover = journal.take_pending() + self.inbox.drain(0.0, self._convert)
             if leftover:
                 try:
                     journal.append_now(leftover)

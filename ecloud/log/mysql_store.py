@@ -32,8 +32,10 @@ their REPEATABLE READ transaction after each page, so every poll of
 ``TCP_NODELAY`` (PyMySQL sets it on every TCP socket). A connection found
 dead when a read or an append *starts* is reopened once, transparently; a
 failure inside an append rolls back and raises :class:`StoreError`; a
-failure *during COMMIT* is reported as such and never retried, because the
-batch may or may not be in the log.
+failure *during COMMIT* is reported as such (:class:`CommitInDoubtError`,
+with the batch's seqs) and never retried here, because the batch may or may
+not be in the log: the boss's journal reads those seqs before it writes the
+batch again.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import pymysql
 import pymysql.cursors
 
 from ecloud.errors import (
+    CommitInDoubtError,
     ConcurrencyError,
     EcloudError,
     FencedError,
@@ -278,16 +281,21 @@ class MySQLStore(WriterLock, backend.RowStore):
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _commit(self, what: str) -> None:
+    def _commit(self, what: str, seqs: tuple[int, int] | None = None) -> None:
+        """COMMIT; a failure here leaves the outcome unknown. For an append
+        (``seqs``: its first seq and count) that is a
+        :class:`CommitInDoubtError`, so that a writer can look before it
+        writes the batch again."""
         try:
             self._db().commit()
         except BaseException as exc:
             self._recover(exc)
             if isinstance(exc, pymysql.err.Error):
-                raise StoreError(
-                    f"{self.url}: COMMIT of {what} failed ({describe_error(exc)}); it may or may not"
-                    " have been stored - check before writing it again"
-                ) from None
+                message = (f"{self.url}: COMMIT of {what} failed ({describe_error(exc)}); it may"
+                           " or may not have been stored - check before writing it again")
+                if seqs is not None:
+                    raise CommitInDoubtError(message, *seqs) from None
+                raise StoreError(message) from None
             raise
 
     def _idempotent_op(self, what: str, fn: Callable[[pymysql.connections.Connection], T]) -> T:
@@ -370,7 +378,7 @@ class MySQLStore(WriterLock, backend.RowStore):
                     f"{self.url}: append failed, nothing appended: {describe_error(exc)}"
                 ) from None
             raise
-        self._commit(f"seqs {first}..{last + len(rows)}")
+        self._commit(f"seqs {first}..{last + len(rows)}", (first, len(rows)))
         return list(range(first, first + len(rows)))
 
     def _begin_append(self) -> tuple[pymysql.cursors.Cursor, int]:
