@@ -52,6 +52,8 @@ RETRY_BACKOFF = 86_400.0
 TIMEOUT = 365 * 86_400.0
 PRIORITY = 1_000_000_000
 SLOTS = 4096
+#: a workflow's limit on its running tasks (in all, or per category)
+MAX_RUNNING = 1_000_000
 #: one task as JSON, in bytes
 TASK_BYTES = 1 * MIB
 #: lists and objects nested in a task file (a task needs 4)

@@ -42,9 +42,11 @@ from cattrs.gen import make_dict_unstructure_fn, override
 
 from ecloud import limits
 from ecloud.events.codec import converter, describe
-from ecloud.events.types import Command, InputSpec, StagedFile
+from ecloud.events.types import Command, InputSpec, NodeSpec, StagedFile
 
 PROTOCOL = 1
+#: what a report's ``stage`` may say (see ecloud.events.types.TaskFinished.stage)
+STAGES = frozenset(["", "pre", "post", "pre_skip", "noop"])
 MAX_PAYLOAD = limits.WORKER_MESSAGE_BYTES
 TAIL = 4096  # bytes of stdout/stderr sent back with a result
 
@@ -152,11 +154,15 @@ class Finished:
     #: left out of the message when False, so that a boss older than this field
     #: still reads every report (only it never queues ahead, so never gets one back)
     returned: bool = False
+    #: which part of a task with scripts decided ``exit_code`` (see
+    #: :attr:`ecloud.events.types.TaskFinished.stage`); left out when ""
+    stage: str = ""
     kind: str = "finished"
 
 
 converter.register_unstructure_hook(
-    Finished, make_dict_unstructure_fn(Finished, converter, returned=override(omit_if_default=True)))
+    Finished, make_dict_unstructure_fn(Finished, converter, returned=override(omit_if_default=True),
+                                       stage=override(omit_if_default=True)))
 
 
 @frozen
@@ -222,6 +228,18 @@ class DispatchMsg:
     sources: dict[str, str] = field(factory=dict)
     #: the id the datastore root's marker must hold (the context's datastore_id)
     datastore_id: str = ""
+    #: scripts and placement (pre, post, pre_skip, workdir, stdin/out/err);
+    #: None for a plain task, and then left out of the message
+    node: NodeSpec | None = None
+    #: values of the scripts' macros the boss knows ($RETRY, $MAX_RETRIES,
+    #: $JOB, and for a final task $DAG_STATUS and $FAILED_COUNT); left out when empty
+    macros: dict[str, str] = field(factory=dict)
+
+
+converter.register_unstructure_hook(
+    DispatchMsg, make_dict_unstructure_fn(DispatchMsg, converter,
+                                          node=override(omit_if_default=True),
+                                          macros=override(omit_if_default=True)))
 
 
 @frozen
@@ -372,6 +390,8 @@ def _plausible(report: Any) -> None:
         for staged in report.staged:
             if staged.direction not in ("in", "out") or staged.bytes < 0:
                 raise WireError(f"implausible staged file {staged.name[:100]!r}")
+        if report.stage not in STAGES:
+            raise WireError(f"unknown stage {report.stage[:40]!r}")
     elif kind is Hello:
         _bounded(report.host, MAX_NAME, "host")
         _bounded(report.incarnation, MAX_NAME, "incarnation")

@@ -47,6 +47,8 @@ def strategy_for(tp: object) -> st.SearchStrategy:
     """
     if tp == Command:
         return COMMAND
+    if tp == Command | None:  # a script of a node: a command, or none
+        return st.one_of(st.none(), COMMAND)
     if tp in SCALARS:
         return SCALARS[tp]
     if tp is type(None):

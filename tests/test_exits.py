@@ -21,7 +21,7 @@ def test_the_readme_shows_the_exit_status_table_of_the_code() -> None:
 
 def test_every_named_status_is_in_the_table() -> None:
     named = {v for k, v in vars(exits).items() if k.isupper() and isinstance(v, int)}
-    assert named == {row.status for row in exits.TABLE}
+    assert named == {row.status for row in exits.TABLE if isinstance(row.status, int)}
 
 
 def test_the_errors_exit_with_the_statuses_of_the_table() -> None:

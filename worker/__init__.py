@@ -30,7 +30,9 @@ What it does, in order of a worker's life:
 
 Modules: :mod:`ecloud_worker.agent` (main loop and command line), :mod:`ecloud_worker.runner`
 (processes), :mod:`ecloud_worker.outbox` (acks and resends), :mod:`ecloud_worker.settings`
-(flags, environment, context file).
+(flags, environment, context file); around a task's command, :mod:`ecloud_worker.stage` (data
+staging) and :mod:`ecloud_worker.node` (a workflow node's pre and post scripts, with
+:mod:`ecloud_worker.macros` and :mod:`ecloud_worker.placement`: workdir, stdin/stdout/stderr).
 """
 
 from __future__ import annotations

@@ -20,7 +20,18 @@ session and process group, with stdout and stderr going to the files
 blocks the task. When the task's leader exits, whatever it left running in its
 process group is killed, so no attempt outlives its report. What left the group
 (``setsid``) is told by the token in its environment and gets the group's
-signals all the same (:mod:`ecloud_worker.reaper`).
+signals all the same (:mod:`ecloud_worker.reaper`). The directory's path, its
+making and what is read back from it at the end are in :mod:`ecloud_worker.attemptdir`.
+
+A task of a workflow may come with a node (:class:`ecloud.events.types.NodeSpec`):
+its scripts, and a working directory and stdin/stdout/stderr files of its
+own. The attempt directory stays where ecloud keeps the attempt's files (its
+``stdout`` and ``stderr`` always have the command's output), whatever the
+process's working directory. A workdir or stdin alone is placed here; scripts,
+output files, and placement with staging or for a ``--run-as`` user run in
+the node wrapper (:mod:`ecloud_worker.node`), which says in
+``.ecloud/node.json`` which part decided the exit status (``Finished.stage``).
+A plain task (no node) costs what it always did: no wrapper, no extra file.
 
 Stopping an attempt (cancel, timeout, shutdown) sends SIGTERM to the whole
 group and SIGKILL 5 s later if the leader still runs. An attempt stopped on
@@ -30,17 +41,14 @@ purpose is never reported as a success: its ``exit_code`` is None and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -48,9 +56,18 @@ from typing import Protocol
 
 from attrs import define, frozen
 
-from ecloud import limits
-from ecloud.events.types import StagedFile, default_results_folder
-from ecloud.wire import TAIL, DispatchMsg, Finished
+from ecloud.events.types import default_results_folder
+from ecloud.wire import DispatchMsg, Finished
+from ecloud_worker import macros, node
+from ecloud_worker.attemptdir import (
+    attempt_path,
+    close_fds,
+    fresh_dir,
+    node_outcome,
+    staging_outcome,
+    tail,
+)
+from ecloud_worker.placement import NOT_STARTED, PlacementError, check_workdir, open_stdin
 from ecloud_worker.reaper import TOKEN_VAR, Reaper, new_token
 from ecloud_worker.runas import RunAs
 
@@ -60,7 +77,6 @@ KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 #: seconds a dispatch may wait in the queue for a slot before it is given back
 #: to the boss unstarted (it was queued ahead behind a task that runs long)
 RETURN_AFTER = 2.0
-NOT_STARTED = 127  # exit code reported for a command that cannot start
 
 Key = tuple[str, int]
 
@@ -109,29 +125,13 @@ class Attempt:
     #: in the environment of the attempt's processes (worker/reaper.py): tells
     #: those that left its process group
     token: str = ""
+    #: runs in the node wrapper (worker/node.py): its .ecloud/node.json says
+    #: which part decided
+    wrapped: bool = False
 
     @property
     def key(self) -> Key:
         return (self.msg.task_id, self.msg.attempt)
-
-
-#: longest directory name of an attempt's task (NAME_MAX is 255 bytes)
-TASK_DIR_BYTES = 240
-
-
-def attempt_path(work_dir: str, task_id: str, attempt: int) -> str:
-    """``<work dir>/<task>/<attempt>``, the task's id made one file name
-    ('/' and '%' escaped). An id whose escaped name would pass NAME_MAX (200
-    characters with many '/') is cut, and the cut name made unique by a hash
-    of the whole id."""
-    name = task_id.replace("%", "%25").replace("/", "%2F")
-    if name in ("", ".", ".."):
-        name = "%" + name.replace(".", "%2E")
-    if len(name.encode()) > TASK_DIR_BYTES:
-        digest = hashlib.sha256(task_id.encode()).hexdigest()[:16]
-        name = name.encode()[:TASK_DIR_BYTES - 17].decode(errors="ignore").rstrip("%0123456789ABCDEF")
-        name = f"{name}~{digest}"
-    return f"{work_dir}/{name}/{attempt}"
 
 
 class Runner:
@@ -304,15 +304,14 @@ class Runner:
         msg = attempt.msg
         began = self._clock()
         try:
-            cwd = _fresh_dir(attempt_path(self._work_dir, msg.task_id, msg.attempt))
+            cwd = fresh_dir(attempt_path(self._work_dir, msg.task_id, msg.attempt))
             if self.run_as is not None:
                 self.run_as.give(cwd)
         except (OSError, ValueError) as exc:
             return _exited(msg.task_id, msg.attempt, NOT_STARTED, 0.0,
                           reason=f"cannot prepare the work directory: {exc}")
-        cmd = msg.command
-        argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-        if msg.inputs or msg.outputs:
+        moves = bool(msg.inputs or msg.outputs)
+        if moves:
             if not msg.datastore:
                 return _exited(msg.task_id, msg.attempt, NOT_STARTED, 0.0,
                                reason="the task moves data but no datastore is set "
@@ -322,9 +321,18 @@ class Runner:
                                reason="the datastore was set without its identity (before "
                                       "datastores had markers): run `ecloud datastore set "
                                       f"{msg.datastore}` again, then `ecloud retry`")
-            argv = self._staging_argv(msg, Path(cwd))
+        try:
+            argv, workdir, stdin = self._program(attempt, cwd, moves)
+        except PlacementError as exc:
+            return _exited(msg.task_id, msg.attempt, NOT_STARTED, self._clock() - began,
+                           reason=f"not started: {exc.reason}")
+        except OSError as exc:  # the wrapper's plan could not be written
+            return _exited(msg.task_id, msg.attempt, NOT_STARTED, self._clock() - began,
+                           reason=f"cannot prepare the work directory: {exc}")
         attempt.token = new_token()
-        env = {**self._base_env, **msg.env,
+        # the boss's macros (a final task's $DAG_STATUS...) over the agent's
+        # environment, the task's own over them
+        env = {**self._base_env, **(macros.clean(msg.macros) if msg.macros else {}), **msg.env,
                "ECLOUD_TASK_ID": msg.task_id, "ECLOUD_ATTEMPT": str(msg.attempt),
                TOKEN_VAR: attempt.token}
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC  # read back for the tails
@@ -333,16 +341,19 @@ class Runner:
             out = os.open(f"{cwd}/stdout", flags, 0o644)
             err = os.open(f"{cwd}/stderr", flags, 0o644)
             user = self.run_as
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=stdin,
                                     stdout=out, stderr=err, start_new_session=True,
                                     user=user.uid if user else None,
                                     group=user.gid if user else None,
                                     extra_groups=list(user.groups) if user else None)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            stderr_tail = _tail(err)
-            _close(out, err)
+            stderr_tail = tail(err)
+            close_fds(out, err)
             return _exited(msg.task_id, msg.attempt, NOT_STARTED, self._clock() - began,
                           reason=f"cannot start: {exc}", stderr_tail=stderr_tail)
+        finally:
+            if stdin >= 0:
+                os.close(stdin)
         attempt.cwd, attempt.proc, attempt.started = cwd, proc, began
         attempt.out_fds = (out, err)
         if msg.timeout is not None:
@@ -351,6 +362,25 @@ class Runner:
         self._used += attempt.slots
         self._watch(attempt)
         return Launched(msg.task_id, msg.attempt, proc.pid, cwd)
+
+    def _program(self, attempt: Attempt, cwd: str, moves: bool) -> tuple[list[str], str, int]:
+        """What the attempt's process runs, where, reading what: the command
+        itself or a wrapper around it (the node wrapper, the staging
+        wrapper). A node's workdir and stdin without a wrapper are placed
+        here: the agent runs tasks as its own user (see :func:`node.wraps`)."""
+        msg, spec = attempt.msg, attempt.msg.node
+        if spec is not None and node.wraps(spec, moves, self.run_as is not None):
+            attempt.wrapped = True
+            return self._node_argv(msg, Path(cwd), moves), cwd, subprocess.DEVNULL
+        if moves:
+            return self._staging_argv(msg, Path(cwd)), cwd, subprocess.DEVNULL
+        cmd = msg.command
+        argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        if spec is None or (spec.workdir is None and spec.stdin is None):
+            return argv, cwd, subprocess.DEVNULL
+        workdir = check_workdir(spec.workdir) if spec.workdir is not None else cwd
+        return argv, workdir, open_stdin(spec.stdin, workdir) if spec.stdin is not None \
+            else subprocess.DEVNULL
 
     def _watch(self, attempt: Attempt) -> None:
         """Have the main loop's selector wait on the leader's pidfd; else a
@@ -377,16 +407,37 @@ class Runner:
     def _staging_argv(self, msg: DispatchMsg, cwd: Path) -> list[str]:
         """The attempt runs inside the staging wrapper (worker/stage.py),
         which moves the data around the command, in its process group."""
-        meta = cwd / ".ecloud"
-        meta.mkdir()
-        plan = {"task_id": msg.task_id, "command": msg.command, "datastore": msg.datastore,
+        plan = self._staging_plan(msg)
+        return [sys.executable, "-m", "ecloud_worker.stage", self._write_plan(cwd, plan)]
+
+    def _node_argv(self, msg: DispatchMsg, cwd: Path, moves: bool) -> list[str]:
+        """The attempt runs inside the node wrapper (worker/node.py): pre
+        script, command, post script - and the staging, when data moves."""
+        spec = msg.node
+        assert spec is not None
+        plan = {"command": msg.command, "pre": spec.pre, "post": spec.post,
+                "pre_skip": spec.pre_skip, "workdir": spec.workdir, "stdin": spec.stdin,
+                "stdout": spec.stdout, "stderr": spec.stderr, "macros": msg.macros,
+                "staging": self._staging_plan(msg) if moves else None}
+        return [sys.executable, "-m", "ecloud_worker.node", self._write_plan(cwd, plan)]
+
+    def _staging_plan(self, msg: DispatchMsg) -> dict:
+        return {"task_id": msg.task_id, "command": msg.command, "datastore": msg.datastore,
                 "datastore_id": msg.datastore_id,
                 "key_file": self.datastore_key, "outputs": list(msg.outputs),
                 "results": msg.results or default_results_folder(msg.task_id),
                 "inputs": [{"source": _source(msg, i), "path": i.path, "name": i.name,
                             "sha256": i.sha256} for i in msg.inputs]}
+
+    def _write_plan(self, cwd: Path, plan: dict) -> str:
+        """``.ecloud/plan.json`` in the attempt directory, for a wrapper;
+        ``.ecloud`` is the task's user's, who writes its reports there."""
+        meta = cwd / ".ecloud"
+        meta.mkdir()
+        if self.run_as is not None:
+            self.run_as.give(str(meta))
         (meta / "plan.json").write_text(json.dumps(plan))
-        return [sys.executable, "-m", "ecloud_worker.stage", str((meta / "plan.json").resolve())]
+        return str((meta / "plan.json").resolve())
 
     def _wait(self, attempt: Attempt) -> None:
         """The waiter thread: block until the leader exits, then clear its
@@ -419,45 +470,29 @@ class Runner:
         if attempt.stop_reason and exit_code is not None:
             exit_code, sig = None, attempt.last_signal  # caught our SIGTERM: still no success
         staged, failure = ([], "")
-        if attempt.msg.inputs or attempt.msg.outputs:  # ran inside the staging wrapper
-            staged, failure = _staging_outcome(Path(attempt.cwd))
+        if attempt.msg.inputs or attempt.msg.outputs:  # ran inside a wrapper that stages
+            staged, failure = staging_outcome(Path(attempt.cwd))
+        reason, stage = attempt.stop_reason or failure, ""
+        if attempt.wrapped:
+            stage, why, part = node_outcome(attempt.cwd)
+            if attempt.stop_reason:  # stopped: no part decided, but say which one ran
+                stage = ""
+                reason = f"{attempt.stop_reason} (in the {part})" if part else reason
+            else:
+                reason = why or failure
+                if stage == "pre_skip" and exit_code != 0:  # the file is the task's
+                    stage = ""
         out_fd, err_fd = attempt.out_fds or (-1, -1)
         try:
-            stdout_tail, stderr_tail = _tail(out_fd), _tail(err_fd)
+            stdout_tail, stderr_tail = tail(out_fd), tail(err_fd)
         finally:
-            _close(out_fd, err_fd)
+            close_fds(out_fd, err_fd)
             attempt.out_fds = None
         return _exited(
             attempt.msg.task_id, attempt.msg.attempt, exit_code, max(0.0, ended - attempt.started),
-            signal=sig, reason=attempt.stop_reason or failure,
-            stdout_tail=stdout_tail, stderr_tail=stderr_tail, staged=staged,
+            signal=sig, reason=reason,
+            stdout_tail=stdout_tail, stderr_tail=stderr_tail, staged=staged, stage=stage,
         )
-
-
-def _staging_outcome(cwd: Path) -> tuple[list[StagedFile], str]:
-    """What the staging wrapper moved and, if staging failed, why."""
-    meta = cwd / ".ecloud"
-    staged: list[StagedFile] = []
-    room = limits.STAGED_REPORT_BYTES
-    try:
-        items = json.loads((meta / "staged.json").read_text())
-        for item in items:
-            size = len(item["name"].encode()) + len(item["path"].encode()) + 160  # as JSON
-            if size > room:  # the report must stay within what the boss accepts
-                log.warning("attempt in %s moved %d files; its report lists the first %d "
-                            "(the rest are on the datastore, not in the log)", cwd, len(items),
-                            len(staged))
-                break
-            room -= size
-            staged.append(StagedFile(item["direction"], item["name"], item["path"],
-                                     item["sha256"], item["bytes"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no staging, or it was killed before writing
-    try:
-        failure = (meta / "failure").read_text()[:1000]
-    except OSError:
-        failure = ""
-    return staged, failure
 
 
 def _killpg(pgid: int, sig: int) -> bool:
@@ -467,46 +502,6 @@ def _killpg(pgid: int, sig: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
-
-
-def _fresh_dir(path: str) -> str:
-    """Make the attempt's directory (and its task's); a directory left there
-    by an earlier process is renamed aside and deleted in the background.
-    The common case costs two ``mkdir`` calls."""
-    parent = os.path.dirname(path)
-    try:
-        os.mkdir(parent)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:  # the first attempt in a new work directory
-        os.makedirs(parent, exist_ok=True)
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        aside = f"{path}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(path, aside)
-        threading.Thread(target=shutil.rmtree, args=(aside,), kwargs={"ignore_errors": True},
-                         daemon=True).start()
-        os.mkdir(path)
-    return path
-
-
-def _tail(fd: int) -> str:
-    """The last :data:`ecloud.wire.TAIL` bytes of an open file, as text."""
-    if fd < 0:
-        return ""
-    try:
-        size = os.fstat(fd).st_size
-        return os.pread(fd, TAIL, max(0, size - TAIL)).decode("utf-8", errors="replace") \
-            if size else ""
-    except OSError:
-        return ""
-
-
-def _close(*fds: int) -> None:
-    for fd in fds:
-        if fd >= 0:
-            os.close(fd)
 
 
 def _source(msg: DispatchMsg, item) -> str:

@@ -23,6 +23,11 @@ with :data:`STAGING_FAILED` after writing its reason to ``.ecloud/failure``,
 so the attempt fails with that reason (and is retried per the task's policy).
 A transfer never leaves a partial file under its final name (the movers
 write to a temporary name and rename).
+
+A task with scripts or a workdir of its own runs in the node wrapper
+instead (:mod:`ecloud_worker.node`), which takes these steps from here
+(:func:`stage_in`, :func:`stage_out`, :func:`failed`) and runs them between
+its scripts: one wrapper process per attempt, never two.
 """
 
 from __future__ import annotations
@@ -123,12 +128,31 @@ def _segment(part: str) -> str:
     return "".join(regex)
 
 
-def stage_out(plan: dict, cwd: Path, mover) -> list[dict]:
+def stage_out(plan: dict, cwd: Path, mover, attempt_dir: Path | None = None) -> list[dict]:
+    """Push the declared outputs (found in ``cwd``, the process working
+    directory) and the attempt's ``stdout`` and ``stderr`` (in
+    ``attempt_dir``, the same directory unless the task names a workdir)."""
     staged = []
-    for rel in outputs_of(plan["outputs"], cwd) + ["stdout", "stderr"]:
-        transfer = mover.push(cwd / rel, f"{plan['results']}/{rel}")
+    logs = cwd if attempt_dir is None else attempt_dir
+    for base, rel in [(cwd, rel) for rel in outputs_of(plan["outputs"], cwd)] + \
+            [(logs, "stdout"), (logs, "stderr")]:
+        transfer = mover.push(base / rel, f"{plan['results']}/{rel}")
         staged.append(_record(transfer, "out", rel))
     return staged
+
+
+def failed(meta: Path, exc: Exception) -> str:
+    """Write why staging failed to ``.ecloud/failure`` (the runner's
+    ``reason``) and return it."""
+    if isinstance(exc, StagingError):
+        text = f"staging ({exc.kind}): {exc.reason}"
+    else:  # the system refused a path or a file: a reason, not a traceback
+        text = f"staging (error): {exc}"
+    try:
+        (meta / "failure").write_text(text)
+    except OSError:
+        pass  # the task removed .ecloud: the node wrapper reports the reason all the same
+    return text
 
 
 def run(plan: dict, cwd: Path) -> int:
@@ -155,13 +179,9 @@ def run(plan: dict, cwd: Path) -> int:
             staged += stage_out(plan, cwd, mover)
             save()
             return 0
-    except StagingError as exc:
+    except (StagingError, OSError) as exc:
         save()
-        (meta / "failure").write_text(f"staging ({exc.kind}): {exc.reason}")
-        return STAGING_FAILED
-    except OSError as exc:  # the system refused a path or a file: a reason, not a traceback
-        save()
-        (meta / "failure").write_text(f"staging (error): {exc}")
+        failed(meta, exc)
         return STAGING_FAILED
 
 

@@ -40,7 +40,7 @@ def report_event(worker_id: str, report, incarnation: str = "") -> object | None
         return ev.TaskFinished(
             report.task_id, report.attempt, worker_id, report.exit_code, report.duration,
             report.signal, report.reason, report.stdout_tail, report.stderr_tail, report.msg_id,
-            tuple(report.staged), report.returned,
+            tuple(report.staged), report.returned, report.stage,
         )
     if kind is wire.Heartbeat:
         return ev.WorkerHeartbeat(worker_id, report.msg_id, incarnation)

@@ -40,16 +40,18 @@ WORKER_BROKER_REFUSED = 5
 
 
 class Row(NamedTuple):  # not attrs: this module is imported by every command, --help too
-    status: int
+    status: int | str  # "R": a value the task file chooses
     commands: str
     meaning: str
 
 
 TABLE: tuple[Row, ...] = (
-    Row(OK, "all", "success; `ecloud run`: every task of the file succeeded"),
+    Row(OK, "all", "success; `ecloud run`: every task of the file succeeded (a file with a "
+        "`final` task: the final task succeeded)"),
     Row(FAILED, "all", "`ecloud run`: a task failed, was blocked or cancelled (the summary lists "
-        "them); any command: the environment failed (database or broker unreachable, a "
-        "corrupt log), the message says what"),
+        "them; a file with a `final` task: the final task did not succeed); any command: the "
+        "environment failed (database or broker unreachable, a corrupt log), the message says "
+        "what"),
     Row(USAGE, "all", "a mistake in the command: a bad flag, value, file or task file; nothing "
         "was changed (a refused change is recorded as one `input.rejected` event)"),
     Row(UNSCHEDULABLE, "`ecloud run`", "a task can never run: no worker present or possible "
@@ -60,6 +62,9 @@ TABLE: tuple[Row, ...] = (
     Row(LOG_HELD, "`ecloud run`", "a live boss holds this log already; the message names it "
         "(add tasks with `ecloud push`, watch with `ecloud status`); or `--work-dir` is the work "
         "directory of another log's live run (give another); nothing was changed"),
+    Row("R", "`ecloud run`", "a task's `abort_on` aborted the workflow: R is the rule's `return` "
+        "(its `exit` when it names none), as DAGMan's ABORT-DAG-ON; it may equal one of the "
+        "statuses here - the summary's \"workflow aborted\" line tells"),
     Row(INTERRUPTED, "all", "interrupted (Ctrl-C; for `ecloud run` also SIGTERM): what was in "
         "hand was committed; run the same command again to continue. Not `ecloud status "
         "--watch` and `ecloud log --follow`, which Ctrl-C ends: 0"),

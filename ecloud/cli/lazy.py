@@ -21,6 +21,8 @@ LAZY: dict[str, tuple[str, str, str]] = {
              "The cluster's certificate authority and the broker's certificate."),
     "graph": ("ecloud.cli.graph", "graph",
              "Export the task DAG with each task's state (or each group's counts)."),
+    "import": ("ecloud.cli.imports", "import_group",
+             "Make task files from workflows described in other formats."),
     "logs": ("ecloud.cli.logs", "logs",
              "The stdout and stderr of a task's attempt: from the datastore (staged results), "
              "a local worker's directory, the worker itself over MQTT, or - when none of these "

@@ -19,6 +19,7 @@ from ecloud.projections.scheduler import unschedulable
 from ecloud.projections.state import BLOCKED, FAILED, FINAL, LIVE, READY, TASK_STATUSES, State
 from ecloud.views import task_list
 from ecloud.views.vms import precise_when, state_with_codes
+from ecloud.views.workflows import workflow_rows
 
 #: statuses a task stays in until an operator acts
 FINISHED_STATES = FINAL | {BLOCKED}
@@ -75,8 +76,8 @@ def status_data(state: State) -> dict[str, Any]:
         "unschedulable": [{"task": t, "reason": why} for t, why in unschedulable(state).items()],
         "unknown_workers": [{"id": w, "last_heard": at} for w, at in state.strangers.items()],
         "cloud_ceiling": cloud_ceiling(state),
+        "workflows": workflow_rows(state),  # ecloud.views.workflows
     }
-
 
 
 #: failed tasks and retried attempts ``ecloud status`` names (the rest: ecloud tasks)
@@ -138,6 +139,17 @@ def render_status(state: State, console: Console, title: str = "", now: float | 
         )
         counts.add_row(label, f"{n}{extra}")
     console.print(counts)
+    for row in data["workflows"]:
+        line = f"workflow {escape(row['source'] or '(no file)')}: [bold]{row['status']}[/]"
+        if row["aborted_by"]:
+            line += f", aborted by {escape(row['aborted_by'])} (exit status {row['exit']})"
+        if row["final"]:
+            line += f", final task {escape(row['final'])}"
+        if row["max_running"] is not None or row["categories"]:
+            caps = ([f"{row['max_running']} in all"] if row["max_running"] is not None else [])
+            caps += [f"{n} {escape(c)}" for c, n in sorted(row["categories"].items())]
+            line += f", {row['running']} running (at most {', '.join(caps)})"
+        console.print(line)
     render_workers(state, console, now)
     render_failures(state, console)
     never = data["unschedulable"]

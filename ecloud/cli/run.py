@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
@@ -60,6 +61,9 @@ from ecloud.security.setup import BrokerSecurity, broker_security
 from ecloud.views import task_list
 from ecloud.views.progress import clock, status_counts, tally
 
+if TYPE_CHECKING:
+    from ecloud.cli.dagrun import DagRun
+
 #: seconds "nothing can move" must hold before the run gives up (exit 3)
 STUCK_FOR = 1.0
 
@@ -68,11 +72,15 @@ FINISHED = ("succeeded", "failed", "blocked", "cancelled")
 SUMMARY_NAMES = 20
 
 
-def check_file_against_log(config, file: Path, replace: bool) -> list:
-    """Parse FILE (every problem at once) and compare it with the log as it
-    is: a changed task refuses the run before anything starts, unless
-    ``replace``. Returns the specs. A bad file makes no log where there was
+def check_file_against_log(config, file: Path, replace: bool,
+                           max_running: int | None = None) -> tuple[list, DagRun | None]:
+    """Parse FILE - a task file, or a DAGMan file (``.dag``) - every problem
+    at once, and compare it with the log as it is: a changed task refuses the
+    run before anything starts, unless ``replace``. Returns the specs (and
+    for a DAG what its end needs). A bad file makes no log where there was
     none (it is recorded as refused in a log that exists)."""
+    from ecloud.cli.dagrun import read_dag, with_max_running
+    from ecloud.taskfiles.dagman.convert import is_dag_file
     from ecloud.taskfiles.submit import check_dispatch_sizes, diff_lines, plan_push
     from ecloud.taskfiles.taskfile import parse_task_file
 
@@ -80,9 +88,14 @@ def check_file_against_log(config, file: Path, replace: bool) -> list:
         store = open_store(config.db, create=False)
     except MissingLogError:
         store = None
+    dag = None
     try:
         state = load_state(store) if store is not None else State()
-        specs = parse_task_file(file, known=state.tasks.__contains__, redefine=True)
+        if is_dag_file(file):
+            specs, dag = read_dag(file, state, max_running)
+        else:
+            specs = with_max_running(
+                parse_task_file(file, known=state.tasks.__contains__, redefine=True), max_running)
         plan = plan_push(state, specs, file)
         check_dispatch_sizes(plan, state, file)
         if plan.changed and not replace:
@@ -97,7 +110,7 @@ def check_file_against_log(config, file: Path, replace: bool) -> list:
     finally:
         if store is not None:
             store.close()
-    return specs
+    return specs, dag
 
 
 def push_or_continue(store, file: Path, specs: list, replace: bool = False) -> tuple[list[str], str]:
@@ -195,8 +208,24 @@ def _print_failures(state: State, ids: list[str]) -> None:
                       f"ecloud tasks --state {status}")
 
 
+def _print_workflow(state: State, ids: list[str], file: Path) -> None:
+    """The workflow's result, when FILE is one: what decided it."""
+    result = _workflow(state, ids, file)
+    if result is None:
+        return
+    line = f"workflow {result.status}"
+    why = []
+    if result.aborted_by is not None:
+        why.append(f"aborted by {result.aborted_by} (abort_on)")
+    if result.final is not None:
+        why.append(f"its final task {result.final} decided")
+    if why:
+        line += ": " + ", then ".join(why)
+    out.print(escape(f"{line}; exit status {result.exit}"))
+
+
 def _summary_data(state: State, elapsed: float, ids: list[str], status: int,
-                  db: str, outcome: Outcome) -> dict:
+                  db: str, outcome: Outcome, file: Path | None = None) -> dict:
     """``ecloud run --json``: the run's outcome for a program (the log's URL
     without its password)."""
     rows = [task_list.row(state, t)
@@ -208,7 +237,17 @@ def _summary_data(state: State, elapsed: float, ids: list[str], status: int,
             "blocked": [r for r in rows if r["state"] == BLOCKED],
             "cancelled": [r for r in rows if r["state"] == CANCELLED],
             "unschedulable": [{"task": t, "reason": why} for t, why in outcome.stuck.items()],
-            "workers_failed": [{"vm": vm, "reason": why} for vm, why in outcome.workers_failed]}
+            "workers_failed": [{"vm": vm, "reason": why} for vm, why in outcome.workers_failed],
+            "workflow": _workflow_data(state, ids, file)}
+
+
+def _workflow_data(state: State, ids: list[str], file: Path | None) -> dict | None:
+    result = _workflow(state, ids, file) if file is not None else None
+    if result is None:
+        return None
+    return {"status": result.status, "exit": result.exit, "final": result.final,
+            "aborted_by": result.aborted_by, "failed": result.failed,
+            "dag_status": result.dag_status}
 
 
 @click.command("run")
@@ -235,6 +274,9 @@ def _summary_data(state: State, elapsed: float, ids: list[str], status: int,
                    "every task downstream of them); without it a changed task refuses the run "
                    "and shows the differences (see ecloud push --replace).")
 @click.option("--debug", is_flag=True, help="Workers log every step (see --work-dir/*.log).")
+@click.option("--maxjobs", "max_running", type=click.IntRange(min=1), metavar="N",
+              help="At most N tasks of FILE dispatched or running at once (DAGMan's "
+                   "-maxjobs; a task file's workflow.max_running, overridden).")
 @click.option("--json", "as_json", is_flag=True,
               help="At the end, print the run's outcome as one JSON object on stdout (counts, "
                    "every failed and blocked task, the exit status) instead of the summary; "
@@ -243,8 +285,13 @@ def _summary_data(state: State, elapsed: float, ids: list[str], status: int,
 @handle_errors
 def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path,
         datastore: str | None, web_address: str | None, replace: bool, debug: bool,
-        as_json: bool, db: str | None, config_path: str | None) -> None:
+        as_json: bool, max_running: int | None, db: str | None, config_path: str | None) -> None:
     """Run the tasks of FILE to the end on local worker processes.
+
+    FILE is a task file (JSON), or an HTCondor DAGMan file (x.dag: its
+    submit files, scripts, retries, final node...; see "Coming from
+    HTCondor DAGMan" in the README). A DAG that fails writes its rescue
+    file (x.dag.rescue001, ...), which a run in a fresh log starts from.
 
     Run it again to continue where it stopped - after Ctrl-C, or after the
     run was killed: its workers, and the attempts they hold, are taken over.
@@ -258,7 +305,10 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
     started = time.monotonic()
     # the file and its differences with the log first: every problem at once,
     # before anything starts
-    specs = check_file_against_log(config, file, replace)
+    specs, dag = check_file_against_log(config, file, replace, max_running)
+    if dag is not None:
+        for line in dag.report:
+            err.print(f"{file.name}: {line}", markup=False, highlight=False)
     marked = mark_datastore(datastore) if datastore else None  # recorded once the log is ours
     work_dir = work_dir.resolve()
     broker_url = broker or config.broker
@@ -339,13 +389,18 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
                 out.print(_summary(state, elapsed, ids))
             raise EcloudError(f"the boss stopped: {boss.error!r} (run the same command again "
                               "to continue)")
-        status = _exit_status(state, ids, outcome)
+        status = _exit_status(state, ids, outcome, file)
+        if dag is not None and status != exits.OK and not outcome.interrupted:
+            from ecloud.cli.dagrun import write_rescue_file
+
+            err.print(f"wrote the rescue file {write_rescue_file(dag, state, ids)}", markup=False)
         if as_json:
             write_stdout(orjson.dumps(_summary_data(state, elapsed, ids, status, redact(config.db),
-                                                    outcome)).decode() + "\n")
+                                                    outcome, file)).decode() + "\n")
         else:
             out.print(_summary(state, elapsed, ids))
             _print_failures(state, ids)
+            _print_workflow(state, ids, file)
         if web is not None and not outcome.interrupted:
             _hold_page(web)
     if outcome.interrupted:
@@ -365,17 +420,36 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
     sys.exit(status)
 
 
-def _exit_status(state: State, ids: list[str], outcome: Outcome) -> int:
-    """The run's exit status (the table of :mod:`ecloud.cli.exits`)."""
+def _exit_status(state: State, ids: list[str], outcome: Outcome, file: Path) -> int:
+    """The run's exit status (the table of :mod:`ecloud.cli.exits`). A
+    workflow with a final task or an abort rule ends as its result says:
+    the final task's result, or the abort's ``return``."""
     if outcome.interrupted:
         return exits.INTERRUPTED
     if outcome.workers_failed:
         return exits.FAILED
     if outcome.stuck:
         return exits.UNSCHEDULABLE
+    result = _workflow(state, ids, file)
+    if result is not None:
+        if result.status == "aborted" and result.exit is not None:
+            return result.exit
+        return exits.OK if result.status == "succeeded" else exits.FAILED
     if any(state.tasks[i].status != SUCCEEDED for i in ids):
         return exits.FAILED
     return exits.OK
+
+
+def _workflow(state: State, ids: list[str], file: Path):
+    """The result of FILE's workflow, if it is one (a final task, an abort
+    rule, limits: :mod:`ecloud.projections.workflows`), else None."""
+    from ecloud.projections.workflow_result import workflow_result
+    from ecloud.taskfiles.submit import source_of
+
+    source = source_of(file)
+    if source not in state.workflows:
+        return None
+    return workflow_result(state, source, ids)
 
 
 def _hold_page(web) -> None:

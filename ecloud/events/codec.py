@@ -26,7 +26,10 @@ from ecloud.events.types import (
     BossStarted,
     Command,
     InputRejected,
+    NodeSpec,
     TaskFinished,
+    TaskSpec,
+    TasksSubmitted,
     WorkerAnnounced,
     WorkerHeartbeat,
     WorkerLeft,
@@ -49,6 +52,13 @@ converter.register_structure_hook_func(lambda t: t == Command, _structure_comman
 converter.register_unstructure_hook_func(
     lambda t: t == Command, lambda v: v if isinstance(v, str) else list(v)
 )
+_OPTIONAL_COMMAND = Command | None
+converter.register_structure_hook_func(
+    lambda t: t == _OPTIONAL_COMMAND,
+    lambda v, t: None if v is None else _structure_command(v, t))
+converter.register_unstructure_hook_func(
+    lambda t: t == _OPTIONAL_COMMAND,
+    lambda v: v if v is None or isinstance(v, str) else list(v))
 
 def _strict_str(value: Any, _type: Any) -> str:
     if not isinstance(value, str):
@@ -86,8 +96,13 @@ converter.register_structure_hook(bool, _strict_bool)  # else bool (an int) take
 # Fields added to an event later are stored only when they differ from their
 # default: bodies that do not need them stay as they were before the fields
 # existed, so older readers still read them (and the log does not grow).
+# (Inner classes first: a hook is built with the hooks of its fields as
+# they are at that moment.)
 _LATER_FIELDS = {
-    TaskFinished: ("returned",),
+    NodeSpec: tuple(a.name for a in NodeSpec.__attrs_attrs__),  # type: ignore[attr-defined]
+    TaskSpec: ("node",),
+    TasksSubmitted: ("limits",),
+    TaskFinished: ("returned", "stage"),
     WorkerHeartbeat: ("incarnation",),
     WorkerLeft: ("incarnation",),
     WorkerLost: ("incarnation", "silent_since", "will"),

@@ -92,6 +92,63 @@ class InputSpec:
     from_task: str | None = None
 
 
+@frozen
+class AbortOn:
+    """End the whole workflow when an attempt of this task ends with exit
+    status ``exit``: its running tasks are cancelled, nothing new starts
+    (but its final task), and the workflow's result is ``returns`` (None:
+    ``exit`` itself). DAGMan's ``ABORT-DAG-ON node exit RETURN returns``."""
+
+    exit: int
+    returns: int | None = None
+
+
+@frozen
+class NodeSpec:
+    """What a task of a workflow may say beyond its command; ``None`` in a
+    plain task's spec, so a million plain tasks carry nothing more.
+
+    The worker holding an attempt runs ``pre``, the command and ``post`` in
+    that order, as one attempt (as DAGMan runs a node: a retry runs all three
+    again); the boss reads the rest."""
+
+    #: run before the command; a non-zero exit fails the attempt without
+    #: running the command - unless it equals ``pre_skip``: then the task
+    #: succeeds without running command or post
+    pre: Command | None = None
+    #: run after the command (also when it failed), with its exit status as
+    #: ``$RETURN``; the post's exit status is the attempt's
+    post: Command | None = None
+    pre_skip: int | None = None
+    #: an attempt that ends with this exit status is not retried
+    retry_unless_exit: int | None = None
+    abort_on: AbortOn | None = None
+    #: runs once every other task of its workflow has ended, whatever
+    #: happened; its result is the workflow's
+    final: bool = False
+    #: succeeds without running anything (once its dependencies have)
+    noop: bool = False
+    #: given as already done: succeeded from the start
+    done: bool = False
+    #: at most the workflow's limit for this category run at once
+    category: str | None = None
+    #: an absolute directory to run in (on the worker's machine) instead of
+    #: a fresh one; ``stdin``/``stdout``/``stderr``: files relative to it
+    workdir: str | None = None
+    stdin: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+
+
+@frozen
+class WorkflowLimits:
+    """How many tasks of one task file (workflow) run at once: in all
+    (``max_running``, None: no limit) and per category."""
+
+    max_running: int | None = None
+    categories: dict[str, int] = field(factory=dict)
+
+
 @frozen(hash=False)
 class TaskSpec:
     """A task as the operator submitted it; never changes afterwards."""
@@ -109,6 +166,8 @@ class TaskSpec:
     slots: int = 1
     #: the datastore folder its outputs go to; None: ``results/<id>``
     results: str | None = None
+    #: scripts, workflow roles and placement (:class:`NodeSpec`); None: none
+    node: NodeSpec | None = None
 
     @property
     def results_folder(self) -> str:
@@ -124,6 +183,8 @@ class TasksSubmitted(Event):
     batch_id: str
     tasks: tuple[TaskSpec, ...]
     source: str = ""
+    #: the limits of the workflow ``source`` names (the last push's hold)
+    limits: WorkflowLimits | None = None
 
 
 @event("tasks.replaced")
@@ -206,6 +267,10 @@ class TaskFinished(Event):
     #: the worker gave the attempt back unstarted (it waited too long in the
     #: worker's queue, see ``queue_ahead``): not a failure, the task is ready again
     returned: bool = False
+    #: which part of a task with scripts decided ``exit_code``: "pre", "post",
+    #: "pre_skip" (the pre script's exit was the task's ``pre_skip``: succeeded
+    #: without running more), "noop"; "" the command (or no scripts)
+    stage: str = ""
 
 
 # ------------------------------------------------------------------------- workers

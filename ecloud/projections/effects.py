@@ -29,6 +29,9 @@ class Dispatch:
     sources: tuple[tuple[str, str], ...] = ()
     #: the context's datastore_id: the marker the datastore's root must hold
     datastore_id: str = ""
+    #: (name, value) of the script macros the boss knows, for a task with
+    #: scripts or a final task ($RETRY, $MAX_RETRIES, $JOB, $DAG_STATUS, $FAILED_COUNT)
+    macros: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 from ecloud.errors import ReducerBug
 from ecloud.events import types as ev
 from ecloud.events.types import Recorded
-from ecloud.projections import context, liveness, replace, tasks, timers, vms, workers
+from ecloud.projections import context, liveness, replace, tasks, timers, vms, workers, workflows
 from ecloud.projections.effects import Ack
 from ecloud.projections.state import State
 
@@ -59,7 +59,10 @@ from ecloud.projections.state import State
 #: the attempt table), the worker it went to (``ran_on``), how long it ran
 #: (``ran_for``) and when its status last changed (``changed_at``); fold rules 4
 #: (only an attempt of a lost worker is taken back).
-REDUCER_VERSION = "9"
+#: 10: workflows (``TaskSpec.node``, ``tasks.submitted`` ``limits``): noop,
+#: done and final tasks, limits on running tasks per workflow and category,
+#: ``retry_unless_exit`` and ``abort_on``; a dispatch carries script macros.
+REDUCER_VERSION = "10"
 
 Handler = Callable[[State, Any, int, list], None]
 
@@ -81,13 +84,13 @@ def _input_rejected(state: State, event: ev.InputRejected, seq: int, out: list) 
 
 
 HANDLERS: dict[type, Handler] = {
-    ev.TasksSubmitted: tasks.on_submitted,
+    ev.TasksSubmitted: workflows.on_submitted,
     ev.TasksReplaced: replace.on_replaced,
     ev.TaskCancelled: tasks.on_cancelled,
     ev.RetryRequested: tasks.on_retry_requested,
     ev.TaskDispatched: tasks.on_dispatched,
     ev.TaskStarted: tasks.on_started,
-    ev.TaskFinished: tasks.on_finished,
+    ev.TaskFinished: workflows.on_finished,
     ev.WorkerAnnounced: workers.on_announced,
     ev.WorkerHeartbeat: workers.on_heartbeat,
     ev.WorkerLeft: workers.on_left,
@@ -137,6 +140,8 @@ def step(state: State, rec: Recorded) -> tuple[State, list]:
         timers.advance(state, now, seq, out)
     try:
         handler(state, rec.event, seq, out)
+        if state.due:
+            workflows.settle(state, seq, out)
     except Exception as exc:  # noqa: BLE001 - see below
         # The last line of defence of a total fold. The event is committed
         # already: raising would stop every later fold on it - status,
@@ -148,6 +153,7 @@ def step(state: State, rec: Recorded) -> tuple[State, list]:
         state.reject(seq, FOLD_SOURCE, f"could not apply {rec.event.TYPE}: "
                                        f"{type(exc).__name__}: {exc}"[:1000])
         out.clear()
+        state.due.clear()
     state.seq = seq
     return state, out
 

@@ -34,6 +34,7 @@ from ecloud.projections.state import (
 )
 from ecloud.projections.tasks import spec_problem
 from ecloud.projections.transitions import REPLACED, may_move_task, move_attempt
+from ecloud.projections.workflows import recount
 
 
 def replace_problem(state: State, specs: tuple[TaskSpec, ...],
@@ -108,6 +109,9 @@ def on_replaced(state: State, event: TasksReplaced, seq: int, out: list) -> None
         tid = task.spec.id
         _rerun(state, task, why if tid in replaced else "replaced: a task upstream changed",
                seq, out, queued=tid not in unqueued)
+    if state.workflows:  # statuses moved here without the indexes' hook, roles may have changed
+        for source in sorted(state.workflows):
+            recount(state, source)
 
 
 def _ids(event: TasksReplaced) -> set[str]:
@@ -184,6 +188,8 @@ def _rerun(state: State, task: TaskRecord, reason: str, seq: int, out: list,
             break
     task.blocked_by = cause
     status = BLOCKED if cause else READY if task.unmet == 0 else WAITING
+    if status == READY and task.spec.node is not None and task.spec.node.final:
+        status = WAITING  # it waits for the rest of its workflow (workflows.settle)
     may_move_task(state, task, status, REPLACED)  # the table's check; the indexes are kept here
     if in_queue:
         state.ready.remove(task.ready_key)

@@ -15,7 +15,9 @@ needs more slots than any worker has free waits; smaller tasks behind it may
 go first (no head-of-line blocking). Cost: O(d log n) for d decisions, plus
 the large tasks skipped (a ready queue of only tasks too large for
 any free worker is walked once per call). A worker that is overdue (silent
-past its heartbeat deadline, see :mod:`.liveness`) gets nothing.
+past its heartbeat deadline, see :mod:`.liveness`) gets nothing. A task whose
+workflow runs as many tasks as its limits allow (:mod:`.workflows`) waits;
+the ready tasks of a full workflow are walked once per call.
 """
 
 from __future__ import annotations
@@ -61,10 +63,15 @@ def schedule(state: State, limit: int | None = None) -> list[TaskDispatched]:
     largest = max(c[1] for c in capacity)
     first = 0  # capacity[:first] is exhausted
     decisions: list[TaskDispatched] = []
+    limited = any(w.limits is not None for w in state.workflows.values())
+    round_counts: dict = {}  # this round's dispatches per workflow and (workflow, category)
     for key in state.ready:
         task = tasks[key[3]]
         need = task.spec.slots
         if need > largest:
+            continue
+        workflow = state.workflow_of(task) if limited else None
+        if workflow is not None and not _room(workflow, task.spec, round_counts):
             continue
         for i in range(first, len(capacity)):
             slot = capacity[i]
@@ -72,6 +79,8 @@ def schedule(state: State, limit: int | None = None) -> list[TaskDispatched]:
                 slot[1] -= need
                 total -= need
                 decisions.append(TaskDispatched(task.spec.id, task.attempt + 1, slot[0]))
+                if workflow is not None:
+                    _count(workflow, task.spec, round_counts)
                 break
         else:
             # ``largest`` is only an upper bound; make it exact so the next
@@ -83,6 +92,35 @@ def schedule(state: State, limit: int | None = None) -> list[TaskDispatched]:
         if total == 0 or (limit is not None and len(decisions) >= limit):
             break
     return decisions
+
+
+def _category(spec) -> str | None:
+    return spec.node.category if spec.node is not None else None
+
+
+def _room(workflow, spec, round_counts: dict) -> bool:
+    """Whether ``workflow``'s limits leave room for one more task like
+    ``spec``, counting this round's decisions (see WorkflowRecord.room_for)."""
+    limits = workflow.limits
+    if limits is None:
+        return True
+    most = limits.max_running
+    if most is not None and workflow.active + round_counts.get(workflow.source, 0) >= most:
+        return False
+    category = _category(spec)
+    if category is not None and category in limits.categories:
+        running = workflow.active_in.get(category, 0)
+        running += round_counts.get((workflow.source, category), 0)
+        return running < limits.categories[category]
+    return True
+
+
+def _count(workflow, spec, round_counts: dict) -> None:
+    round_counts[workflow.source] = round_counts.get(workflow.source, 0) + 1
+    category = _category(spec)
+    if category is not None:
+        key = (workflow.source, category)
+        round_counts[key] = round_counts.get(key, 0) + 1
 
 
 # ------------------------------------------------------------- unschedulable

@@ -16,23 +16,27 @@ from typing import Any
 import orjson
 
 from ecloud.events.codec import converter
-from ecloud.events.types import InputSpec, TaskSpec
+from ecloud.events.types import InputSpec, NodeSpec, TaskSpec, WorkflowLimits
 from ecloud.projections.state import (
     ACTIVE,
     LIVE,
     READY,
     T_HEARTBEAT,
     T_TIMEOUT,
+    AbortRecord,
     Failure,
     Rejection,
     State,
     TaskRecord,
     VMRecord,
     WorkerRecord,
+    WorkflowRecord,
 )
 
 _input_out = converter.get_unstructure_hook(InputSpec)
 _input_in = converter.get_structure_hook(InputSpec)
+_node_out = converter.get_unstructure_hook(NodeSpec)
+_node_in = converter.get_structure_hook(NodeSpec)
 
 
 _TASK_FIELDS = [a for a in TaskRecord.__attrs_attrs__ if a.name != "spec"]  # type: ignore[attr-defined]
@@ -41,7 +45,7 @@ _TASK_NAMES = [a.name for a in _TASK_FIELDS]
 COMPACT = 2
 assert TaskRecord.__attrs_attrs__[0].name == "spec"  # type: ignore[attr-defined]
 _SPEC_NAMES = ["id", "command", "depends_on", "inputs", "outputs", "retries", "retry_backoff",
-               "timeout", "priority", "env", "slots", "results"]
+               "timeout", "priority", "env", "slots", "results", "node"]
 assert [a.name for a in TaskSpec.__attrs_attrs__] == _SPEC_NAMES, (  # type: ignore[attr-defined]
     "update _spec_row and _spec_from_row")
 
@@ -50,20 +54,24 @@ def _spec_row(spec: TaskSpec) -> list[Any]:
     return [spec.id, spec.command, spec.depends_on,
             [_input_out(i) for i in spec.inputs] if spec.inputs else [], spec.outputs,
             spec.retries, spec.retry_backoff, spec.timeout, spec.priority, spec.env, spec.slots,
-            spec.results]
+            spec.results, None if spec.node is None else _node_out(spec.node)]
 
 
 def _spec_from_row(row: list[Any]) -> TaskSpec:
     command = row[1]
     return TaskSpec(row[0], command if isinstance(command, str) else tuple(command),
                     tuple(row[2]), tuple(_input_in(i, InputSpec) for i in row[3]) if row[3] else (),
-                    tuple(row[4]), *row[5:])
+                    tuple(row[4]), *row[5:12],
+                    None if len(row) < 13 or row[12] is None else _node_in(row[12], NodeSpec))
 
 
 def _spec_out(spec: TaskSpec) -> dict[str, Any]:
     """A spec as an object (canonical form and old snapshots): its row, named.
     Same shape as the converter's output (tests compare the two)."""
-    return dict(zip(_SPEC_NAMES, _spec_row(spec), strict=True))
+    data = dict(zip(_SPEC_NAMES, _spec_row(spec), strict=True))
+    if data["node"] is None:  # as the converter leaves it out
+        del data["node"]
+    return data
 
 
 def _spec_in(data: dict[str, Any]) -> TaskSpec:
@@ -117,6 +125,11 @@ def _rest_out(state: State) -> dict[str, Any]:
         "ceiling": state.ceiling,
         "boss_started_at": state.boss_started_at,
         "rules": state.rules,
+        "workflows": [{"source": w.source,
+                       "limits": None if w.limits is None else converter.unstructure(w.limits),
+                       "final": w.final,
+                       "aborted": None if w.aborted is None else converter.unstructure(w.aborted)}
+                      for w in state.workflows.values()],
     }
 
 
@@ -149,7 +162,8 @@ def _add_task_rows(state: State, rows: list[list[Any]]) -> None:
         task_id, command, deps = s[0], s[1], tuple(s[2])
         spec = spec_type(task_id, command if command.__class__ is str else tuple(command), deps,
                          tuple(input_in(i, InputSpec) for i in s[3]) if s[3] else (),
-                         tuple(s[4]), s[5], s[6], s[7], s[8], s[9], s[10], s[11])
+                         tuple(s[4]), s[5], s[6], s[7], s[8], s[9], s[10], s[11],
+                         None if s[12] is None else _node_in(s[12], NodeSpec))
         task = record_type(spec, *row[1:])
         tasks[task_id] = task
         status = task.status
@@ -204,6 +218,7 @@ def state_from_data(data: dict[str, Any]) -> State:
     state.strangers.update((w, at) for w, at in data.get("strangers", ()))
     state.batch_sources.update((seq, source) for seq, source in data.get("batch_sources", ()))
     state.recent_failures.extend(converter.structure(f, Failure) for f in data["recent_failures"])
+    _restore_workflows(state, data.get("workflows", ()))
     timeout = context.heartbeat_timeout(state)
     for worker in state.workers.values():
         if worker.status in LIVE:
@@ -221,6 +236,21 @@ def state_from_data(data: dict[str, Any]) -> State:
     state.delayed.sort()
     state.timers.sort()
     return state
+
+
+def _restore_workflows(state: State, rows) -> None:
+    """The workflow records, and their counters from the tasks (indexes)."""
+    for row in rows:
+        state.workflows[row["source"]] = WorkflowRecord(
+            row["source"],
+            None if row["limits"] is None else converter.structure(row["limits"], WorkflowLimits),
+            row["final"],
+            None if row["aborted"] is None else converter.structure(row["aborted"], AbortRecord))
+    if state.workflows:
+        for task in state.tasks.values():
+            workflow = state.workflow_of(task)
+            if workflow is not None:
+                workflow.count(task, None, task.status)
 
 
 def dump(state: State) -> bytes:

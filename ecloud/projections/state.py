@@ -22,7 +22,7 @@ from typing import Any
 from attrs import define, field
 from sortedcontainers import SortedList
 
-from ecloud.events.types import TaskSpec
+from ecloud.events.types import TaskSpec, WorkflowLimits
 
 # Task statuses. A task in retry backoff is READY with ``not_before`` set; it
 # sits in ``delayed`` until the clock passes it, then moves to ``ready``.
@@ -215,6 +215,68 @@ class Rejection:
     reason: str
 
 
+@define(slots=True)
+class AbortRecord:
+    """Why a workflow was aborted: ``task_id``'s attempt ended with ``exit``,
+    its ``abort_on`` status; the workflow's result is ``returns``."""
+
+    task_id: str
+    exit: int
+    returns: int
+    at: float
+
+
+#: statuses a task of a workflow ends in (a final task waits for all of them)
+ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED, BLOCKED})
+
+
+@define(slots=True)
+class WorkflowRecord:
+    """A task file (workflow) that asks for more than plain tasks: limits on
+    what runs at once, a final task, an abort rule. Keyed by the file's
+    ``source`` in ``State.workflows``; a workflow of plain tasks has none.
+
+    ``limits``, ``final`` and ``aborted`` are records; the counters below them
+    are indexes, kept by :meth:`State.reindex_status` and rebuilt on load."""
+
+    source: str
+    limits: WorkflowLimits | None = None
+    #: the id of its final task, if any
+    final: str | None = None
+    aborted: AbortRecord | None = None
+    # ---- indexes
+    #: its tasks but the final one that have not ended (see ENDED)
+    open: int = 0
+    #: its tasks dispatched or running, in all and per category
+    active: int = 0
+    active_in: dict[str, int] = field(factory=dict)
+
+    def room_for(self, spec: TaskSpec) -> bool:
+        """Whether one more of its tasks like ``spec`` may run now."""
+        limits = self.limits
+        if limits is None:
+            return True
+        if limits.max_running is not None and self.active >= limits.max_running:
+            return False
+        category = spec.node.category if spec.node is not None else None
+        if category is not None and category in limits.categories:
+            return self.active_in.get(category, 0) < limits.categories[category]
+        return True
+
+    def count(self, task: TaskRecord, old: str | None, new: str) -> None:
+        """Keep the counters in step with ``task`` moving from ``old`` (None:
+        it is new) to ``new``."""
+        spec = task.spec
+        if spec.id != self.final:
+            self.open += (new not in ENDED) - (old is not None and old not in ENDED)
+        change = (new in ACTIVE) - (old in ACTIVE)
+        if change:
+            self.active += change
+            category = spec.node.category if spec.node is not None else None
+            if category is not None:
+                self.active_in[category] = self.active_in.get(category, 0) + change
+
+
 MAX_REJECTIONS = 100
 #: attempts remembered per worker after they left it (WorkerRecord.released)
 MAX_RELEASED = 1024
@@ -269,6 +331,8 @@ class State:
     boss_started_at: float | None = None
     #: the fold's rules in force (see :data:`CURRENT_RULES`)
     rules: int = 1
+    #: workflows with limits, a final task or an abort rule, by source
+    workflows: dict[str, WorkflowRecord] = field(factory=dict)
     # ---- indexes, derived from the records above
     children: dict[str, list[str]] = field(factory=dict)
     counts: dict[str, int] = field(factory=lambda: dict.fromkeys(TASK_STATUSES, 0))
@@ -288,6 +352,10 @@ class State:
     #: for the boss's decision: exactly the live workers whose ``last_seen +
     #: heartbeat_timeout`` is not after the clock
     overdue: dict[str, None] = field(factory=dict)
+    #: tasks whose move calls for more once the event is applied (a noop
+    #: become ready succeeds, a final task whose workflow ended is ready):
+    #: :func:`ecloud.projections.workflows.settle` empties it
+    due: list[str] = field(factory=list)
 
     # ------------------------------------------------------------ index upkeep
 
@@ -305,6 +373,8 @@ class State:
             self.ready.remove(task.ready_key)
         task.status = status
         task.changed_at = self.clock
+        if self.workflows:
+            self._count_in_workflow(task, old, status)
         if status == READY:
             if task.not_before is None:
                 self.ready.add(task.ready_key)
@@ -318,6 +388,25 @@ class State:
         self.counts[task.status] += 1
         if task.status == READY and task.not_before is None:
             self.ready.add(task.ready_key)
+        if self.workflows:
+            self._count_in_workflow(task, None, task.status)
+
+    def workflow_of(self, task: TaskRecord) -> WorkflowRecord | None:
+        """The workflow record of ``task``'s task file, if it has one."""
+        return self.workflows.get(self.batch_sources.get(task.batch_seq, ""))
+
+    def _count_in_workflow(self, task: TaskRecord, old: str | None, new: str) -> None:
+        workflow = self.workflow_of(task)
+        if workflow is None:
+            return
+        workflow.count(task, old, new)
+        node = task.spec.node
+        if node is not None and node.noop and new == READY:
+            self.due.append(task.spec.id)
+        if workflow.open == 0 and workflow.final is not None:
+            final = self.tasks.get(workflow.final)
+            if final is not None and final.status == WAITING:
+                self.due.append(workflow.final)
 
     def refresh_free(self, worker: WorkerRecord, was_free: bool) -> None:
         """Keep ``free`` listing exactly the live, non-draining workers with

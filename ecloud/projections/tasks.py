@@ -37,6 +37,12 @@ from ecloud.events.types import (
     default_results_folder,
 )
 from ecloud.projections import context
+from ecloud.projections.blocking import (
+    block_descendants,
+    blocking_cause,
+    recheck_descendants,
+    root_cause,
+)
 from ecloud.projections.context import bounded_time, number_text, storable
 from ecloud.projections.effects import Ack, CancelAttempt, Dispatch
 from ecloud.projections.liveness import heard_from
@@ -65,8 +71,6 @@ from ecloud.projections.state import (
     TaskRecord,
 )
 from ecloud.projections.transitions import (
-    ANCESTOR_BLOCKS,
-    ANCESTOR_RETRIED,
     CANCELLED_BY,
     DISPATCHED_TO,
     ENDED_BADLY,
@@ -86,6 +90,7 @@ from ecloud.projections.transitions import (
     move_task,
     move_worker,
 )
+from ecloud.projections.workflow_result import final_macros
 
 #: seconds: a worker whose last attempt ended within this may queue ahead
 QUICK_TASK = 1.0
@@ -140,11 +145,18 @@ def on_submitted(state: State, event: TasksSubmitted, seq: int, out: list) -> No
     if problem is not None:
         state.reject(seq, f"batch {event.batch_id}", problem)
         return
+    if event.source:
+        state.batch_sources[seq] = event.source
+    add_batch(state, event, seq)
+
+
+def add_batch(state: State, event: TasksSubmitted, seq: int) -> None:
+    """Add a checked batch's tasks, each in the status its dependencies give
+    it - or its workflow role: a ``done`` task is born succeeded, a
+    ``final`` one waiting (:mod:`.workflows` readies it)."""
     tasks = state.tasks
     children = state.children
     now = state.clock
-    if event.source:
-        state.batch_sources[seq] = event.source
     # A batch may list a task before its dependencies; settle tasks in an
     # order where every in-batch dependency comes first.
     for index, spec in dependency_order(event.tasks):
@@ -156,11 +168,15 @@ def on_submitted(state: State, event: TasksSubmitted, seq: int, out: list) -> No
             if parent.status != SUCCEEDED:
                 unmet += 1
                 if parent.status in BLOCKING and blocked_by is None:
-                    blocked_by = _root_cause(parent)
+                    blocked_by = root_cause(parent)
         if blocked_by is not None:
             status = BLOCKED
         else:
             status = READY if unmet == 0 else WAITING
+        node = spec.node
+        if node is not None and (node.done or node.final):
+            status = SUCCEEDED if node.done else WAITING
+            blocked_by = None
         state.add_task(
             TaskRecord(
                 spec=spec,
@@ -201,21 +217,6 @@ def dependency_order(specs: Sequence[TaskSpec]) -> list[tuple[int, TaskSpec]]:
     return order
 
 
-def blocking_cause(state: State, task: TaskRecord) -> str | None:
-    """The failed or cancelled task that keeps ``task`` from ever running
-    (through its first blocking dependency), or None."""
-    tasks = state.tasks
-    for dep in task.spec.depends_on:
-        parent = tasks[dep]
-        if parent.status in BLOCKING:
-            return _root_cause(parent)
-    return None
-
-
-def _root_cause(task: TaskRecord) -> str:
-    return task.blocked_by if task.status == BLOCKED and task.blocked_by else task.spec.id
-
-
 # ----------------------------------------------------------------- dispatching
 
 
@@ -228,6 +229,12 @@ def dispatch_problem(state: State, event: TaskDispatched) -> str | None:
         return f"task is {task.status}" + (" (in retry backoff)" if task.not_before else "")
     if event.attempt != task.attempt + 1:
         return f"attempt {number_text(event.attempt)} is not the next one ({task.attempt + 1})"
+    if task.spec.node is not None:
+        if task.spec.node.noop:
+            return "a noop task runs nothing"
+        workflow = state.workflow_of(task)
+        if workflow is not None and not workflow.room_for(task.spec):
+            return "its workflow runs as many tasks as its limits allow"
     worker = state.workers.get(event.worker_id)
     if worker is None:
         return "unknown worker"
@@ -269,9 +276,15 @@ def dispatch_effect(state: State, seq: int, task: TaskRecord, worker_id: str) ->
     if spec.inputs:
         upstream = {i.from_task for i in spec.inputs if i.from_task}
         sources = tuple(sorted((u, _results_folder(state, u)) for u in upstream))
+    macros: tuple[tuple[str, str], ...] = ()
+    if spec.node is not None:
+        macros = (("JOB", spec.id), ("RETRY", str(task.failures)),
+                  ("MAX_RETRIES", str(spec.retries)))
+        if spec.node.final:
+            macros += final_macros(state, spec.id)
     return Dispatch(seq, spec.id, task.attempt, worker_id, spec,
                     state.context.get("datastore_address", ""), sources,
-                    state.context.get("datastore_id", ""))
+                    state.context.get("datastore_id", ""), macros)
 
 
 def _results_folder(state: State, task_id: str) -> str:
@@ -343,7 +356,7 @@ def on_finished(state: State, event: TaskFinished, seq: int, out: list) -> None:
             if event.signal is not None
             else f"exit code {event.exit_code}"
         )
-        attempt_failed(state, task, reason, seq, out)
+        attempt_failed(state, task, reason, seq, out, event.exit_code)
 
 
 def release_slot(state: State, worker_id: str, task_id: str, attempt: int) -> bool:
@@ -381,6 +394,11 @@ def succeed(state: State, task: TaskRecord) -> None:
     move_task(state, task, SUCCEEDED, SUCCEEDED_NOW)
     task.worker = None
     task.reason = ""
+    release_children(state, task)
+
+
+def release_children(state: State, task: TaskRecord) -> None:
+    """``task`` succeeded: each child with no unmet dependency left is ready."""
     tasks = state.tasks
     for child_id in state.children.get(task.spec.id, ()):
         child = tasks[child_id]
@@ -389,13 +407,22 @@ def succeed(state: State, task: TaskRecord) -> None:
             move_task(state, child, READY, PARENTS_DONE)
 
 
-def attempt_failed(state: State, task: TaskRecord, reason: str, seq: int, out: list) -> None:
+def attempt_failed(state: State, task: TaskRecord, reason: str, seq: int, out: list,
+                   exit_code: int | None = None) -> None:
     """An attempt ended badly: retry after backoff if retries are left, else
-    fail for good and block every descendant."""
+    fail for good and block every descendant. An exit status that is the
+    task's ``retry_unless_exit`` or ``abort_on`` one leaves no retry."""
     move_attempt(state, task, ATTEMPT_FAILED, ENDED_BADLY)
     task.failures += 1
     task.reason = reason
     final = task.failures > task.spec.retries
+    node = task.spec.node
+    if node is not None and exit_code is not None and not final:
+        if exit_code == node.retry_unless_exit:
+            final = True
+            task.reason = f"{reason} (retry_unless_exit: no retry)"
+        elif node.abort_on is not None and exit_code == node.abort_on.exit:
+            final = True
     state.record_failure(Failure(seq, task.spec.id, task.attempt, task.worker, reason, final))
     task.worker = None
     task.deadline = None
@@ -441,70 +468,6 @@ def requeue(state: State, task: TaskRecord, reason: str, outcome: str) -> None:
     task.deadline = None
     task.reason = reason
     move_task(state, task, READY, REQUEUED)
-
-
-# ------------------------------------------------------------------ blocking
-
-
-def block_descendants(state: State, root: str) -> None:
-    """Mark every not-yet-blocked descendant of ``root`` blocked by it. Stops
-    at tasks already blocked or cancelled: their descendants already are."""
-    tasks = state.tasks
-    children = state.children
-    queue = deque(children.get(root, ()))
-    while queue:
-        child = tasks[queue.popleft()]
-        if child.status in (BLOCKED, CANCELLED):
-            continue
-        # A child of an unfinished task cannot have started: it is waiting.
-        move_task(state, child, BLOCKED, ANCESTOR_BLOCKS)
-        child.blocked_by = root
-        queue.extend(children.get(child.spec.id, ()))
-
-
-def recheck_descendants(state: State, root: str) -> None:
-    """After ``root`` stopped blocking (retried), unblock each blocked
-    descendant that no other failed, cancelled or blocked dependency holds,
-    in topological order so each is judged after its parents."""
-    tasks = state.tasks
-    children = state.children
-    # The blocked part of root's descendants: blocked tasks are never ready,
-    # so everything below root that matters is blocked or final. The walk
-    # goes on through failed and cancelled tasks too: a task blocked by root
-    # may sit behind one that was cancelled after it was blocked, and must
-    # now name that one as its cause.
-    region: list[str] = []
-    seen = {root}
-    queue = deque([root])
-    while queue:
-        for child_id in children.get(queue.popleft(), ()):
-            if child_id in seen:
-                continue
-            status = tasks[child_id].status
-            if status == BLOCKED:
-                seen.add(child_id)
-                region.append(child_id)
-                queue.append(child_id)
-            elif status in BLOCKING:
-                seen.add(child_id)
-                queue.append(child_id)
-    inside = set(region)
-    pending = {tid: sum(1 for d in tasks[tid].spec.depends_on if d in inside) for tid in region}
-    queue = deque(tid for tid in region if pending[tid] == 0)
-    while queue:
-        tid = queue.popleft()
-        task = tasks[tid]
-        cause = blocking_cause(state, task)
-        if cause is None:
-            task.blocked_by = None
-            move_task(state, task, WAITING, ANCESTOR_RETRIED)
-        else:
-            task.blocked_by = cause
-        for child_id in children.get(tid, ()):
-            if child_id in inside:
-                pending[child_id] -= 1
-                if pending[child_id] == 0:
-                    queue.append(child_id)
 
 
 # ---------------------------------------------------------- operator commands
@@ -584,6 +547,8 @@ def on_timeout(state: State, task_id: str, attempt: int, seq: int, out: list) ->
 
 
 __all__ = [
+    "add_batch",
+    "attempt_failed",
     "cancel_problem",
     "dispatch_problem",
     "on_cancelled",
@@ -593,6 +558,7 @@ __all__ = [
     "on_started",
     "on_submitted",
     "on_timeout",
+    "release_children",
     "release_slot",
     "requeue",
     "retry_problem",

@@ -9,7 +9,9 @@ section is generated from :data:`TASK_MOVES` (:func:`markdown`), and a
 test checks that the two agree, so the prose cannot drift from the code.
 
 A task is born ``waiting``, ``ready`` or ``blocked`` when its batch is
-submitted (by its dependencies); every later status comes from a move here.
+submitted (by its dependencies; a final task waits for the rest of its
+workflow), or ``succeeded`` when its task file gives it as ``done``; every
+later status comes from a move here.
 An attempt is born ``dispatched`` (the row from ``(new)``): a task's
 ``attempt_status`` tells how its latest attempt stands, and a task that is
 dispatched or running has an attempt in that same status.
@@ -80,6 +82,9 @@ ANCESTOR_RETRIED = "ancestor retried"
 CANCELLED_BY = "operator cancel"
 RETRIED = "operator retry"
 REPLACED = "spec replaced"
+NOTHING_TO_RUN = "noop"
+WORKFLOW_ENDED = "rest of its workflow ended"
+ABORTED = "workflow aborted"
 
 _ACTIVE = (DISPATCHED, RUNNING)
 
@@ -118,9 +123,18 @@ TASK_MOVES: tuple[Move, ...] = (
          "again, its running attempt cancelled, a full retry budget again; a cancelled task "
          "stays cancelled"),
     Move(REPLACED, (READY, DISPATCHED, RUNNING, SUCCEEDED, FAILED, BLOCKED), WAITING,
-         "the same, a dependency still to succeed"),
+         "the same, a dependency still to succeed (or, for a final task, the rest of its "
+         "workflow to end)"),
     Move(REPLACED, (WAITING, READY, DISPATCHED, RUNNING, SUCCEEDED, FAILED), BLOCKED,
          "the same, but a new dependency has failed or is cancelled, or is blocked"),
+    Move(NOTHING_TO_RUN, (READY,), SUCCEEDED,
+         "a `noop` task whose dependencies are met succeeds at once, without running anything"),
+    Move(WORKFLOW_ENDED, (WAITING,), READY,
+         "a `final` task: every other task of its workflow (task file) has succeeded, failed, "
+         "been cancelled or blocked"),
+    Move(ABORTED, (WAITING, READY, DISPATCHED, RUNNING), CANCELLED,
+         "a task of its workflow ended with its `abort_on` exit status: every unfinished task "
+         "but the final one is cancelled, a running attempt killed"),
 )
 
 #: attempt causes (the task's causes where the two move together)
@@ -163,6 +177,8 @@ ATTEMPT_MOVES: tuple[Move, ...] = (
     Move(REPLACED, _LIVE_ATTEMPT + (ATTEMPT_LOST,), ATTEMPT_CANCELLED,
          "its task's spec was replaced (tasks.replaced): the worker is told to kill it; one of "
          "a lost worker can no longer be taken back (it runs the old spec)"),
+    Move(ABORTED, _LIVE_ATTEMPT + (ATTEMPT_LOST,), ATTEMPT_CANCELLED,
+         "its workflow was aborted (`abort_on`): the worker is told to kill it"),
 )
 
 #: VM causes

@@ -194,6 +194,8 @@ def push_file(store: LogStore, specs: Sequence[TaskSpec], file: str | Path, *,
 
     source = source_of(file)
     plan_seen: list[PushPlan] = []
+    #: the file's workflow limits (a TaskList's), carried by its first new batch
+    limits = getattr(specs, "limits", None)
 
     def build(current: State) -> list[Any]:
         plan = plan_push(current, specs, file)
@@ -212,7 +214,8 @@ def push_file(store: LogStore, specs: Sequence[TaskSpec], file: str | Path, *,
             ordered = dependency_first(plan.new)
             chunks = [ordered[i:i + CHUNK] for i in range(0, len(ordered), CHUNK)]
             events += [TasksSubmitted(batch if len(chunks) == 1 else f"{batch}.{n}", tuple(chunk),
-                                      source) for n, chunk in enumerate(chunks)]
+                                      source, limits if n == 0 else None)
+                       for n, chunk in enumerate(chunks)]
         if plan.changed:
             news = tuple(new for _, new in plan.changed)
             problem = replace_problem(current, news, {s.id: s for s in plan.new})

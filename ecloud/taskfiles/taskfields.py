@@ -22,14 +22,19 @@ import re
 from typing import Any
 
 from ecloud import limits
-from ecloud.events.types import InputSpec, TaskSpec
+from ecloud.events.types import AbortOn, InputSpec, NodeSpec, TaskSpec, WorkflowLimits
 from ecloud.limits import utf8_length
 from ecloud.taskfiles.taskgraph import ID_RE, Graph, locate, quote
 
+#: the keys of a workflow's node (scripts, roles, placement): NodeSpec's fields
+NODE_KEYS = frozenset(
+    ["pre", "post", "pre_skip", "retry_unless_exit", "abort_on", "final", "noop", "done",
+     "category", "workdir", "stdin", "stdout", "stderr"]
+)
 TASK_KEYS = frozenset(
     ["id", "command", "depends_on", "inputs", "outputs", "retries", "retry_backoff",
      "timeout", "priority", "env", "slots", "results"]
-)
+) | NODE_KEYS
 _SIMPLE_KEYS = frozenset(["id", "command", "depends_on"])
 _STORE_INPUT_KEYS = frozenset(["path", "name", "sha256"])
 _FROM_INPUT_KEYS = frozenset(["from", "path", "name"])
@@ -68,7 +73,8 @@ def parse_task(i: int, raw: Any, graph: Graph, problems: list[tuple[int, str]]) 
         _integer("priority", get("priority", 0), -limits.PRIORITY, limits.PRIORITY, bad),
         _env(get("env", MISSING), bad),
         _integer("slots", get("slots", 1), 1, limits.SLOTS, bad),
-        _results(get("results"), bad))
+        _results(get("results"), bad),
+        node_spec(raw, bad) if not NODE_KEYS.isdisjoint(raw) else None)
     if not bad:
         _datastore_paths(spec, bad)
     if not bad:
@@ -115,31 +121,33 @@ def _task_id(tid: Any, bad: list[str]) -> Any:
     return tid
 
 
-def _command(command: Any, bad: list[str]) -> Any:
+def _command(command: Any, bad: list[str], name: str = "command") -> Any:
+    """A command (``name``: which key, e.g. a script's "pre"): a shell
+    string or an argv list, within :mod:`ecloud.limits`."""
     if command is MISSING:
-        bad.append('missing "command"')
+        bad.append(f'missing "{name}"')
     elif type(command) is str:
         if not command or command.isspace():
-            bad.append("command: must not be empty")
+            bad.append(f"{name}: must not be empty")
         else:
-            _text_limit("command", command, limits.COMMAND_BYTES, bad)
+            _text_limit(name, command, limits.COMMAND_BYTES, bad)
     elif type(command) is list:
         command = tuple(command)
         if not command:
-            bad.append("command: an argv list must not be empty")
+            bad.append(f"{name}: an argv list must not be empty")
         elif len(command) > limits.COMMAND_ARGS:
-            bad.append(f"command: {len(command):,} arguments, at most "
+            bad.append(f"{name}: {len(command):,} arguments, at most "
                        f"{limits.COMMAND_ARGS:,} allowed")
         elif not all(type(a) is str for a in command):
-            bad += [f"command[{k}]: expected a string, got {kind(a)}"
+            bad += [f"{name}[{k}]: expected a string, got {kind(a)}"
                     for k, a in enumerate(command) if type(a) is not str]
         elif not command[0]:
-            bad.append("command[0]: the program name must not be empty")
+            bad.append(f"{name}[0]: the program name must not be empty")
         else:
             for k, arg in enumerate(command):
-                _text_limit(f"command[{k}]", arg, limits.COMMAND_BYTES, bad)
+                _text_limit(f"{name}[{k}]", arg, limits.COMMAND_BYTES, bad)
     else:
-        bad.append(f"command: expected a string or a list of strings, got {kind(command)}")
+        bad.append(f"{name}: expected a string or a list of strings, got {kind(command)}")
     return command
 
 
@@ -277,6 +285,116 @@ def _whole_task(spec: TaskSpec, bad: list[str]) -> None:
     size = len(orjson.dumps(converter.unstructure(spec, TaskSpec)))
     if size > limits.TASK_BYTES:
         bad.append(f"the task is {size:,} bytes as JSON, at most {limits.TASK_BYTES:,} allowed")
+
+
+# ------------------------------------------------------ workflow node keys
+
+
+def node_spec(raw: dict, bad: list[str]) -> NodeSpec:
+    """The workflow keys of a task (:data:`NODE_KEYS`) as its NodeSpec.
+    ``workdir`` stays as written here; :func:`ecloud.taskfiles.taskfile.parse_tasks`
+    makes a relative one absolute (relative to the task file)."""
+    get = raw.get
+    pre, post = get("pre"), get("post")
+    if pre is not None:
+        pre = _command(pre, bad, "pre")
+    if post is not None:
+        post = _command(post, bad, "post")
+    pre_skip = _exit_status("pre_skip", get("pre_skip"), bad, low=1)
+    if pre_skip is not None and pre is None:
+        bad.append("pre_skip: needs a pre script (the exit status it names is the pre script's)")
+    flags = {name: _flag(name, get(name, False), bad) for name in ("final", "noop", "done")}
+    category = get("category")
+    if category is not None:
+        if type(category) is not str or not category or len(category) > limits.ID_LENGTH \
+                or not ID_RE.fullmatch(category):
+            bad.append(f"category: expected a name of 1-{limits.ID_LENGTH} letters, digits and "
+                       f"._-:/@+ (like an id), got {kind(category)}")
+    workdir = get("workdir")
+    if workdir is not None:
+        if type(workdir) is not str or not workdir or "\0" in workdir \
+                or utf8_length(workdir) > limits.PATH_BYTES:
+            bad.append(f"workdir: expected a directory path (relative to the task file, or "
+                       f"absolute) of at most {limits.PATH_BYTES:,} bytes, got {kind(workdir)}")
+    streams = {}
+    for name in ("stdin", "stdout", "stderr"):
+        value = streams[name] = get(name)
+        if value is not None and (type(value) is not str or not value or "\0" in value
+                                  or utf8_length(value) > limits.PATH_BYTES):
+            bad.append(f"{name}: expected a file path (relative to the working directory, or "
+                       f"absolute) of at most {limits.PATH_BYTES:,} bytes, got {kind(value)}")
+    if flags["final"]:
+        if raw.get("depends_on"):
+            bad.append("final: a final task runs after every other task of its file; it "
+                       "cannot have depends_on")
+        if flags["done"] or flags["noop"]:
+            bad.append("final: a final task cannot be noop or done")
+    return NodeSpec(
+        pre=pre, post=post, pre_skip=pre_skip,
+        retry_unless_exit=_exit_status("retry_unless_exit", get("retry_unless_exit"), bad),
+        abort_on=_abort_on(get("abort_on"), bad),
+        final=flags["final"], noop=flags["noop"], done=flags["done"], category=category,
+        workdir=workdir, stdin=streams["stdin"], stdout=streams["stdout"],
+        stderr=streams["stderr"])
+
+
+def _exit_status(name: str, value: Any, bad: list[str], low: int = 0) -> Any:
+    """An exit status a task file names: ``low``..255, or null."""
+    if value is None:
+        return None
+    if type(value) is not int or not low <= value <= 255:
+        bad.append(f"{name}: expected an exit status from {low} to 255, got {kind(value)}")
+    return value
+
+
+def _flag(name: str, value: Any, bad: list[str]) -> Any:
+    if type(value) is not bool:
+        bad.append(f"{name}: expected true or false, got {kind(value)}")
+    return value
+
+
+_ABORT_KEYS = frozenset(["exit", "return"])
+
+
+def _abort_on(value: Any, bad: list[str]) -> AbortOn | None:
+    if value is None:
+        return None
+    if type(value) is not dict:
+        bad.append(f'abort_on: expected {{"exit": N, "return": R}}, got {kind(value)}')
+        return None
+    bad += [f"abort_on: {unknown_key(k, _ABORT_KEYS)}" for k in value if k not in _ABORT_KEYS]
+    if "exit" not in value:
+        bad.append('abort_on: missing "exit" (the exit status that aborts the workflow)')
+        return None
+    exit_status = _exit_status("abort_on.exit", value["exit"], bad)
+    returns = _exit_status("abort_on.return", value.get("return"), bad)
+    return AbortOn(exit_status, returns)
+
+
+def workflow_limits(value: Any, bad: list[str]) -> WorkflowLimits | None:
+    """A task file's top-level ``"workflow"`` object: how many of its tasks
+    run at once, in all and per category."""
+    if value is None:
+        return None
+    if type(value) is not dict:
+        bad.append(f'workflow: expected {{"max_running": N, "categories": {{...}}}}, '
+                   f"got {kind(value)}")
+        return None
+    keys = ("max_running", "categories")
+    bad += [f"workflow: {unknown_key(k, keys)}" for k in value if k not in keys]
+    most = value.get("max_running")
+    if most is not None:
+        most = _integer("workflow.max_running", most, 1, limits.MAX_RUNNING, bad)
+    categories = value.get("categories", {})
+    if type(categories) is not dict:
+        bad.append(f"workflow.categories: expected an object of category -> most running, "
+                   f"got {kind(categories)}")
+        categories = {}
+    for name, count in categories.items():
+        if not ID_RE.fullmatch(name) or len(name) > limits.ID_LENGTH:
+            bad.append(f"workflow.categories: {quote(name)} is not a category name")
+        _integer(f"workflow.categories[{quote(name)}]", count, 1, limits.MAX_RUNNING, bad)
+    return WorkflowLimits(most, dict(categories))
 
 
 # ------------------------------------------------------------------ inputs

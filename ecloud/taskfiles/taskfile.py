@@ -38,22 +38,32 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from ecloud.errors import UserError, ValidationError
-from ecloud.events.types import TaskSpec
+from ecloud.events.types import TaskSpec, WorkflowLimits
 from ecloud.strictjson import StrictJSONError
 from ecloud.strictjson import loads as strict_loads
-from ecloud.taskfiles.taskfields import TASK_KEYS, kind, parse_task, unknown_key
+from ecloud.taskfiles.taskfields import (
+    TASK_KEYS,
+    kind,
+    parse_task,
+    unknown_key,
+    workflow_limits,
+)
 from ecloud.taskfiles.taskgraph import MAX_ID_LENGTH, Graph, Known, locate, never_known, quote
 
-__all__ = ["MAX_ID_LENGTH", "TASK_KEYS", "parse_task_file", "parse_tasks", "validate_against"]
+__all__ = ["MAX_ID_LENGTH", "TASK_KEYS", "TaskList", "parse_task_file", "parse_tasks",
+           "validate_against"]
 
 
 def parse_task_file(path: str | Path, *, known: Known = never_known,
-                    redefine: bool = False) -> list[TaskSpec]:
+                    redefine: bool = False) -> TaskList:
     """Read and validate a task file; see :func:`parse_tasks`.
 
     Raises :class:`UserError` when the file cannot be read, and
@@ -67,8 +77,16 @@ def parse_task_file(path: str | Path, *, known: Known = never_known,
     return parse_tasks(raw, source=source, known=known, redefine=redefine)
 
 
+class TaskList(list):
+    """The tasks of a task file, in file order, with what the file says of
+    them as a whole: ``limits``, the top-level ``"workflow"`` object (how
+    many of its tasks run at once), or None."""
+
+    limits: WorkflowLimits | None = None
+
+
 def parse_tasks(data: Any, *, source: str = "", known: Known = never_known,
-                redefine: bool = False) -> list[TaskSpec]:
+                redefine: bool = False) -> TaskList:
     """Validate task-file content and return its tasks, in file order.
 
     ``data`` is the parsed JSON, or its text as ``str``/``bytes``. ``known(id)``
@@ -80,7 +98,7 @@ def parse_tasks(data: Any, *, source: str = "", known: Known = never_known,
         return _parse(data, source, known, redefine)
 
 
-def _parse(data: Any, source: str, known: Known, redefine: bool = False) -> list[TaskSpec]:
+def _parse(data: Any, source: str, known: Known, redefine: bool = False) -> TaskList:
     problems: list[tuple[int, str]] = []
     if isinstance(data, (str, bytes, bytearray, memoryview)):
         data = _load_json(data, problems)
@@ -89,14 +107,53 @@ def _parse(data: Any, source: str, known: Known, redefine: bool = False) -> list
     items = _task_list(data, problems)
     if items is None:
         raise ValidationError([p for _, p in problems], source=source)
+    bad: list[str] = []
+    limits = workflow_limits(data.get("workflow") if isinstance(data, dict) else None, bad)
+    problems += [(-1, f"top level: {p}") for p in bad]
     graph = Graph(len(items))
     specs = [parse_task(i, raw, graph, problems) for i, raw in enumerate(items)]
     graph.check(known, problems, redefine)
     _check_results_folders(specs, problems)
+    _check_final(specs, problems)
     if problems:
         problems.sort(key=lambda p: p[0])  # stable: by task, then in the order found
         raise ValidationError([p for _, p in problems], source=source)
-    return specs  # type: ignore[return-value]  # no problem: every entry parsed
+    tasks = TaskList(_absolute_workdirs(specs, source))  # type: ignore[arg-type]
+    tasks.limits = limits
+    return tasks
+
+
+def _check_final(specs: list[TaskSpec | None], problems: list[tuple[int, str]]) -> None:
+    """At most one final task, and no task depends on it (it runs last)."""
+    finals = [(i, s) for i, s in enumerate(specs)
+              if s is not None and s.node is not None and s.node.final]
+    if not finals:
+        return
+    for i, spec in finals[1:]:
+        problems.append((i, f"{locate(i, spec.id)}: final: a file has at most one final task "
+                            f"(the first is {quote(finals[0][1].id)})"))
+    final_id = finals[0][1].id
+    for i, spec in enumerate(specs):
+        if spec is not None and final_id in spec.depends_on:
+            problems.append((i, f"{locate(i, spec.id)}: depends_on: {quote(final_id)} is the "
+                                "final task, which runs after every other"))
+
+
+def _absolute_workdirs(specs: list[TaskSpec], source: str) -> list[TaskSpec]:
+    """A relative ``workdir`` is relative to the task file's folder (the
+    current directory for a file with no path): the log keeps it absolute,
+    so the workers (on this machine, or sharing its file system) find it."""
+    if not any(s.node is not None and s.node.workdir for s in specs):
+        return specs
+    base = Path(source).resolve().parent if source else Path.cwd()
+    out = []
+    for spec in specs:
+        node = spec.node
+        if node is not None and node.workdir and not node.workdir.startswith("/"):
+            node = attrs.evolve(node, workdir=os.path.normpath(base / node.workdir))
+            spec = attrs.evolve(spec, node=node)
+        out.append(spec)
+    return out
 
 
 @contextlib.contextmanager
@@ -158,8 +215,8 @@ def _load_json(text: Any, problems: list[tuple[int, str]]) -> Any:
 def _task_list(data: Any, problems: list[tuple[int, str]]) -> list | None:
     if isinstance(data, dict):
         for key in data:
-            if key != "tasks":
-                problems.append((-1, f"top level: {unknown_key(key, ('tasks',))}"))
+            if key not in ("tasks", "workflow"):
+                problems.append((-1, f"top level: {unknown_key(key, ('tasks', 'workflow'))}"))
         if "tasks" not in data:
             problems.append((-1, 'top level: missing key "tasks"'))
             return None

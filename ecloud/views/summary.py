@@ -49,6 +49,7 @@ from ecloud.projections.state import (
     TaskRecord,
 )
 from ecloud.views.vms import vm_rows
+from ecloud.views.workflows import workflow_rows
 
 #: states a task stays in (it will not run again unless an operator says so)
 DONE = (SUCCEEDED, FAILED, CANCELLED, BLOCKED)
@@ -313,6 +314,7 @@ def page(state: State, *, head: int, source: str, decisions: list[dict[str, Any]
         "ready_in_backoff": sum(1 for t in state.tasks.values()
                                 if t.status == READY and t.not_before is not None),
         "cloud_ceiling": cloud_ceiling(state),
+        "workflows": workflow_rows(state),
     }
 
 

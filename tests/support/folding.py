@@ -8,7 +8,7 @@ import attrs
 from hypothesis import strategies as st
 
 from ecloud.events import types as ev
-from ecloud.events.types import InputSpec, Recorded, TaskSpec
+from ecloud.events.types import AbortOn, InputSpec, NodeSpec, Recorded, TaskSpec, WorkflowLimits
 from ecloud.projections import context
 from ecloud.projections.autoscale import autoscale
 from ecloud.projections.fold import FOLD_SOURCE, step
@@ -97,20 +97,27 @@ def check_invariants(state: State) -> None:
     assert list(state.ready) == eligible
     for tid, task in tasks.items():
         deps = [tasks[d] for d in task.spec.depends_on]
+        node = task.spec.node
+        done, final = node is not None and node.done, node is not None and node.final
         assert task.unmet == sum(1 for d in deps if d.status != SUCCEEDED), tid
         blocking = any(d.status in BLOCKING for d in deps)
+        if node is not None and node.noop:  # settled within the event that made it ready
+            assert task.status != READY, tid
+        if final and task.status == WAITING:  # waits exactly while its workflow is open
+            workflow = state.workflow_of(task)
+            assert workflow is not None and workflow.open > 0, tid
         if task.status not in FINAL:
             # blocked exactly when a dependency failed, was cancelled or is blocked
             assert (task.status == BLOCKED) == blocking, (tid, task.status, blocking)
         if task.status in (READY, *ACTIVE):
             assert task.unmet == 0, tid
-        if task.status == WAITING:
+        if task.status == WAITING and not final:
             assert task.unmet > 0, tid
         if task.status in ACTIVE:
             worker = state.workers[task.worker]
             assert worker.status in LIVE
             assert (tid, task.attempt) in worker.running, tid
-        if task.status == SUCCEEDED:
+        if task.status == SUCCEEDED and not done:
             assert all(d.status == SUCCEEDED for d in deps), tid
         # the attempt table and the task's agree: a dispatched or running task
         # has its latest attempt in the same status, and any other task's has
@@ -123,6 +130,7 @@ def check_invariants(state: State) -> None:
             assert task.attempt_status not in (ATTEMPT_NONE, *ACTIVE), (tid, task.attempt_status)
         if task.status == SUCCEEDED and task.attempt:
             assert task.attempt_status == ATTEMPT_SUCCEEDED, (tid, task.attempt_status)
+    check_workflows(state)
     free = []
     for wid, worker in state.workers.items():
         assert worker.used == sum(worker.running.values()), wid
@@ -166,6 +174,24 @@ def check_invariants(state: State) -> None:
                 assert worker.status == DRAINING, (vm.vm_name, worker.worker_id)
 
 
+def check_workflows(state: State) -> None:
+    """Each workflow's counters are what its tasks' statuses say."""
+    from ecloud.projections.state import ACTIVE as RUNNING_NOW
+    from ecloud.projections.state import ENDED
+
+    for source, workflow in state.workflows.items():
+        mine = [t for t in state.tasks.values()
+                if state.batch_sources.get(t.batch_seq, "") == source]
+        assert workflow.open == sum(1 for t in mine if t.status not in ENDED
+                                    and t.spec.id != workflow.final), source
+        assert workflow.active == sum(1 for t in mine if t.status in RUNNING_NOW), source
+        per: dict[str, int] = {}
+        for t in mine:
+            if t.status in RUNNING_NOW and t.spec.node is not None and t.spec.node.category:
+                per[t.spec.node.category] = per.get(t.spec.node.category, 0) + 1
+        assert {c: n for c, n in workflow.active_in.items() if n} == per, source
+
+
 # ----------------------------------------------------------------- strategies
 
 WORKERS = ["w0", "w1", "w2"]
@@ -179,12 +205,39 @@ def _pick(draw, items):
 
 
 @st.composite
-def task_batch(draw, first: int, existing: list[str], max_tasks: int = 8) -> list[TaskSpec]:
+def node_spec(draw, final_allowed: bool) -> NodeSpec | None:
+    """Workflow roles now and then: noop, done, final, a category, abort_on,
+    retry_unless_exit (most tasks have none)."""
+    if draw(st.integers(0, 2)) > 0:
+        return None
+    role = draw(st.sampled_from(["noop", "done", "final" if final_allowed else "noop", "plain"]))
+    return NodeSpec(
+        noop=role == "noop", done=role == "done", final=role == "final",
+        category=draw(st.sampled_from([None, "c", "d"])),
+        abort_on=draw(st.sampled_from([None, None, AbortOn(1, 7)])),
+        retry_unless_exit=draw(st.sampled_from([None, 1])),
+    )
+
+
+def _is_final(spec: TaskSpec) -> bool:
+    return spec.node is not None and spec.node.final
+
+
+@st.composite
+def task_batch(draw, first: int, existing: list[str], max_tasks: int = 8,
+               finals: frozenset = frozenset()) -> list[TaskSpec]:
+    """A batch of tasks depending on earlier ones (never on a final task);
+    at most one final task, with no dependencies."""
     n = draw(st.integers(1, max_tasks))
-    specs = []
+    specs: list[TaskSpec] = []
+    has_final = False
     for i in range(n):
-        pool = existing + [s.id for s in specs]
-        deps = draw(st.lists(st.sampled_from(pool), max_size=3, unique=True)) if pool else []
+        pool = [t for t in existing if t not in finals] + [s.id for s in specs if not _is_final(s)]
+        node = node_spec(not has_final)
+        node = draw(node)
+        has_final = has_final or (node is not None and node.final)
+        deps = (draw(st.lists(st.sampled_from(pool), max_size=3, unique=True))
+                if pool and not (node is not None and node.final) else [])
         specs.append(
             TaskSpec(
                 id=f"t{first + i}",
@@ -197,6 +250,7 @@ def task_batch(draw, first: int, existing: list[str], max_tasks: int = 8) -> lis
                 slots=draw(st.sampled_from([1, 1, 1, 2])),
                 inputs=tuple(InputSpec("o", from_task=d) for d in deps if draw(st.booleans())),
                 results=draw(st.sampled_from([None, None, f"out/{first + i}"])),
+                node=node,
             )
         )
     if draw(st.booleans()):
@@ -208,8 +262,12 @@ def _act(draw, d: Driver, action: str) -> None:
     state = d.state
     tasks = state.tasks
     if action == "submit":
-        specs = draw(task_batch(len(tasks), sorted(tasks)))
-        d.apply(ev.TasksSubmitted(f"b{len(d.log)}", tuple(specs)))
+        source = draw(st.sampled_from(["", "a.json", "b.json"]))
+        finals = frozenset(t for t, r in tasks.items() if _is_final(r.spec))
+        specs = draw(task_batch(len(tasks), sorted(tasks), finals=finals))
+        limits = draw(st.sampled_from([None, None, WorkflowLimits(2, {"c": 1}),
+                                       WorkflowLimits(None, {"d": 1})]))
+        d.apply(ev.TasksSubmitted(f"b{len(d.log)}", tuple(specs), source, limits))
     elif action == "bad_submit" and tasks:
         dup = _pick(draw, tasks)
         d.apply(ev.TasksSubmitted("bad", (TaskSpec(dup, "true"),)))
@@ -255,7 +313,7 @@ def _act(draw, d: Driver, action: str) -> None:
         if action == "start":
             d.apply(ev.TaskStarted(tid, attempt, worker, msg_id=f"m{len(d.log)}"), dt=1)
         else:
-            code = draw(st.sampled_from([0, 0, 0, 1, None]))
+            code = draw(st.sampled_from([0, 0, 0, 1, 2, None]))
             sig = 9 if code is None else None
             d.apply(ev.TaskFinished(tid, attempt, worker, code, 1.0, sig, msg_id=f"m{len(d.log)}"), dt=1)
     elif action == "replace" and tasks:

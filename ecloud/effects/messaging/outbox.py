@@ -48,7 +48,7 @@ def dispatch_message(effect: Dispatch) -> wire.DispatchMsg:
         task_id=spec.id, attempt=effect.attempt, command=spec.command, env=dict(spec.env),
         timeout=spec.timeout, slots=spec.slots, inputs=list(spec.inputs), outputs=list(spec.outputs),
         datastore=effect.datastore, results=spec.results_folder, sources=dict(effect.sources),
-        datastore_id=effect.datastore_id,
+        datastore_id=effect.datastore_id, node=spec.node, macros=dict(effect.macros),
     )
 
 

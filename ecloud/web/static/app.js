@@ -191,6 +191,22 @@ function drawUnschedulable(items) {
   for (const u of items) box.append(el("div", {class: "failure"}, taskLink(u.task), `: ${u.reason}`));
 }
 
+function drawWorkflows(rows) {
+  const box = $("workflows");
+  box.replaceChildren();
+  $("workflows-box").hidden = !rows.length;
+  for (const w of rows) {
+    const parts = [`${w.source || "(no file)"}: `, stateTag(w.status)];
+    if (w.aborted_by) parts.push(" aborted by ", taskLink(w.aborted_by), ` (exit status ${w.exit})`);
+    if (w.final) parts.push(" · final task ", taskLink(w.final));
+    const caps = [];
+    if (w.max_running !== null) caps.push(`${w.max_running} in all`);
+    for (const [c, n] of Object.entries(w.categories)) caps.push(`${n} ${c}`);
+    if (caps.length) parts.push(` · ${w.running} running (at most ${caps.join(", ")})`);
+    box.append(el("div", {class: "failure"}, ...parts));
+  }
+}
+
 function drawCeiling(ceiling, clock) {
   $("ceiling-box").hidden = !ceiling;
   if (!ceiling) return;
@@ -222,6 +238,7 @@ function drawPage(data) {
   drawFinal(data.final_failures, data.progress.counts.failed);
   drawRetrying(data.retrying);
   drawUnschedulable(data.unschedulable || []);
+  drawWorkflows(data.workflows || []);
   drawCeiling(data.cloud_ceiling, data.clock);
 }
 
