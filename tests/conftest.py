@@ -154,6 +154,7 @@ SLOW_MODULES = frozenset({
     "test_opennebula.py", "test_pipeline.py", "test_reconciler_e2e.py", "test_run.py",
     "test_run_crash.py", "test_run_edges.py", "test_staging_e2e.py", "test_staging_edges.py",
     "test_standby.py", "test_web.py", "test_web_browser.py", "test_worker.py",
+    "test_dagman_run.py", "test_workflows_e2e.py", "test_worker_scripts.py",
 })
 
 

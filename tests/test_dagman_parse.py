@@ -399,7 +399,9 @@ def test_a_missing_or_garbled_dag_file_is_a_validation_error(tmp_path: Path) -> 
         f"{missing}: cannot read the DAG file: No such file or directory"]
     garbage = tmp_path / "junk.dag"
     garbage.write_bytes(b"\xff\xfe\x00JOB\x00 \x01\nPARENT\n{}\n")
-    assert len(problems(parse_dag, garbage)) == 3
+    # bytes that are not UTF-8 could not be stored in the log: refused, with the line
+    assert problems(parse_dag, garbage) == [f"{garbage}:1: not UTF-8 (byte 0xff); save the file "
+                                            "as UTF-8"]
 
 
 def test_a_large_dag_parses(tmp_path: Path) -> None:

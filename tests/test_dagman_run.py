@@ -7,10 +7,11 @@ read back from the files it wrote."""
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
-from tests.support.e2e import finished_events
+from tests.support.e2e import ROOT, finished_events
 from tests.test_run import ecloud, log_of
 
 #: a submit file whose job writes "$(node)" to $(node).out and exits $(code)
@@ -150,11 +151,8 @@ def test_abort_dag_on_returns_its_value_and_the_final_node_sees_it(tmp_path: Pat
 
 
 def test_noop_done_vars_all_nodes_priority_and_maxjobs(tmp_path: Path) -> None:
-    lock_sub = textwrap.dedent("""\
-        executable = /bin/sh
-        arguments = "-c 'mkdir lock.$(cat) || exit 9; echo ran $(JOB) >> ran.txt; sleep 0.3; rmdir lock.$(cat)'"
-        queue
-        """)
+    script = "mkdir lock.$(cat) || exit 9; echo ran $(JOB) >> ran.txt; sleep 0.3; rmdir lock.$(cat)"
+    lock_sub = f"executable = /bin/sh\narguments = \"-c '{script}'\"\nqueue\n"
     _write(tmp_path, {"lock.sub": lock_sub, "job.sub": JOB_SUB, "x.dag": """\
         JOB N job.sub NOOP
         JOB D job.sub DONE
@@ -255,3 +253,123 @@ def test_a_bad_dag_is_refused_with_every_problem_and_nothing_runs(tmp_path: Path
     for problem in ("x.dag:2", "x.dag:3", "x.dag:4"):
         assert problem in result.stderr, result.stderr
     assert not (tmp_path / "ecloud.db").exists()
+
+
+def test_the_readme_s_example_dag_runs_as_dagman_would(tmp_path: Path) -> None:
+    folder = tmp_path / "dagman"
+    shutil.copytree(ROOT / "examples" / "dagman", folder)
+    result, summary = _run_dag(folder, "diamond.dag")
+    assert result.returncode == 0, result.stderr
+    out = folder / "out"
+    assert (out / "C.out").read_text() == "node C (hello from C)\n"  # VARS, both in arguments
+    assert (out / "report.txt").read_text() == "DAG_STATUS=0 FAILED_COUNT=0\n"  # the FINAL node
+    assert (out / "scripts.log").read_text().splitlines() == ["script for B", "script for D 0"]
+    assert summary["workflow"]["final"] == "report"
+
+
+def test_maxjobs_and_the_dag_status_every_script_sees(tmp_path: Path) -> None:
+    running = tmp_path / "running"
+    # (backquotes: $(...) is a submit macro)
+    script = (f"mkdir -p {running}; touch {running}/$(JOB); sleep 0.4; n=`ls {running} | wc -l`;"
+              f" rm {running}/$(JOB); echo $(JOB) $n >> counts.txt")
+    _write(tmp_path, {
+        "n.sub": f"executable = /bin/sh\narguments = \"-c '{script}'\"\nqueue\n",
+        "bad.sub": "executable = /bin/false\nqueue\n",
+        "post.sh": 'echo "$1 $2" > status.txt\n',
+        "x.dag": "".join(f"JOB N{i} n.sub\n" for i in range(6))
+        + "JOB BAD bad.sub\nJOB LATE n.sub\nPARENT BAD N0 CHILD LATE\nJOB AFTER n.sub\n"
+          "PARENT N1 N2 N3 N4 N5 CHILD AFTER\nSCRIPT POST AFTER post.sh $DAG_STATUS $FAILED_COUNT\n"
+          "PRIORITY BAD 100\n"})
+    result, _ = _run_dag(tmp_path, "x.dag", "--maxjobs", "2")
+    assert result.returncode == 1, result.stderr
+    counts = [int(line.split()[1]) for line in (tmp_path / "counts.txt").read_text().splitlines()]
+    assert len(counts) == 7 and max(counts) <= 2  # never more than 2 at once
+    # AFTER's post script ran after BAD failed: DAGMan's status 2 (a node failed), 1 failed
+    assert (tmp_path / "status.txt").read_text().split() == ["2", "1"]
+
+
+def test_a_run_from_a_rescue_file_continues_in_its_own_log(tmp_path: Path) -> None:
+    """(hostile tester) The second run in the log a rescue run started kept
+    B as done and was refused as "changed"; now it continues."""
+    flaky = f"test -e {tmp_path}/fixed || exit 1"
+    _write(tmp_path, {"t.sub": "executable = /bin/true\nqueue\n",
+                      "f.sub": f"executable = /bin/sh\narguments = \"-c '{flaky}'\"\nqueue\n",
+                      "x.dag": "JOB A f.sub\nJOB B t.sub\nJOB C t.sub\nPARENT A CHILD C\n"})
+    assert _run_dag(tmp_path)[0].returncode == 1  # rescue001: DONE B
+    other = ("--db", f"sqlite:///{tmp_path}/o.db")
+    first, _ = _run_dag(tmp_path, "x.dag", *other)
+    assert first.returncode == 1 and "starting from the rescue file" in first.stderr
+    (tmp_path / "fixed").touch()
+    assert ecloud(tmp_path, "retry", "A", "--db", other[1]).returncode == 0
+    again, summary = _run_dag(tmp_path, "x.dag", *other)
+    assert again.returncode == 0, again.stderr
+    assert summary["counts"] == {"succeeded": 3}
+    assert not (tmp_path / "x.dag.rescue003").exists()  # the run that failed again: no copy
+
+
+def test_two_dags_in_one_log_do_not_share_nodes(tmp_path: Path) -> None:
+    _write(tmp_path, {"t.sub": "executable = /bin/true\nqueue\n",
+                      "one.dag": "JOB A t.sub\n", "two.dag": "JOB A t.sub\nJOB B t.sub\n"})
+    assert _run_dag(tmp_path, "one.dag")[0].returncode == 0
+    result, _ = _run_dag(tmp_path, "two.dag")
+    assert result.returncode == 2
+    assert "node 'A': the log has a task 'A' from" in result.stderr
+    assert "--db sqlite:///two.dag.ecloud.db" in result.stderr
+
+
+def test_noop_nodes_run_their_scripts_and_need_no_submit_file(tmp_path: Path) -> None:
+    """DAGMan: a NOOP node's job is not submitted (its submit file need not
+    exist), its scripts run and decide."""
+    _write(tmp_path, {"t.sub": "executable = /bin/true\nqueue\n",
+                      "s.sh": 'echo "$1 $2" >> s.txt\nexit "${3:-0}"\n', "x.dag": """\
+        JOB N missing.sub NOOP
+        SCRIPT PRE N s.sh pre $JOB
+        SCRIPT POST N s.sh post $RETURN
+        JOB BAD missing.sub NOOP
+        SCRIPT POST BAD s.sh post bad 1
+        JOB PLAIN missing.sub NOOP
+        FINAL F missing.sub NOOP
+        PARENT N CHILD PLAIN
+        """})
+    result, summary = _run_dag(tmp_path)
+    # BAD's post failed it; the FINAL node (a NOOP: nothing to run) succeeded, so the
+    # DAG did, as DAGMan's
+    assert result.returncode == 0, result.stderr
+    assert sorted((tmp_path / "s.txt").read_text().splitlines()) == [
+        "post 0", "post bad", "pre N"]
+    assert [t["id"] for t in summary["failed"]] == ["BAD"]
+    assert summary["counts"]["succeeded"] == 3  # N, PLAIN, F
+
+
+def test_the_final_node_runs_again_after_a_retry(tmp_path: Path) -> None:
+    flaky = f"test -e {tmp_path}/fixed || exit 1"
+    _write(tmp_path, {
+        "f.sub": f"executable = /bin/sh\narguments = \"-c '{flaky}'\"\nqueue\n",
+        "final.sub": "executable = /bin/sh\narguments = \"-c 'echo $(DAG_STATUS) >> final.txt;"
+                     " exit $(DAG_STATUS)'\"\nqueue\n",
+        "x.dag": "JOB A f.sub\nFINAL F final.sub\n"})
+    assert _run_dag(tmp_path)[0].returncode == 1
+    (tmp_path / "fixed").touch()
+    assert ecloud(tmp_path, "retry", "A").returncode == 0
+    result, summary = _run_dag(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "final.txt").read_text().split() == ["2", "0"]
+
+
+def test_cluster_macros_abort_on_a_signal_and_a_retried_subdag(tmp_path: Path) -> None:
+    inner_job = f"test -e {tmp_path}/inner-ran || {{ touch {tmp_path}/inner-ran; exit 1; }}"
+    _write(tmp_path, {
+        "c.sub": "executable = /bin/sh\narguments = \"-c 'true'\"\n"
+                 "output = c.$(Cluster).$(Process).out\nqueue\n",
+        "kill.sub": "executable = /bin/sh\narguments = \"-c 'kill -9 $$'\"\nqueue\n",
+        "sub/in.dag": "JOB I j.sub\n",
+        "sub/j.sub": f"executable = /bin/sh\narguments = \"-c '{inner_job}'\"\nqueue\n",
+        "x.dag": "JOB C1 c.sub\nJOB C2 c.sub\nSUBDAG EXTERNAL S sub/in.dag\nRETRY S 1\n"})
+    result, _ = _run_dag(tmp_path)
+    assert result.returncode == 0, result.stderr  # the sub-DAG's second attempt ran I again
+    assert sorted(p.name for p in tmp_path.glob("c.*.out")) == ["c.1.0.out", "c.2.0.out"]
+    (tmp_path / "k.dag").write_text("JOB K kill.sub\nJOB L c.sub\nPARENT K CHILD L\n"
+                                    "ABORT-DAG-ON K -9 RETURN 4\n")
+    result, summary = _run_dag(tmp_path, "k.dag", "--db", f"sqlite:///{tmp_path}/k.db")
+    assert result.returncode == 4, result.stderr  # SIGKILL is DAGMan's $RETURN -9
+    assert summary["workflow"]["aborted_by"] == "K"

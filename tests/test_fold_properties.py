@@ -93,6 +93,7 @@ def test_with_enough_free_slots_every_ready_task_is_dispatched(d: Driver) -> Non
     ready = [t for t in d.state.tasks.values() if t.status == READY and t.not_before is None]
     need = sum(t.spec.slots for t in ready) + 2
     d.apply(ev.WorkerAnnounced("big", "host", need, 1, "x"))
+    check_invariants(d.state)
     decisions = schedule(d.state)
     for decision in decisions:
         d.apply(decision)

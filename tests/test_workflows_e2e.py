@@ -179,3 +179,16 @@ def test_a_bad_workflow_key_is_refused_before_anything_runs(tmp_path: Path) -> N
     assert "at most one final task" in result.stderr
     assert "pre_skip: needs a pre script" in result.stderr
     assert not (tmp_path / "ecloud.db").exists()
+
+
+def test_a_changed_limit_holds_when_the_file_is_pushed_again(tmp_path: Path) -> None:
+    """(hostile tester) pushing the same tasks with another "workflow"
+    changed nothing; the limits are the last push's."""
+    tasks = [{"id": "a", "command": "true", "category": "c"}]
+    file = tmp_path / "flow.json"
+    for most, per in ((1, 1), (3, 2)):
+        file.write_text(json.dumps({"workflow": {"max_running": most, "categories": {"c": per}},
+                                    "tasks": tasks}))
+        assert ecloud(tmp_path, "push", str(file)).returncode == 0
+    rows = json.loads(ecloud(tmp_path, "status", "--json").stdout)["workflows"]
+    assert [(r["max_running"], r["categories"]) for r in rows] == [(3, {"c": 2})]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 from attrs import define
 
 from ecloud.errors import ValidationError
@@ -20,7 +21,13 @@ from ecloud.events.types import WorkflowLimits
 from ecloud.projections.state import FAILED, SUCCEEDED, State
 from ecloud.taskfiles.dagman.convert import convert, node_names
 from ecloud.taskfiles.dagman.dagfile import parse_dag
-from ecloud.taskfiles.dagman.rescue import load_dag, next_rescue_path, write_rescue
+from ecloud.taskfiles.dagman.rescue import (
+    load_dag,
+    newest_rescue,
+    next_rescue_path,
+    read_rescue,
+    write_rescue,
+)
 from ecloud.taskfiles.taskfile import TaskList, parse_tasks
 
 
@@ -35,18 +42,31 @@ class DagRun:
     report: list[str]
 
 
-def read_dag(file: Path, state: State, max_running: int | None) -> tuple[TaskList, DagRun]:
+def read_dag(file: Path, state: State, max_running: int | None,
+             nested_options: tuple[str, ...] = ()) -> tuple[TaskList, DagRun]:
     """The DAG's tasks, checked as a task file's are (every problem at
-    once), against the log's ``state``."""
+    once), against the log's ``state``. ``nested_options``: for the runs of
+    its SUBDAG EXTERNAL nodes."""
     if not file.is_file():
         raise ValidationError([f"{file}: no such DAG file"], str(file))
     dag = parse_dag(file)
-    converted = convert(dag, max_running=max_running)
+    converted = convert(dag, max_running=max_running, nested_options=nested_options)
+    _check_names(file, converted.ids, state)
     rescue = None
-    if not any(task_id in state.tasks for task_id in converted.ids.values()):
+    in_log = [t for t in converted.ids.values() if t in state.tasks]
+    if not in_log:
         dag, rescue = load_dag(file)  # a fresh run: from the newest rescue file, if any
         if rescue is not None:
-            converted = convert(dag, max_running=max_running)
+            converted = convert(dag, max_running=max_running, nested_options=nested_options)
+    else:
+        # continuing: the nodes the log was given as done (a rescue file's
+        # DONE, when this log's run started from one) stay done
+        done = {t for t in in_log if (n := state.tasks[t].spec.node) is not None and n.done}
+        if done:
+            nodes = {name: (attrs.evolve(node, done=True) if converted.ids[name] in done
+                            else node) for name, node in dag.nodes.items()}
+            dag = attrs.evolve(dag, nodes=nodes)
+            converted = convert(dag, max_running=max_running, nested_options=nested_options)
     specs = parse_tasks(converted.content, source=str(file), known=state.tasks.__contains__,
                         redefine=True)
     report = converted.report.lines()
@@ -54,6 +74,28 @@ def read_dag(file: Path, state: State, max_running: int | None) -> tuple[TaskLis
         done = sum(1 for node in dag.nodes.values() if node.done)
         report.insert(0, f"starting from the rescue file {rescue} ({done} node(s) DONE)")
     return specs, DagRun(file, node_names(converted), rescue, report)
+
+
+def _check_names(file: Path, ids: dict[str, str], state: State) -> None:
+    """Node names are one namespace per log: a node whose task the log has
+    from another file would be taken for it (and not run). Refused, saying
+    how to keep the two DAGs apart."""
+    from ecloud.taskfiles.submit import source_of
+
+    source = source_of(file)
+    clashes = []
+    for name, task_id in ids.items():
+        task = state.tasks.get(task_id)
+        if task is not None:
+            other = state.batch_sources.get(task.batch_seq, "")
+            if other != source:
+                clashes.append(f"node {name!r}: the log has a task {task_id!r} from "
+                               f"{other or 'another push'}")
+    if clashes:
+        more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
+        raise ValidationError(clashes[:5] + [
+            f"node names are one namespace per log{more}: run this DAG with a log of its own "
+            f"(--db sqlite:///{file.name}.ecloud.db, or in another folder)"], str(file))
 
 
 def with_max_running(specs: TaskList, max_running: int | None) -> TaskList:
@@ -64,12 +106,17 @@ def with_max_running(specs: TaskList, max_running: int | None) -> TaskList:
     return specs
 
 
-def write_rescue_file(run: DagRun, state: State, ids: list[str]) -> Path:
+def write_rescue_file(run: DagRun, state: State, ids: list[str]) -> Path | None:
     """The next rescue file of the DAG: every node that succeeded (or was
-    done) as ``DONE``, the failed ones counted, as DAGMan writes it."""
+    done) as ``DONE``, the failed ones counted, as DAGMan writes it. None
+    when the newest rescue file says the same already (a run that ran
+    nothing new)."""
     names = run.names
     done = [names[t] for t in ids if t in state.tasks and state.tasks[t].status == SUCCEEDED]
     failed = [names[t] for t in ids if t in state.tasks and state.tasks[t].status == FAILED]
+    newest = newest_rescue(run.file)
+    if newest is not None and read_rescue(newest) == set(done):
+        return None
     path = next_rescue_path(run.file)
     return write_rescue(path, run.file, done, len(failed), failed_nodes=failed,
                         total_nodes=len(ids))

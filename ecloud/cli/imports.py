@@ -110,6 +110,9 @@ def wfformat(instance: str, output: str, scale: float | None, inputs_from: str |
     if output == "-" and as_json:
         raise UserError("-o - and --json both write to standard output: give -o FILE")
     target = None if output == "-" else Path(output)
+    if (target is not None and instance != "-" and target.exists()
+            and target.resolve() == Path(instance).resolve()):
+        raise UserError(f"{output} is the instance being read: give another -o FILE")
     if target is not None and not force and (target.exists() or target.is_symlink()):
         raise UserError(f"{output} exists: give --force to overwrite it")
     from ecloud.taskfiles import wfformat as converter

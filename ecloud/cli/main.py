@@ -17,6 +17,7 @@ import click
 
 from ecloud.cli.common import (
     common_options,
+    err,
     handle_errors,
     log_store,
     operator_log,
@@ -73,7 +74,7 @@ def cli() -> None:
 @handle_errors
 def push(file: Path, dry_run: bool, replace: bool, db: str | None,
          config_path: str | None) -> None:
-    """Validate a task file and add its tasks to the log (the seed's push-tasks).
+    """Validate a task file (or a DAGMan .dag file) and add its tasks to the log (the seed's push-tasks).
 
     Every problem in the file is reported at once, with its location; then
     nothing is written and the exit status is 2. Tasks may depend on tasks
@@ -83,7 +84,6 @@ def push(file: Path, dry_run: bool, replace: bool, db: str | None,
     from ecloud.log.rebuild import load_state
     from ecloud.projections.state import State
     from ecloud.taskfiles.submit import check_dispatch_sizes, diff_lines, plan_push, push_file
-    from ecloud.taskfiles.taskfile import parse_task_file
 
     if dry_run:
         try:
@@ -92,7 +92,7 @@ def push(file: Path, dry_run: bool, replace: bool, db: str | None,
             against = f"against the log at seq {state.seq}"
         except MissingLogError:
             state, against = State(), "(no log yet)"
-        specs = parse_task_file(file, known=state.tasks.__contains__, redefine=True)
+        specs = _read_tasks(file, state)
         plan = plan_push(state, specs, file)
         check_dispatch_sizes(plan, state, file)
         out.print(f"{escape(str(file))}: {len(specs)} task(s) valid {against}: "
@@ -109,7 +109,7 @@ def push(file: Path, dry_run: bool, replace: bool, db: str | None,
     with operator_log(db, config_path, create=True) as store:
         with progress_bar("reading the log") as progress:
             state = load_state(store, progress=progress)
-        specs = parse_task_file(file, known=state.tasks.__contains__, redefine=True)
+        specs = _read_tasks(file, state)
         state, seqs, plan = push_file(store, specs, file, replace=replace, state=state)
     where = (f" (seq {seqs[0]}" + (f"-{seqs[-1]})" if len(seqs) > 1 else ")")) if seqs else ""
     out.print(f"{escape(str(file))}: {escape(_plan_text(plan, replace))}{where}")
@@ -117,6 +117,22 @@ def push(file: Path, dry_run: bool, replace: bool, db: str | None,
         out.print(f"  no longer in the file: {escape(', '.join(t for t, _ in plan.removed[:10]))}"
                   + (" ..." if len(plan.removed) > 10 else "")
                   + " (push with --replace to cancel the unfinished ones)")
+
+
+def _read_tasks(file: Path, state) -> list:
+    """A task file's tasks, or a DAGMan file's (``.dag``; its report on
+    stderr), checked against the log's ``state``."""
+    from ecloud.taskfiles.dagman.convert import is_dag_file
+    from ecloud.taskfiles.taskfile import parse_task_file
+
+    if is_dag_file(file):
+        from ecloud.cli.dagrun import read_dag
+
+        specs, dag = read_dag(file, state, None)
+        for line in dag.report:
+            err.print(f"{file.name}: {line}", markup=False, highlight=False)
+        return specs
+    return parse_task_file(file, known=state.tasks.__contains__, redefine=True)
 
 
 def _plan_text(plan, replace: bool = False, dry: bool = False) -> str:

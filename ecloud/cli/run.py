@@ -20,6 +20,7 @@ is left.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -211,7 +212,7 @@ def _print_failures(state: State, ids: list[str]) -> None:
 def _print_workflow(state: State, ids: list[str], file: Path) -> None:
     """The workflow's result, when FILE is one: what decided it."""
     result = _workflow(state, ids, file)
-    if result is None:
+    if result is None or result.status == "running":  # (interrupted, unschedulable: said above)
         return
     line = f"workflow {result.status}"
     why = []
@@ -274,9 +275,9 @@ def _workflow_data(state: State, ids: list[str], file: Path | None) -> dict | No
                    "every task downstream of them); without it a changed task refuses the run "
                    "and shows the differences (see ecloud push --replace).")
 @click.option("--debug", is_flag=True, help="Workers log every step (see --work-dir/*.log).")
-@click.option("--maxjobs", "max_running", type=click.IntRange(min=1), metavar="N",
+@click.option("--maxjobs", "max_running", type=click.IntRange(min=0), metavar="N",
               help="At most N tasks of FILE dispatched or running at once (DAGMan's "
-                   "-maxjobs; a task file's workflow.max_running, overridden).")
+                   "-maxjobs; 0: no limit; a task file's workflow.max_running, overridden).")
 @click.option("--json", "as_json", is_flag=True,
               help="At the end, print the run's outcome as one JSON object on stdout (counts, "
                    "every failed and blocked task, the exit status) instead of the summary; "
@@ -305,7 +306,11 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
     started = time.monotonic()
     # the file and its differences with the log first: every problem at once,
     # before anything starts
+    max_running = max_running or None  # 0: no limit, as DAGMan's -maxjobs 0
     specs, dag = check_file_against_log(config, file, replace, max_running)
+    # the runs of a DAG's SUBDAG EXTERNAL nodes take as many workers and slots
+    # (taskfiles/dagman/convert.py: their command reads these)
+    os.environ["ECLOUD_RUN_LOCAL"], os.environ["ECLOUD_RUN_SLOTS"] = str(workers), str(slots)
     if dag is not None:
         for line in dag.report:
             err.print(f"{file.name}: {line}", markup=False, highlight=False)
@@ -393,7 +398,9 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
         if dag is not None and status != exits.OK and not outcome.interrupted:
             from ecloud.cli.dagrun import write_rescue_file
 
-            err.print(f"wrote the rescue file {write_rescue_file(dag, state, ids)}", markup=False)
+            rescue = write_rescue_file(dag, state, ids)
+            if rescue is not None:
+                err.print(f"wrote the rescue file {rescue}", markup=False)
         if as_json:
             write_stdout(orjson.dumps(_summary_data(state, elapsed, ids, status, redact(config.db),
                                                     outcome, file)).decode() + "\n")

@@ -58,11 +58,21 @@ def replace_problem(state: State, specs: tuple[TaskSpec, ...],
         for dep in spec.depends_on:
             if dep not in tasks and dep not in also:
                 return f"task {spec.id!r} depends on unknown task {dep!r}"
+        if _final(tasks[spec.id].spec) != _final(spec):
+            return f"task {spec.id!r}: a replaced spec cannot make a task final, or not final"
+    for spec in specs:  # a final task runs after the rest of its workflow: no edge to or from it
+        for dep in spec.depends_on:
+            if _final(spec) or _final(new.get(dep) or also.get(dep) or tasks[dep].spec):
+                return f"task {spec.id!r}: a final task neither has nor is a dependency"
     for spec in specs:
         path = _path_back(state, {**also, **new}, spec.id)
         if path is not None:
             return f"the new dependencies form a cycle: {' -> '.join(path)}"
     return None
+
+
+def _final(spec: TaskSpec) -> bool:
+    return spec.node is not None and spec.node.final
 
 
 def _path_back(state: State, new: dict[str, TaskSpec], start: str) -> list[str] | None:

@@ -250,6 +250,8 @@ class WorkflowRecord:
     #: its tasks dispatched or running, in all and per category
     active: int = 0
     active_in: dict[str, int] = field(factory=dict)
+    #: its tasks failed for good (DAGMan's ``$FAILED_COUNT``)
+    failed: int = 0
 
     def room_for(self, spec: TaskSpec) -> bool:
         """Whether one more of its tasks like ``spec`` may run now."""
@@ -269,6 +271,7 @@ class WorkflowRecord:
         spec = task.spec
         if spec.id != self.final:
             self.open += (new not in ENDED) - (old is not None and old not in ENDED)
+        self.failed += (new == FAILED) - (old == FAILED)
         change = (new in ACTIVE) - (old in ACTIVE)
         if change:
             self.active += change
@@ -403,10 +406,12 @@ class State:
         node = task.spec.node
         if node is not None and node.noop and new == READY:
             self.due.append(task.spec.id)
-        if workflow.open == 0 and workflow.final is not None:
+        if workflow.final is not None:
             final = self.tasks.get(workflow.final)
-            if final is not None and final.status == WAITING:
-                self.due.append(workflow.final)
+            if final is not None and (
+                    (workflow.open == 0 and final.status == WAITING)
+                    or (workflow.open > 0 and final.status in (SUCCEEDED, FAILED))):
+                self.due.append(workflow.final)  # ready now; or to run again, later
 
     def refresh_free(self, worker: WorkerRecord, was_free: bool) -> None:
         """Keep ``free`` listing exactly the live, non-draining workers with

@@ -90,7 +90,7 @@ from ecloud.projections.transitions import (
     move_task,
     move_worker,
 )
-from ecloud.projections.workflow_result import final_macros
+from ecloud.projections.workflow_result import dag_macros
 
 #: seconds: a worker whose last attempt ended within this may queue ahead
 QUICK_TASK = 1.0
@@ -137,6 +137,19 @@ def spec_problem(spec: TaskSpec) -> str | None:
         return f"retry_backoff must be a finite number, got {spec.retry_backoff!r}"
     if spec.timeout is not None and not math.isfinite(spec.timeout):
         return f"timeout must be a finite number or null, got {spec.timeout!r}"
+    node = spec.node
+    if node is not None:
+        numbers = {"pre_skip": node.pre_skip, "retry_unless_exit": node.retry_unless_exit}
+        if node.abort_on is not None:
+            numbers.update({"abort_on.exit": node.abort_on.exit,
+                            "abort_on.return": node.abort_on.returns})
+        for name, value in numbers.items():
+            if value is not None and not storable(value):
+                return f"{name} {number_text(value)} is out of range"
+        for name in ("pre", "post"):
+            script = getattr(node, name)
+            if script is not None and not script:
+                return f"{name} must not be empty"
     return None
 
 
@@ -279,9 +292,7 @@ def dispatch_effect(state: State, seq: int, task: TaskRecord, worker_id: str) ->
     macros: tuple[tuple[str, str], ...] = ()
     if spec.node is not None:
         macros = (("JOB", spec.id), ("RETRY", str(task.failures)),
-                  ("MAX_RETRIES", str(spec.retries)))
-        if spec.node.final:
-            macros += final_macros(state, spec.id)
+                  ("MAX_RETRIES", str(spec.retries))) + dag_macros(state, spec.id)
     return Dispatch(seq, spec.id, task.attempt, worker_id, spec,
                     state.context.get("datastore_address", ""), sources,
                     state.context.get("datastore_id", ""), macros)
@@ -356,7 +367,15 @@ def on_finished(state: State, event: TaskFinished, seq: int, out: list) -> None:
             if event.signal is not None
             else f"exit code {event.exit_code}"
         )
-        attempt_failed(state, task, reason, seq, out, event.exit_code)
+        attempt_failed(state, task, reason, seq, out, returned_value(event))
+
+
+def returned_value(event: TaskFinished) -> int | None:
+    """What an attempt returned, as DAGMan's ``$RETURN`` says it: its exit
+    status, or minus the signal that ended it; None if it never ran."""
+    if event.exit_code is not None:
+        return event.exit_code
+    return -event.signal if event.signal else None
 
 
 def release_slot(state: State, worker_id: str, task_id: str, attempt: int) -> bool:
@@ -528,7 +547,11 @@ def on_retry_requested(state: State, event: RetryRequested, seq: int, out: list)
         task.blocked_by = cause
         move_task(state, task, BLOCKED, RETRIED)
     else:
-        move_task(state, task, READY if task.unmet == 0 else WAITING, RETRIED)
+        ready = task.unmet == 0
+        if ready and task.spec.node is not None and task.spec.node.final:
+            workflow = state.workflow_of(task)  # it waits for the rest of its workflow
+            ready = workflow is None or workflow.open == 0
+        move_task(state, task, READY if ready else WAITING, RETRIED)
     recheck_descendants(state, task.spec.id)
 
 
@@ -562,5 +585,6 @@ __all__ = [
     "release_slot",
     "requeue",
     "retry_problem",
+    "returned_value",
     "submission_problem",
 ]

@@ -84,6 +84,7 @@ RETRIED = "operator retry"
 REPLACED = "spec replaced"
 NOTHING_TO_RUN = "noop"
 WORKFLOW_ENDED = "rest of its workflow ended"
+WORKFLOW_REOPENED = "its workflow runs again"
 ABORTED = "workflow aborted"
 
 _ACTIVE = (DISPATCHED, RUNNING)
@@ -132,6 +133,9 @@ TASK_MOVES: tuple[Move, ...] = (
     Move(WORKFLOW_ENDED, (WAITING,), READY,
          "a `final` task: every other task of its workflow (task file) has succeeded, failed, "
          "been cancelled or blocked"),
+    Move(WORKFLOW_REOPENED, (SUCCEEDED, FAILED), WAITING,
+         "a `final` task that ran, when a task of its workflow runs again (`ecloud retry`): it "
+         "runs again once the rest has ended, with a full retry budget"),
     Move(ABORTED, (WAITING, READY, DISPATCHED, RUNNING), CANCELLED,
          "a task of its workflow ended with its `abort_on` exit status: every unfinished task "
          "but the final one is cancelled, a running attempt killed"),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from ecloud.events.types import TaskFinished, TasksSubmitted
 from ecloud.projections import tasks
+from ecloud.projections.context import number_text, storable
 from ecloud.projections.effects import CancelAttempt
 from ecloud.projections.state import (
     ACTIVE,
@@ -36,6 +37,7 @@ from ecloud.projections.state import (
     ATTEMPT_LOST,
     CANCELLED,
     ENDED,
+    FAILED,
     READY,
     SUCCEEDED,
     WAITING,
@@ -47,6 +49,7 @@ from ecloud.projections.transitions import (
     ABORTED,
     NOTHING_TO_RUN,
     WORKFLOW_ENDED,
+    WORKFLOW_REOPENED,
     move_attempt,
     move_task,
 )
@@ -63,6 +66,13 @@ def final_problem(state: State, event: TasksSubmitted) -> str | None:
     """A second final task for a workflow that has one (``ecloud push``
     refuses two in a file; this guards pushes of the same file)."""
     finals = [s.id for s in event.tasks if s.node is not None and s.node.final]
+    for spec in event.tasks:  # a final task runs after the rest: no edge to or from it
+        for dep in spec.depends_on:
+            parent = state.tasks.get(dep)
+            if (dep in finals or (parent is not None and parent.spec.node is not None
+                                  and parent.spec.node.final)
+                    or (spec.node is not None and spec.node.final)):
+                return f"task {spec.id!r}: a final task neither has nor is a dependency"
     if not finals:
         return None
     if len(finals) > 1:
@@ -70,6 +80,20 @@ def final_problem(state: State, event: TasksSubmitted) -> str | None:
     workflow = state.workflows.get(event.source)
     if workflow is not None and workflow.final not in (None, finals[0]):
         return f"the workflow already has the final task {workflow.final!r}"
+    return None
+
+
+def limits_problem(event: TasksSubmitted) -> str | None:
+    """Limits the fold cannot hold (``ecloud push`` writes none: 1 or more)."""
+    limits = event.limits
+    if limits is None:
+        return None
+    counts = list(limits.categories.values())
+    if limits.max_running is not None:
+        counts.append(limits.max_running)
+    for count in counts:
+        if not storable(count) or count < 1:
+            return f"workflow limit {number_text(count)} is out of range (1 or more)"
     return None
 
 
@@ -98,7 +122,8 @@ def on_submitted(state: State, event: TasksSubmitted, seq: int, out: list) -> No
     """A batch of tasks (see :func:`ecloud.projections.tasks.add_batch`),
     its workflow's record made or updated first, so that its new tasks are
     counted in it as they are added."""
-    problem = tasks.submission_problem(state, event) or final_problem(state, event)
+    problem = (tasks.submission_problem(state, event) or final_problem(state, event)
+               or limits_problem(event))
     if problem is not None:
         state.reject(seq, f"batch {event.batch_id}", problem)
         return
@@ -115,7 +140,7 @@ def recount(state: State, source: str) -> None:
     workflow = state.workflows.get(source)
     if workflow is None:
         return
-    workflow.open = workflow.active = 0
+    workflow.open = workflow.active = workflow.failed = 0
     workflow.active_in = {}
     sources = state.batch_sources
     for task in state.tasks.values():
@@ -150,6 +175,14 @@ def settle(state: State, seq: int, out: list) -> None:
             workflow = state.workflow_of(task)
             if workflow is not None and workflow.open == 0 and task.unmet == 0:
                 move_task(state, task, READY, WORKFLOW_ENDED)
+        elif node.final and task.status in (SUCCEEDED, FAILED):
+            workflow = state.workflow_of(task)
+            if workflow is not None and workflow.open > 0:
+                # a task of its workflow runs again (ecloud retry): the final
+                # task runs again at the end, as DAGMan's at the end of every run
+                task.failures = 0
+                task.reason = "its workflow runs again: it runs once more at the end"
+                move_task(state, task, WAITING, WORKFLOW_REOPENED)
 
 
 # --------------------------------------------------------------------- abort
@@ -162,19 +195,22 @@ def on_finished(state: State, event: TaskFinished, seq: int, out: list) -> None:
     current = (state.current_attempt(event.task_id, event.attempt, event.worker_id) is not None
                and not event.returned)
     tasks.on_finished(state, event, seq, out)
-    if not current or event.exit_code is None:
+    value = tasks.returned_value(event)
+    if not current or value is None:
         return
     task = state.tasks[event.task_id]
     node = task.spec.node
-    if node is None or node.abort_on is None or event.exit_code != node.abort_on.exit:
+    if node is None or node.abort_on is None or value != node.abort_on.exit:
         return
-    if task.exit_code != event.exit_code:  # refused (out of range): nothing applied
-        return
+    if event.exit_code is not None and task.exit_code != event.exit_code:
+        return  # refused (out of range): nothing applied
     workflow = state.workflow_of(task)
     if workflow is None or workflow.aborted is not None:
         return
     rule = node.abort_on
-    returns = rule.returns if rule.returns is not None else rule.exit
+    # DAGMan exits with the node's value when the rule names no RETURN (a
+    # negative one - a signal - as the shell would see it)
+    returns = rule.returns if rule.returns is not None else rule.exit % 256
     workflow.aborted = AbortRecord(task.spec.id, rule.exit, returns, state.clock)
     abort(state, workflow, seq, out)
 
@@ -206,6 +242,7 @@ def abort(state: State, workflow: WorkflowRecord, seq: int, out: list) -> None:
 __all__ = [
     "abort",
     "final_problem",
+    "limits_problem",
     "needs_record",
     "on_finished",
     "on_submitted",

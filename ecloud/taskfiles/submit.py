@@ -16,7 +16,14 @@ from attrs import frozen
 
 from ecloud import limits
 from ecloud.errors import ConcurrencyError, UserError, ValidationError
-from ecloud.events.types import TaskCancelled, TaskSpec, TasksReplaced, TasksSubmitted
+from ecloud.events.types import (
+    NodeSpec,
+    TaskCancelled,
+    TaskSpec,
+    TasksReplaced,
+    TasksSubmitted,
+    WorkflowLimits,
+)
 from ecloud.log.rebuild import fold_range, load_state
 from ecloud.log.store import LogStore
 from ecloud.projections.state import FINAL, State
@@ -167,7 +174,15 @@ def diff_lines(plan: PushPlan, limit: int = 20) -> list[str]:
     for old, new in plan.changed:
         for name in _SPEC_FIELDS:
             before, after = getattr(old, name), getattr(new, name)
-            if before != after:
+            if before == after:
+                continue
+            if name == "node":  # its keys are the task file's: one line each
+                for key in _NODE_FIELDS:
+                    was = getattr(before, key) if before is not None else None
+                    now = getattr(after, key) if after is not None else None
+                    if was != now and (was or now):
+                        lines.append(f"task {old.id!r}: {key}: {_shown(was)} -> {_shown(now)}")
+            else:
                 lines.append(f"task {old.id!r}: {name}: {_shown(before)} -> {_shown(after)}")
     if len(lines) > limit:
         lines = lines[:limit] + [f"... and {len(lines) - limit} more changes"]
@@ -175,6 +190,7 @@ def diff_lines(plan: PushPlan, limit: int = 20) -> list[str]:
 
 
 _SPEC_FIELDS = [a.name for a in TaskSpec.__attrs_attrs__ if a.name != "id"]  # type: ignore[attr-defined]
+_NODE_FIELDS = [a.name for a in NodeSpec.__attrs_attrs__]  # type: ignore[attr-defined]
 
 
 def _shown(value: Any) -> str:
@@ -210,12 +226,20 @@ def push_file(store: LogStore, specs: Sequence[TaskSpec], file: str | Path, *,
         check_dispatch_sizes(plan, current, file)
         events: list[Any] = []
         batch = uuid.uuid4().hex[:12]
+        # the file's limits, when they change what the log holds for it (a file
+        # pushed again with another "workflow", ecloud run --maxjobs N again)
+        held = current.workflows[source].limits if source in current.workflows else None
+        wanted = limits if limits is not None else (
+            WorkflowLimits() if held is not None else None)
+        carry = wanted if wanted != held else None
         if plan.new:
             ordered = dependency_first(plan.new)
             chunks = [ordered[i:i + CHUNK] for i in range(0, len(ordered), CHUNK)]
             events += [TasksSubmitted(batch if len(chunks) == 1 else f"{batch}.{n}", tuple(chunk),
-                                      source, limits if n == 0 else None)
+                                      source, carry if n == 0 else None)
                        for n, chunk in enumerate(chunks)]
+        elif carry is not None:
+            events.append(TasksSubmitted(batch, (), source, carry))
         if plan.changed:
             news = tuple(new for _, new in plan.changed)
             problem = replace_problem(current, news, {s.id: s for s in plan.new})

@@ -305,11 +305,9 @@ def node_spec(raw: dict, bad: list[str]) -> NodeSpec:
         bad.append("pre_skip: needs a pre script (the exit status it names is the pre script's)")
     flags = {name: _flag(name, get(name, False), bad) for name in ("final", "noop", "done")}
     category = get("category")
-    if category is not None:
-        if type(category) is not str or not category or len(category) > limits.ID_LENGTH \
-                or not ID_RE.fullmatch(category):
-            bad.append(f"category: expected a name of 1-{limits.ID_LENGTH} letters, digits and "
-                       f"._-:/@+ (like an id), got {kind(category)}")
+    if category is not None and not is_category(category):
+        bad.append(f"category: expected a name of 1-{limits.ID_LENGTH} letters, digits and "
+                   f"._-:/@+ (like an id; it may start with +), got {kind(category)}")
     workdir = get("workdir")
     if workdir is not None:
         if type(workdir) is not str or not workdir or "\0" in workdir \
@@ -327,19 +325,29 @@ def node_spec(raw: dict, bad: list[str]) -> NodeSpec:
         if raw.get("depends_on"):
             bad.append("final: a final task runs after every other task of its file; it "
                        "cannot have depends_on")
-        if flags["done"] or flags["noop"]:
-            bad.append("final: a final task cannot be noop or done")
+        if flags["done"]:
+            bad.append("final: a final task cannot be done (it runs at the end of every run)")
     return NodeSpec(
         pre=pre, post=post, pre_skip=pre_skip,
-        retry_unless_exit=_exit_status("retry_unless_exit", get("retry_unless_exit"), bad),
+        retry_unless_exit=_exit_status("retry_unless_exit", get("retry_unless_exit"), bad,
+                                       low=-255),
         abort_on=_abort_on(get("abort_on"), bad),
         final=flags["final"], noop=flags["noop"], done=flags["done"], category=category,
         workdir=workdir, stdin=streams["stdin"], stdout=streams["stdout"],
         stderr=streams["stderr"])
 
 
+def is_category(name: Any) -> bool:
+    """A category name: like a task id, and may start with ``+`` (DAGMan's
+    global categories, which splices do not scope)."""
+    return (type(name) is str and 0 < len(name) <= limits.ID_LENGTH
+            and ID_RE.fullmatch(name[1:] if name.startswith("+") else name) is not None)
+
+
 def _exit_status(name: str, value: Any, bad: list[str], low: int = 0) -> Any:
-    """An exit status a task file names: ``low``..255, or null."""
+    """An exit status a task file names: ``low``..255, or null. A negative
+    one (``retry_unless_exit``, ``abort_on.exit``) is a signal: -9 is an
+    attempt SIGKILL ended, as DAGMan's ``$RETURN`` says it."""
     if value is None:
         return None
     if type(value) is not int or not low <= value <= 255:
@@ -366,7 +374,7 @@ def _abort_on(value: Any, bad: list[str]) -> AbortOn | None:
     if "exit" not in value:
         bad.append('abort_on: missing "exit" (the exit status that aborts the workflow)')
         return None
-    exit_status = _exit_status("abort_on.exit", value["exit"], bad)
+    exit_status = _exit_status("abort_on.exit", value["exit"], bad, low=-255)
     returns = _exit_status("abort_on.return", value.get("return"), bad)
     return AbortOn(exit_status, returns)
 
@@ -391,7 +399,7 @@ def workflow_limits(value: Any, bad: list[str]) -> WorkflowLimits | None:
                    f"got {kind(categories)}")
         categories = {}
     for name, count in categories.items():
-        if not ID_RE.fullmatch(name) or len(name) > limits.ID_LENGTH:
+        if not is_category(name):
             bad.append(f"workflow.categories: {quote(name)} is not a category name")
         _integer(f"workflow.categories[{quote(name)}]", count, 1, limits.MAX_RUNNING, bad)
     return WorkflowLimits(most, dict(categories))

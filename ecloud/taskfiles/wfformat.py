@@ -517,8 +517,9 @@ def _commands(tasks: list[_Task], paths: dict[str, str], files: dict[str, Any], 
     out: list[Any] = []
     missing: list[str] = []
     for t in tasks:
-        runtime = float(t.runtime) if _is_number(t.runtime) and t.runtime >= 0 else 0.0
-        if runtime != t.runtime:  # none recorded, or not a number >= 0
+        runtime = (float(t.runtime) if _is_number(t.runtime) and 0 <= t.runtime <= limits.TIMEOUT
+                   else 0.0)
+        if runtime != t.runtime:  # none recorded, or not 0 to a year (the longest timeout)
             report.note("no_runtime" if t.runtime is None else "bad_runtime", 1,
                         f"{t.key}: {t.runtime!r}")
         report.total_runtime_seconds += runtime

@@ -77,6 +77,9 @@ class Ledger:
         kind = type(event)
         if kind is ev.TasksSubmitted:
             for spec in event.tasks:
+                task = state.tasks.get(spec.id)
+                if task is None or task.batch_seq != rec.seq:
+                    continue  # a batch the fold refused: no task of it exists
                 self._slots.setdefault(spec.id, spec.slots)
                 self.tasks.setdefault(spec.id, TaskCost())
         elif kind is ev.TaskDispatched:

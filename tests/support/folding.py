@@ -106,6 +106,9 @@ def check_invariants(state: State) -> None:
         if final and task.status == WAITING:  # waits exactly while its workflow is open
             workflow = state.workflow_of(task)
             assert workflow is not None and workflow.open > 0, tid
+        if final and task.status in (SUCCEEDED, "failed"):  # ran last: nothing is open
+            workflow = state.workflow_of(task)
+            assert workflow is not None and workflow.open == 0, tid
         if task.status not in FINAL:
             # blocked exactly when a dependency failed, was cancelled or is blocked
             assert (task.status == BLOCKED) == blocking, (tid, task.status, blocking)
@@ -185,6 +188,7 @@ def check_workflows(state: State) -> None:
         assert workflow.open == sum(1 for t in mine if t.status not in ENDED
                                     and t.spec.id != workflow.final), source
         assert workflow.active == sum(1 for t in mine if t.status in RUNNING_NOW), source
+        assert workflow.failed == sum(1 for t in mine if t.status == "failed"), source
         per: dict[str, int] = {}
         for t in mine:
             if t.status in RUNNING_NOW and t.spec.node is not None and t.spec.node.category:

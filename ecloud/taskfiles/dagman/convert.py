@@ -34,6 +34,7 @@ unsaid.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import sys
@@ -121,14 +122,16 @@ def task_ids(names: list[str]) -> dict[str, str]:
     return ids
 
 
-def convert(dag: Dag, *, max_running: int | None = None) -> ConvertedDag:
+def convert(dag: Dag, *, max_running: int | None = None,
+            nested_options: tuple[str, ...] = ()) -> ConvertedDag:
     """The tasks of ``dag``. Raises :class:`ValidationError` listing every
     node whose submit description cannot be read, and for a DAG DAGMan
     itself would refuse (REJECT).
 
     ``getenv``: the workers ``ecloud run`` starts inherit its environment,
     the submitter's, so a job sees it without a copy in every task; only
-    ``environment`` is written into the tasks."""
+    ``environment`` is written into the tasks. ``nested_options`` go to the
+    ``ecloud run`` of each SUBDAG EXTERNAL (``--local``, ``--slots``)."""
     if dag.rejected is not None:
         raise ValidationError([f"{dag.rejected.file}:{dag.rejected.line}: REJECT: DAGMan refuses "
                                "to run this file (an incomplete rescue DAG)"], str(dag.path))
@@ -142,9 +145,9 @@ def convert(dag: Dag, *, max_running: int | None = None) -> ConvertedDag:
         parents[child].append(ids[parent])
     problems: list[str] = []
     tasks = []
-    for name, node in dag.nodes.items():
+    for number, (name, node) in enumerate(dag.nodes.items(), start=1):
         try:
-            tasks.append(_task(node, ids[name], parents[name], report))
+            tasks.append(_task(node, ids[name], parents[name], report, number, nested_options))
         except ValidationError as exc:
             problems += exc.problems
     if problems:
@@ -160,25 +163,30 @@ def convert(dag: Dag, *, max_running: int | None = None) -> ConvertedDag:
     return ConvertedDag(content, ids, report)
 
 
-def _task(node: Node, task_id: str, depends_on: list[str], report: DagReport) -> dict[str, Any]:
+def _task(node: Node, task_id: str, depends_on: list[str], report: DagReport, number: int,
+          nested_options: tuple[str, ...]) -> dict[str, Any]:
     command: str | list[str]
     env: dict[str, str] = {}
     workdir = str(node.dir)
     stdin = stdout = stderr = None
     slots = 1
-    if node.kind == "subdag":
-        assert node.dag_file is not None
-        nested = node.dag_file
-        command = [*NESTED_RUN, str(nested), "--db",
-                   f"sqlite:///{nested.parent / (nested.name + '.ecloud.db')}",
-                   "--work-dir", str(nested.parent / (nested.name + ".ecloud-workers"))]
-    elif node.noop and node.submit is None and node.inline_submit is None:
-        command = "true"  # never runs (noop); a submit file is not needed to say so
+    noop = node.noop
+    if node.noop:
+        # DAGMan submits no job (its submit file need not exist) but runs the
+        # node's scripts: a node with scripts runs them around a command that
+        # does nothing; one without is a noop task
+        command = ["true"]
+        noop = node.pre is None and node.post is None
+    elif node.kind == "subdag":
+        command = _nested_run(node, nested_options)
     else:
         final = node.kind == "final"
         # a final node's $(DAG_STATUS) and $(FAILED_COUNT) are known only when
-        # it starts: placeholders now, the worker's environment variables then
-        submit = parse_node_submit(node, dagman_macros=_LATE if final else None)
+        # it starts: placeholders now, the worker's environment variables then.
+        # Each node is a cluster of one job of its own, as condor_submit makes it.
+        macros = {"ClusterId": number, "Cluster": number, "ProcId": 0, "Process": 0,
+                  **(_LATE if final else {})}
+        submit = parse_node_submit(node, dagman_macros=macros, environ=os.environ)
         for ignored in submit.ignored:
             report.ignored_commands[ignored.key.lower()] += 1
         if submit.request_memory_mib is not None:  # read, but workers are matched on slots
@@ -202,16 +210,37 @@ def _task(node: Node, task_id: str, depends_on: list[str], report: DagReport) ->
         "retry_unless_exit": node.retry_unless_exit,
         "abort_on": ({"exit": node.abort_on.exit_value, "return": node.abort_on.dag_return}
                      if node.abort_on is not None else None),
-        "final": node.kind == "final", "noop": node.noop, "done": node.done,
+        "final": node.kind == "final", "noop": noop, "done": node.done,
         "category": node.category, "workdir": workdir,
         "stdin": stdin, "stdout": stdout, "stderr": stderr,
     }
     if task["abort_on"] is not None and task["abort_on"]["return"] is None:
         del task["abort_on"]["return"]
+    for script in (node.pre, node.post):
+        if script is not None and (script.defer_status is not None or script.debug_file):
+            report.notes.append(f"node {node.name}: SCRIPT DEFER and DEBUG are not acted on "
+                                f"({script.file}:{script.line}): the script runs once, its "
+                                "output goes to the attempt's stdout and stderr")
     if node.hold is not None:
         report.notes.append(f"node {node.name}: its HOLD script never runs (jobs are not held "
                             "here)")
     return {k: v for k, v in task.items() if v is not None and v is not False}
+
+
+def _nested_run(node: Node, options: tuple[str, ...]) -> list[str]:
+    """SUBDAG EXTERNAL: ``ecloud run`` on the nested DAG with a log of its own,
+    fresh for each attempt - so that, as a sub-DAG submitted again in DAGMan,
+    it starts from its newest rescue file and runs what did not succeed."""
+    assert node.dag_file is not None
+    nested = node.dag_file
+    db = nested.parent / (nested.name + ".ecloud.db")
+    # as many workers and slots as the outer run has (ecloud run puts them
+    # in its workers' environment), so that a node it can run, this can
+    script = ('db=$1; shift; rm -f "$db" "$db-wal" "$db-shm"; '
+              'exec "$@" --local "${ECLOUD_RUN_LOCAL:-2}" --slots "${ECLOUD_RUN_SLOTS:-1}"')
+    return ["/bin/sh", "-c", script, "sh", str(db), *NESTED_RUN, str(nested),
+            "--db", f"sqlite:///{db}", "--work-dir",
+            str(nested.parent / (nested.name + ".ecloud-workers")), *options]
 
 
 #: placeholders for the macros a final node's submit file may use, filled at run time
@@ -254,11 +283,38 @@ def node_names(converted: ConvertedDag) -> dict[str, str]:
     return {task_id: name for name, task_id in converted.ids.items()}
 
 
+#: words a DAGMan file's first command starts with (what ``ecloud run`` sniffs for)
+_DAG_FIRST_WORDS = frozenset({
+    "JOB", "NODE", "SUBDAG", "SPLICE", "INCLUDE", "FINAL", "PARENT", "SCRIPT", "VARS",
+    "RETRY", "CONFIG", "DOT", "SUBMIT-DESCRIPTION", "PROVISIONER", "SERVICE", "CATEGORY",
+    "MAXJOBS", "PRIORITY", "ABORT-DAG-ON", "NODE_STATUS_FILE", "JOBSTATE_LOG", "ENV",
+    "SET_JOB_ATTR", "SAVE_POINT_FILE", "REJECT", "DONE", "PRE_SKIP",
+})
+_RESCUE_NAME = re.compile(r"\.rescue\d{3}$")
+
+
 def is_dag_file(path: Path) -> bool:
-    """Whether ``ecloud run`` reads ``path`` as a DAGMan file: by its
-    suffix, ``.dag`` (or a rescue file's ``.dag.rescueNNN``, refused with a
-    hint elsewhere)."""
-    return path.suffix.lower() == ".dag"
+    """Whether ``ecloud run`` reads ``path`` as a DAGMan file: named
+    ``*.dag``, or (any name) its first command is a DAG command. A rescue
+    file (``x.dag.rescue001``) is refused with what to run instead: it is
+    partial, read together with its DAG."""
+    if path.suffix.lower() == ".dag":
+        return True
+    if _RESCUE_NAME.search(path.name):
+        raise ValidationError([f"{path} is a DAGMan rescue file: it only marks nodes DONE. Run "
+                               f"the DAG itself ({path.name[:-10]}): a run in a fresh log "
+                               "starts from its newest rescue file"], str(path))
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096)
+    except OSError:
+        return False  # the task-file reader says why
+    for line in head.decode("utf-8", errors="replace").splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        return words[0].upper() in _DAG_FIRST_WORDS
+    return False
 
 
 __all__ = ["ConvertedDag", "DagReport", "convert", "is_dag_file", "node_names", "task_ids"]

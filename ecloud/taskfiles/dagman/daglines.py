@@ -17,7 +17,8 @@ import os
 import re
 from pathlib import Path
 
-from ecloud.taskfiles.dagman.dagmodel import InlineSubmit
+from ecloud.errors import ValidationError
+from ecloud.taskfiles.dagman.dagmodel import InlineSubmit, utf8_text
 
 __all__ = ["LineReader", "Stmt"]
 
@@ -85,7 +86,11 @@ class LineReader:
             else:
                 self.problem(where, f"cannot read the {what} file {path}: {reason}")
             return None
-        return data.decode("utf-8", errors="surrogateescape")
+        try:
+            return utf8_text(data, path)
+        except ValidationError as exc:
+            self.problems += exc.problems
+            return None
 
     def _read(self, path: Path, text: str, base: Path, stack: tuple[Path, ...],
               out: list[Stmt]) -> None:

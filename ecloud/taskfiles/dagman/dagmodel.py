@@ -28,6 +28,7 @@ __all__ = [
     "NodeVar",
     "Script",
     "expand_script_macros",
+    "utf8_text",
 ]
 
 #: The macros DAGMan substitutes in SCRIPT arguments (the last three for POST
@@ -193,6 +194,23 @@ class Dag:
         """The first REJECT line, if any: DAGMan refuses to run such a file
         (it marks the incomplete rescue DAG written after a parse failure)."""
         return next((i for i in self.ignored if i.keyword == "REJECT"), None)
+
+
+def utf8_text(data: bytes, path: Path) -> str:
+    """A file's bytes as text: UTF-8 (a leading byte order mark dropped), or
+    :class:`~ecloud.errors.ValidationError` naming the line of the first byte
+    that is not - such a byte could not be stored in the log, and a file
+    half-read is worse than one refused."""
+    from ecloud.errors import ValidationError
+
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValidationError([f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); "
+                               "save the file as UTF-8"], source=str(path)) from None
 
 
 def expand_script_macros(text: str, values: Mapping[str, object]) -> str:

@@ -35,6 +35,7 @@ import attrs
 
 from ecloud.errors import ValidationError
 from ecloud.taskfiles.dagman.dagfile import Dag, parse_dag
+from ecloud.taskfiles.dagman.dagmodel import utf8_text
 
 __all__ = [
     "DEFAULT_MAX_RESCUE_NUM",
@@ -222,7 +223,7 @@ def _newest_number(dag_path: str | Path, max_rescue_num: int) -> int:
 def _read(path: Path) -> dict[str, int]:
     """The nodes marked DONE, each with its line, in file order."""
     try:
-        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+        text = utf8_text(path.read_bytes(), path)
     except OSError as exc:
         raise ValidationError([f"{path}: cannot read the rescue file: {exc.strerror or exc}"],
                               source=str(path)) from None

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ecloud.errors import ValidationError
+from ecloud.taskfiles.dagman.dagmodel import utf8_text
 from ecloud.taskfiles.dagman.submitmodel import USED_COMMANDS as USED_COMMANDS  # was defined here
 from ecloud.taskfiles.dagman.submitmodel import IgnoredCommand, MacroVar, SubmitDescription
 from ecloud.taskfiles.dagman.submitreader import SubmitReader
@@ -94,7 +95,7 @@ def parse_submit_file(path: str | Path, *, cwd: str | Path | None = None,
     """
     file = Path(os.path.abspath(path))
     try:
-        text = file.read_bytes().decode("utf-8", errors="surrogateescape")
+        text = utf8_text(file.read_bytes(), file)
     except OSError as exc:
         raise ValidationError([f"{file}: cannot read the submit file: {exc.strerror or exc}"],
                               source=str(file)) from None

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ecloud.errors import ValidationError
+from ecloud.taskfiles.dagman.dagmodel import utf8_text
 from ecloud.taskfiles.dagman.submitmacros import Macro, MacroTable
 from ecloud.taskfiles.dagman.submitmodel import (
     USED_COMMANDS,
@@ -285,7 +286,10 @@ class SubmitReader(MacroTable):
             self.problem(where, f"include of {path} nests too deep (does it include itself?)")
             return
         try:
-            text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+            text = utf8_text(path.read_bytes(), path)
+        except ValidationError as exc:
+            self.problems += exc.problems
+            return
         except OSError as exc:
             if "ifexist" in words and not path.exists():
                 return
