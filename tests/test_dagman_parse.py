@@ -788,3 +788,15 @@ def test_problem_messages_always_start_with_a_location(tmp_path: Path) -> None:
     path, found = dag_problems(tmp_path, "JOB A a.sub\nRETRY A\nVARS A x\nBOGUS\n")
     assert all(re.match(re.escape(str(path)) + r":\d+: ", p) for p in found)
     assert len(found) == 3
+
+
+def test_macros_that_double_each_other_are_refused_early(tmp_path: Path) -> None:
+    """(hostile tester) 40 macros each twice the one before would expand to
+    2**40 times the first: it took minutes and gigabytes before the check."""
+    lines = ["executable = /bin/echo", "a0 = " + "x" * 50]
+    lines += [f"a{i} = $(a{i - 1})$(a{i - 1})" for i in range(1, 40)]
+    submit = tmp_path / "bomb.sub"
+    submit.write_text("\n".join([*lines, "arguments = $(a39)", "queue", ""]))
+    found = problems(parse_submit_file, submit)
+    assert len(found) == 1 and found[0].startswith(f"{submit}:")  # the line of the macro that
+    assert found[0].endswith(": macros expand to more than 1,048,576 characters")  # grew past

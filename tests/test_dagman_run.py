@@ -373,3 +373,11 @@ def test_cluster_macros_abort_on_a_signal_and_a_retried_subdag(tmp_path: Path) -
     result, summary = _run_dag(tmp_path, "k.dag", "--db", f"sqlite:///{tmp_path}/k.db")
     assert result.returncode == 4, result.stderr  # SIGKILL is DAGMan's $RETURN -9
     assert summary["workflow"]["aborted_by"] == "K"
+
+
+def test_a_cycle_is_reported_at_the_node_s_line(tmp_path: Path) -> None:
+    _write(tmp_path, {"t.sub": "executable = /bin/true\nqueue\n",
+                      "c.dag": "JOB A t.sub\nJOB B t.sub\nPARENT A CHILD B\nPARENT B CHILD A\n"})
+    result = ecloud(tmp_path, "push", "c.dag", "--dry-run")
+    assert result.returncode == 2
+    assert f"{tmp_path}/c.dag:1: node A: dependency cycle: A -> B -> A" in result.stderr

@@ -11,6 +11,7 @@ the next rescue file, ``x.dag.rescue001``, ``002``, ..., in DAGMan's format.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import attrs
@@ -67,13 +68,30 @@ def read_dag(file: Path, state: State, max_running: int | None,
                             else node) for name, node in dag.nodes.items()}
             dag = attrs.evolve(dag, nodes=nodes)
             converted = convert(dag, max_running=max_running, nested_options=nested_options)
-    specs = parse_tasks(converted.content, source=str(file), known=state.tasks.__contains__,
-                        redefine=True)
+    try:
+        specs = parse_tasks(converted.content, source=str(file), known=state.tasks.__contains__,
+                            redefine=True)
+    except ValidationError as exc:  # said of the DAG's lines, not of a task file's entries
+        raise ValidationError([_at_node(p, dag) for p in exc.problems], str(file)) from None
     report = converted.report.lines()
     if rescue is not None:
         done = sum(1 for node in dag.nodes.values() if node.done)
         report.insert(0, f"starting from the rescue file {rescue} ({done} node(s) DONE)")
     return specs, DagRun(file, node_names(converted), rescue, report)
+
+
+_TASK_AT = re.compile(r'^tasks\[(\d+)\](?: \(id "[^"]*"\))?: ')
+
+
+def _at_node(problem: str, dag) -> str:
+    """A task-file problem (``tasks[3] (id "x"): ...``) as the DAG's: the
+    file and line of the node, by its name (the tasks are the nodes, in order)."""
+    match = _TASK_AT.match(problem)
+    nodes = list(dag.nodes.values())
+    if match is None or int(match.group(1)) >= len(nodes):
+        return problem
+    node = nodes[int(match.group(1))]
+    return f"{node.file}:{node.line}: node {node.name}: {problem[match.end():]}"
 
 
 def _check_names(file: Path, ids: dict[str, str], state: State) -> None:

@@ -43,12 +43,16 @@ class MacroTable:
     """The definitions made so far (by lower-case name), what was expanded
     (``used``), what was missing (``undefined``), and the problems met."""
 
+    too_big = False  # the size problem is said once
+
     def __init__(self, environ: Mapping[str, str] | None) -> None:
         self.environ = environ or {}
         self.problems: list[str] = []
         self.table: dict[str, Macro] = {}
         self.used: set[str] = set()
         self.undefined: dict[str, None] = {}
+        #: macro -> what it expands to, while the table stays as it is
+        self.expanded: dict[str, str] = {}
 
     def problem(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
@@ -58,16 +62,30 @@ class MacroTable:
         previous = self.table.get(lower)
         value = expand_self(value, lower, previous.value if previous is not None else None)
         self.table[lower] = Macro(value, where)
+        self.expanded.clear()  # what a macro expands to may have changed
 
     def _expand(self, text: str, stack: tuple[str, ...], where: str) -> str:
         """``text`` with its macros expanded (``stack``: the macros being
-        expanded around it, to catch a macro defined through itself)."""
+        expanded around it, to catch a macro defined through itself). A
+        value that grows past :data:`MOST_EXPANDED` (macros that nest
+        doubling each other grow exponentially) is a problem, found early."""
         if "$" not in text:
             return text
+        if self.too_big:
+            return ""
         out: list[str] = []
+        grown = counted = 0
         i = 0
         size = len(text)
         while i < size:
+            grown += sum(len(piece) for piece in out[counted:])
+            counted = len(out)
+            if grown > MOST_EXPANDED:
+                if not self.too_big:
+                    self.too_big = True
+                    self.problem(where, f"macros expand to more than {MOST_EXPANDED:,} "
+                                        "characters")
+                return ""
             j = text.find("$", i)
             if j < 0:
                 out.append(text[i:])
@@ -119,7 +137,10 @@ class MacroTable:
                 self.problem(where, f"macro {name} is defined through itself ({chain})")
                 return ""
             self.used.add(lower)
-            return self._expand(macro.value, (*stack, lower), macro.where)
+            if lower not in self.expanded:  # once per definition: a macro used twice in
+                # another, nested deep, would otherwise be expanded 2**depth times
+                self.expanded[lower] = self._expand(macro.value, (*stack, lower), macro.where)
+            return self.expanded[lower]
         if colon:
             return self._expand(default, stack, where)
         self.undefined[name] = None
@@ -151,6 +172,10 @@ class MacroTable:
             return ""
         self.problem(where, f"the function macro ${name}() is not supported by ecloud")
         return ""
+
+
+#: characters a submit value may expand to (a command's limit is 128 KiB)
+MOST_EXPANDED = 1 << 20
 
 
 def _close_paren(text: str, open_index: int) -> int:
