@@ -189,6 +189,9 @@ def _task(node: Node, task_id: str, depends_on: list[str], report: DagReport, nu
         submit = parse_node_submit(node, dagman_macros=macros, environ=os.environ)
         for ignored in submit.ignored:
             report.ignored_commands[ignored.key.lower()] += 1
+        for var in node.vars:  # VARS +Name / My.Name: a job attribute, not a macro
+            if var.name.lower().startswith("my."):
+                report.ignored_commands[f"{var.name} (VARS)"] += 1
         if submit.request_memory_mib is not None:  # read, but workers are matched on slots
             report.ignored_commands["request_memory"] += 1
         if submit.undefined_macros:
