@@ -393,3 +393,16 @@ def test_a_late_absence_of_a_vm_already_allocated_changes_nothing() -> None:
     assert (vm.status, vm.vm_id, effects) == ("allocated", 101, [])
     assert "absent" in d.state.rejected[-1].reason
     check_invariants(d.state)
+
+
+def test_a_requested_vm_seen_done_by_its_name_is_gone() -> None:
+    """(the total-fold test) A VM whose allocation was never logged, seen
+    DONE in the pool by its name, made the fold raise: requested -> gone
+    was not in the VM table."""
+    from ecloud.projections.state import VM_GONE
+    from tests.support.folding import Driver
+
+    d = Driver()
+    d.apply(ev.VMRequested("v1"))
+    d.apply(ev.VMStateObserved(0, 6, 0, None, "v1"))
+    assert d.state.vms["v1"].status == VM_GONE

@@ -200,8 +200,9 @@ VM_MOVES: tuple[Move, ...] = (
     Move(SEEN_RUNNING, (VM_REQUESTED, VM_ALLOCATED, VM_GONE), VM_OBSERVED,
          "a look at the pool saw it in a state that can serve (vm.state_observed); a VM the log "
          "took for gone that the pool still has is back"),
-    Move(SEEN_GONE, (VM_ALLOCATED, VM_OBSERVED, VM_FAILED, VM_KILLING), VM_GONE,
-         "the pool has it DONE, or no more (vm.state_observed); its workers are lost at once"),
+    Move(SEEN_GONE, (VM_REQUESTED, VM_ALLOCATED, VM_OBSERVED, VM_FAILED, VM_KILLING), VM_GONE,
+         "the pool has it DONE, or no more (vm.state_observed) - also one whose allocation "
+         "was never logged, seen by its name; its workers are lost at once"),
     Move(VM_FAILS, (VM_REQUESTED, VM_ALLOCATED, VM_OBSERVED, VM_GONE), VM_FAILED,
          "its spawn failed (vm.failed), it failed to boot (a *_FAILURE LCM state), or it runs "
          "nothing and holds quota (POWEROFF, SUSPENDED, STOPPED, UNDEPLOYED, HOLD); the "
