@@ -45,6 +45,13 @@ from ecloud.events.codec import converter, describe
 from ecloud.events.types import Command, InputSpec, NodeSpec, StagedFile
 
 PROTOCOL = 1
+#: the macros DAGMan replaces in a script's arguments (``RETURN``,
+#: ``PRE_SCRIPT_RETURN`` and ``JOBID`` a post script's only): the DAG reader
+#: fills in the static ones, the worker the rest (the boss sends some in a dispatch)
+SCRIPT_MACROS = frozenset({
+    "JOB", "JOBID", "RETRY", "MAX_RETRIES", "RETURN", "PRE_SCRIPT_RETURN", "DAG_STATUS",
+    "FAILED_COUNT",
+})
 #: what a report's ``stage`` may say (see ecloud.events.types.TaskFinished.stage)
 STAGES = frozenset(["", "pre", "post", "pre_skip", "noop"])
 MAX_PAYLOAD = limits.WORKER_MESSAGE_BYTES

@@ -26,18 +26,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from ecloud.wire import SCRIPT_MACROS
+
 #: ``$RETURN`` of a command that did not start (its program or its stdin
 #: missing): DAGMan's value for "a job whose batch system submission fails"
 NOT_STARTED_RETURN = -1001
 #: ``$PRE_SCRIPT_RETURN`` when the task has no pre script (DAGMan's value)
 NO_PRE_SCRIPT = -1
 
-#: the macros DAGMan replaces in a script's arguments (``RETURN``,
-#: ``PRE_SCRIPT_RETURN`` and ``JOBID`` a post script's only)
-SCRIPT_MACROS = frozenset({
-    "JOB", "JOBID", "RETRY", "MAX_RETRIES", "RETURN", "PRE_SCRIPT_RETURN", "DAG_STATUS",
-    "FAILED_COUNT",
-})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

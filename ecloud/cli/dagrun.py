@@ -20,16 +20,16 @@ from attrs import define
 from ecloud.errors import ValidationError
 from ecloud.events.types import WorkflowLimits
 from ecloud.projections.state import FAILED, SUCCEEDED, State
-from ecloud.taskfiles.dagman.convert import convert, node_names
+from ecloud.taskfiles.dagman.convert import convert, is_dag_file, node_names, task_ids
 from ecloud.taskfiles.dagman.dagfile import parse_dag
 from ecloud.taskfiles.dagman.rescue import (
-    load_dag,
+    apply_rescue,
     newest_rescue,
     next_rescue_path,
     read_rescue,
     write_rescue,
 )
-from ecloud.taskfiles.taskfile import TaskList, parse_tasks
+from ecloud.taskfiles.taskfile import TaskList, parse_task_file, parse_tasks
 
 
 @define
@@ -42,32 +42,47 @@ class DagRun:
     rescue: Path | None
     report: list[str]
 
+    def say(self, console) -> None:
+        """The report, one line each, on ``console`` (stderr)."""
+        for line in self.report:
+            console.print(f"{self.file.name}: {line}", markup=False, highlight=False)
 
-def read_dag(file: Path, state: State, max_running: int | None,
-             nested_options: tuple[str, ...] = ()) -> tuple[TaskList, DagRun]:
+
+def read_tasks(file: Path, state: State,
+               max_running: int | None = None) -> tuple[TaskList, DagRun | None]:
+    """What ``ecloud run`` and ``ecloud push`` read: a task file, or a
+    DAGMan file (:func:`read_dag`), checked against the log's ``state``;
+    ``max_running`` (``--maxjobs``) over the file's own limit."""
+    if is_dag_file(file):
+        return read_dag(file, state, max_running)
+    specs = parse_task_file(file, known=state.tasks.__contains__, redefine=True)
+    return with_max_running(specs, max_running), None
+
+
+def read_dag(file: Path, state: State, max_running: int | None) -> tuple[TaskList, DagRun]:
     """The DAG's tasks, checked as a task file's are (every problem at
-    once), against the log's ``state``. ``nested_options``: for the runs of
-    its SUBDAG EXTERNAL nodes."""
+    once), against the log's ``state``. Parsed once and converted once: the
+    DONE marks (a rescue file's, or the log's) are settled first."""
     if not file.is_file():
         raise ValidationError([f"{file}: no such DAG file"], str(file))
     dag = parse_dag(file)
-    converted = convert(dag, max_running=max_running, nested_options=nested_options)
-    _check_names(file, converted.ids, state)
+    ids = task_ids(list(dag.nodes))
+    _check_names(file, ids, state)
     rescue = None
-    in_log = [t for t in converted.ids.values() if t in state.tasks]
+    in_log = [t for t in ids.values() if t in state.tasks]
     if not in_log:
-        dag, rescue = load_dag(file)  # a fresh run: from the newest rescue file, if any
+        rescue = newest_rescue(file)  # a fresh run: from the newest rescue file, if any
         if rescue is not None:
-            converted = convert(dag, max_running=max_running, nested_options=nested_options)
+            dag = apply_rescue(dag, rescue)
     else:
         # continuing: the nodes the log was given as done (a rescue file's
         # DONE, when this log's run started from one) stay done
         done = {t for t in in_log if (n := state.tasks[t].spec.node) is not None and n.done}
         if done:
-            nodes = {name: (attrs.evolve(node, done=True) if converted.ids[name] in done
-                            else node) for name, node in dag.nodes.items()}
-            dag = attrs.evolve(dag, nodes=nodes)
-            converted = convert(dag, max_running=max_running, nested_options=nested_options)
+            dag = attrs.evolve(dag, nodes={
+                name: attrs.evolve(node, done=True) if ids[name] in done else node
+                for name, node in dag.nodes.items()})
+    converted = convert(dag, max_running=max_running)
     try:
         specs = parse_tasks(converted.content, source=str(file), known=state.tasks.__contains__,
                             redefine=True)
@@ -140,4 +155,4 @@ def write_rescue_file(run: DagRun, state: State, ids: list[str]) -> Path | None:
                         total_nodes=len(ids))
 
 
-__all__ = ["DagRun", "read_dag", "with_max_running", "write_rescue_file"]
+__all__ = ["DagRun", "read_dag", "read_tasks", "with_max_running", "write_rescue_file"]

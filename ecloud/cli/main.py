@@ -120,19 +120,13 @@ def push(file: Path, dry_run: bool, replace: bool, db: str | None,
 
 
 def _read_tasks(file: Path, state) -> list:
-    """A task file's tasks, or a DAGMan file's (``.dag``; its report on
-    stderr), checked against the log's ``state``."""
-    from ecloud.taskfiles.dagman.convert import is_dag_file
-    from ecloud.taskfiles.taskfile import parse_task_file
+    """A task file's tasks, or a DAGMan file's (its report on stderr)."""
+    from ecloud.cli.dagrun import read_tasks
 
-    if is_dag_file(file):
-        from ecloud.cli.dagrun import read_dag
-
-        specs, dag = read_dag(file, state, None)
-        for line in dag.report:
-            err.print(f"{file.name}: {line}", markup=False, highlight=False)
-        return specs
-    return parse_task_file(file, known=state.tasks.__contains__, redefine=True)
+    specs, dag = read_tasks(file, state)
+    if dag is not None:
+        dag.say(err)
+    return specs
 
 
 def _plan_text(plan, replace: bool = False, dry: bool = False) -> str:

@@ -80,23 +80,16 @@ def check_file_against_log(config, file: Path, replace: bool,
     run before anything starts, unless ``replace``. Returns the specs (and
     for a DAG what its end needs). A bad file makes no log where there was
     none (it is recorded as refused in a log that exists)."""
-    from ecloud.cli.dagrun import read_dag, with_max_running
-    from ecloud.taskfiles.dagman.convert import is_dag_file
+    from ecloud.cli.dagrun import read_tasks
     from ecloud.taskfiles.submit import check_dispatch_sizes, diff_lines, plan_push
-    from ecloud.taskfiles.taskfile import parse_task_file
 
     try:
         store = open_store(config.db, create=False)
     except MissingLogError:
         store = None
-    dag = None
     try:
         state = load_state(store) if store is not None else State()
-        if is_dag_file(file):
-            specs, dag = read_dag(file, state, max_running)
-        else:
-            specs = with_max_running(
-                parse_task_file(file, known=state.tasks.__contains__, redefine=True), max_running)
+        specs, dag = read_tasks(file, state, max_running)
         plan = plan_push(state, specs, file)
         check_dispatch_sizes(plan, state, file)
         if plan.changed and not replace:
@@ -312,8 +305,7 @@ def run(file: Path, workers: int, slots: int, broker: str | None, work_dir: Path
     # (taskfiles/dagman/convert.py: their command reads these)
     os.environ["ECLOUD_RUN_LOCAL"], os.environ["ECLOUD_RUN_SLOTS"] = str(workers), str(slots)
     if dag is not None:
-        for line in dag.report:
-            err.print(f"{file.name}: {line}", markup=False, highlight=False)
+        dag.say(err)
     marked = mark_datastore(datastore) if datastore else None  # recorded once the log is ours
     work_dir = work_dir.resolve()
     broker_url = broker or config.broker

@@ -64,14 +64,15 @@ def schedule(state: State, limit: int | None = None) -> list[TaskDispatched]:
     first = 0  # capacity[:first] is exhausted
     decisions: list[TaskDispatched] = []
     limited = any(w.limits is not None for w in state.workflows.values())
-    round_counts: dict = {}  # this round's dispatches per workflow and (workflow, category)
+    round_counts: dict = {}  # this round's dispatches per workflow: in all (None), per category
     for key in state.ready:
         task = tasks[key[3]]
         need = task.spec.slots
         if need > largest:
             continue
         workflow = state.workflow_of(task) if limited else None
-        if workflow is not None and not _room(workflow, task.spec, round_counts):
+        if workflow is not None and not workflow.room_for(task.spec,
+                                                          round_counts.get(workflow.source)):
             continue
         for i in range(first, len(capacity)):
             slot = capacity[i]
@@ -94,33 +95,13 @@ def schedule(state: State, limit: int | None = None) -> list[TaskDispatched]:
     return decisions
 
 
-def _category(spec) -> str | None:
-    return spec.node.category if spec.node is not None else None
-
-
-def _room(workflow, spec, round_counts: dict) -> bool:
-    """Whether ``workflow``'s limits leave room for one more task like
-    ``spec``, counting this round's decisions (see WorkflowRecord.room_for)."""
-    limits = workflow.limits
-    if limits is None:
-        return True
-    most = limits.max_running
-    if most is not None and workflow.active + round_counts.get(workflow.source, 0) >= most:
-        return False
-    category = _category(spec)
-    if category is not None and category in limits.categories:
-        running = workflow.active_in.get(category, 0)
-        running += round_counts.get((workflow.source, category), 0)
-        return running < limits.categories[category]
-    return True
-
-
 def _count(workflow, spec, round_counts: dict) -> None:
-    round_counts[workflow.source] = round_counts.get(workflow.source, 0) + 1
-    category = _category(spec)
+    """One more dispatch of ``workflow`` decided this round (see WorkflowRecord.room_for)."""
+    more = round_counts.setdefault(workflow.source, {})
+    more[None] = more.get(None, 0) + 1
+    category = spec.node.category if spec.node is not None else None
     if category is not None:
-        key = (workflow.source, category)
-        round_counts[key] = round_counts.get(key, 0) + 1
+        more[category] = more.get(category, 0) + 1
 
 
 # ------------------------------------------------------------- unschedulable

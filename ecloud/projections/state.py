@@ -253,16 +253,21 @@ class WorkflowRecord:
     #: its tasks failed for good (DAGMan's ``$FAILED_COUNT``)
     failed: int = 0
 
-    def room_for(self, spec: TaskSpec) -> bool:
-        """Whether one more of its tasks like ``spec`` may run now."""
+    def room_for(self, spec: TaskSpec, more: dict[str | None, int] | None = None) -> bool:
+        """Whether one more of its tasks like ``spec`` may run now; ``more``:
+        dispatches decided but not folded yet (the scheduler's round), in all
+        (key None) and per category."""
         limits = self.limits
         if limits is None:
             return True
-        if limits.max_running is not None and self.active >= limits.max_running:
+        more = more or {}
+        most = limits.max_running
+        if most is not None and self.active + more.get(None, 0) >= most:
             return False
         category = spec.node.category if spec.node is not None else None
         if category is not None and category in limits.categories:
-            return self.active_in.get(category, 0) < limits.categories[category]
+            running = self.active_in.get(category, 0) + more.get(category, 0)
+            return running < limits.categories[category]
         return True
 
     def count(self, task: TaskRecord, old: str | None, new: str) -> None:

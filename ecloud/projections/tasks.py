@@ -153,20 +153,12 @@ def spec_problem(spec: TaskSpec) -> str | None:
     return None
 
 
-def on_submitted(state: State, event: TasksSubmitted, seq: int, out: list) -> None:
-    problem = submission_problem(state, event)
-    if problem is not None:
-        state.reject(seq, f"batch {event.batch_id}", problem)
-        return
-    if event.source:
-        state.batch_sources[seq] = event.source
-    add_batch(state, event, seq)
-
-
 def add_batch(state: State, event: TasksSubmitted, seq: int) -> None:
-    """Add a checked batch's tasks, each in the status its dependencies give
-    it - or its workflow role: a ``done`` task is born succeeded, a
-    ``final`` one waiting (:mod:`.workflows` readies it)."""
+    """Add a checked batch's tasks (the fold's ``tasks.submitted`` is
+    :func:`ecloud.projections.workflows.on_submitted`, which checks it
+    first), each in the status its dependencies give it - or its workflow
+    role: a ``done`` task is born succeeded, a ``final`` one waiting
+    (:mod:`.workflows` readies it)."""
     tasks = state.tasks
     children = state.children
     now = state.clock
@@ -579,7 +571,6 @@ __all__ = [
     "on_finished",
     "on_retry_requested",
     "on_started",
-    "on_submitted",
     "on_timeout",
     "release_children",
     "release_slot",

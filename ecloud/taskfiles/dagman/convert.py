@@ -122,16 +122,14 @@ def task_ids(names: list[str]) -> dict[str, str]:
     return ids
 
 
-def convert(dag: Dag, *, max_running: int | None = None,
-            nested_options: tuple[str, ...] = ()) -> ConvertedDag:
+def convert(dag: Dag, *, max_running: int | None = None) -> ConvertedDag:
     """The tasks of ``dag``. Raises :class:`ValidationError` listing every
     node whose submit description cannot be read, and for a DAG DAGMan
     itself would refuse (REJECT).
 
     ``getenv``: the workers ``ecloud run`` starts inherit its environment,
     the submitter's, so a job sees it without a copy in every task; only
-    ``environment`` is written into the tasks. ``nested_options`` go to the
-    ``ecloud run`` of each SUBDAG EXTERNAL (``--local``, ``--slots``)."""
+    ``environment`` is written into the tasks."""
     if dag.rejected is not None:
         raise ValidationError([f"{dag.rejected.file}:{dag.rejected.line}: REJECT: DAGMan refuses "
                                "to run this file (an incomplete rescue DAG)"], str(dag.path))
@@ -147,7 +145,7 @@ def convert(dag: Dag, *, max_running: int | None = None,
     tasks = []
     for number, (name, node) in enumerate(dag.nodes.items(), start=1):
         try:
-            tasks.append(_task(node, ids[name], parents[name], report, number, nested_options))
+            tasks.append(_task(node, ids[name], parents[name], report, number))
         except ValidationError as exc:
             problems += exc.problems
     if problems:
@@ -163,8 +161,8 @@ def convert(dag: Dag, *, max_running: int | None = None,
     return ConvertedDag(content, ids, report)
 
 
-def _task(node: Node, task_id: str, depends_on: list[str], report: DagReport, number: int,
-          nested_options: tuple[str, ...]) -> dict[str, Any]:
+def _task(node: Node, task_id: str, depends_on: list[str], report: DagReport,
+          number: int) -> dict[str, Any]:
     command: str | list[str]
     env: dict[str, str] = {}
     workdir = str(node.dir)
@@ -178,7 +176,7 @@ def _task(node: Node, task_id: str, depends_on: list[str], report: DagReport, nu
         command = ["true"]
         noop = node.pre is None and node.post is None
     elif node.kind == "subdag":
-        command = _nested_run(node, nested_options)
+        command = _nested_run(node)
     else:
         final = node.kind == "final"
         # a final node's $(DAG_STATUS) and $(FAILED_COUNT) are known only when
@@ -230,7 +228,7 @@ def _task(node: Node, task_id: str, depends_on: list[str], report: DagReport, nu
     return {k: v for k, v in task.items() if v is not None and v is not False}
 
 
-def _nested_run(node: Node, options: tuple[str, ...]) -> list[str]:
+def _nested_run(node: Node) -> list[str]:
     """SUBDAG EXTERNAL: ``ecloud run`` on the nested DAG with a log of its own,
     fresh for each attempt - so that, as a sub-DAG submitted again in DAGMan,
     it starts from its newest rescue file and runs what did not succeed."""
@@ -243,7 +241,7 @@ def _nested_run(node: Node, options: tuple[str, ...]) -> list[str]:
               'exec "$@" --local "${ECLOUD_RUN_LOCAL:-2}" --slots "${ECLOUD_RUN_SLOTS:-1}"')
     return ["/bin/sh", "-c", script, "sh", str(db), *NESTED_RUN, str(nested),
             "--db", f"sqlite:///{db}", "--work-dir",
-            str(nested.parent / (nested.name + ".ecloud-workers")), *options]
+            str(nested.parent / (nested.name + ".ecloud-workers"))]
 
 
 #: placeholders for the macros a final node's submit file may use, filled at run time

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from attrs import field, frozen
 
+from ecloud.wire import SCRIPT_MACROS
+
 __all__ = [
     "SCRIPT_MACROS",
     "AbortDagOn",
@@ -31,13 +33,9 @@ __all__ = [
     "utf8_text",
 ]
 
-#: The macros DAGMan substitutes in SCRIPT arguments (the last three for POST
-#: scripts only), each only as a whole argument: ``$RETURN`` alone between
-#: spaces is replaced, ``status=$RETURN`` is not.
-SCRIPT_MACROS = frozenset({
-    "JOB", "RETRY", "MAX_RETRIES", "DAG_STATUS", "FAILED_COUNT",
-    "JOBID", "RETURN", "PRE_SCRIPT_RETURN",
-})
+#: The macros DAGMan substitutes in SCRIPT arguments, each only as a whole
+#: argument (``$RETURN`` alone between spaces is replaced, ``status=$RETURN``
+#: is not): the protocol's list, which the worker uses too.
 _SCRIPT_MACRO = re.compile(r"(?<!\S)\$([A-Z_]+)(?!\S)")
 
 
